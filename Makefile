@@ -1,0 +1,54 @@
+# Tubelet — every target creates/reuses the virtual environment itself.
+#   make demo   shard the sample + synthetic data (later: the whole pipeline)
+#   make test   unit + integration tests on CPU with real Ray / DeepSpeed / MLflow / S3
+# GPU users pick their torch build:  make test TORCH_SPEC="torch==2.5.1" TORCH_INDEX=https://download.pytorch.org/whl/cu124
+
+PYTHON      ?= python3
+VENV        ?= .venv
+TORCH_SPEC  ?= torch==2.13.0
+TORCH_INDEX ?=
+PY          := $(VENV)/bin/python
+PIP         := $(PY) -m pip install -q -c requirements/constraints.txt
+STAMP       := $(VENV)/.tubelet-installed
+DATA        ?= data
+PYTEST_ARGS ?=
+
+.PHONY: setup test test-unit test-integration test-slow demo bench plan clean-data help
+
+help:
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
+
+$(STAMP): pyproject.toml requirements/constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q $(TORCH_SPEC) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	# DeepSpeed builds from source against the torch above; build isolation would fetch another torch.
+	$(PIP) --no-build-isolation "deepspeed>=0.15"
+	$(PIP) -e ".[test]"
+	touch $@
+
+setup: $(STAMP) ## create .venv and install everything
+
+test: $(STAMP) ## unit + integration tests (what CI runs)
+	$(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)
+
+test-unit: $(STAMP) ## unit tests only (seconds)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-slow: $(STAMP) ## long-running cases (minutes)
+	$(PY) -m pytest tests -m slow $(PYTEST_ARGS)
+
+demo: $(STAMP) ## build the sample + synthetic datasets and shard them
+	$(PY) -m jobs.dataset --config dataset/sample --set dataset.output=$(DATA)/sample
+	$(PY) -m jobs.dataset --config dataset/synthetic --set dataset.output=$(DATA)/synthetic
+	$(PY) -m jobs.shard --config shard/default --set shard.manifest=$(DATA)/sample/manifest.csv --set shard.output=$(DATA)/shards/sample
+	$(PY) -m jobs.shard --config shard/default --set shard.manifest=$(DATA)/synthetic/manifest.csv --set shard.output=$(DATA)/shards/synthetic
+
+plan: $(STAMP) ## parameters, FLOPs and memory per GPU: make plan MODEL=vit_g
+	$(PY) -m jobs.plan --set model.name=$(or $(MODEL),vit_b)
+
+bench: $(STAMP) ## benchmarks -> benchmarks/results/
+	$(PY) -m benchmarks.bench_model
+
+clean-data: ## remove generated data (not runs/)
+	rm -rf $(DATA)

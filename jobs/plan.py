@@ -1,0 +1,106 @@
+"""Plan a pre-training run: parameters, FLOPs per clip and model-state memory per GPU.
+
+    python -m jobs.plan --set model.name=vit_g --set plan.world_size=64 [--json]
+
+Model-state memory follows the ZeRO paper (Rajbhandari et al. 2020) for P parameters on N
+GPUs with mixed-precision Adam (bytes/param: 2 param + 2 grad + 12 optimizer = fp32 master,
+momentum, variance): stage 0 16P, stage 1 4P + 12P/N, stage 2 2P + 14P/N, stage 3 16P/N.
+In fp32 the split is 4 + 4 + 8. Activations are not included (they depend on batch and
+checkpointing). Nothing is allocated: the model is built on the ``meta`` device.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pipeline.config import help_field
+from pipeline.masking import MaskConfig
+from pipeline.models import ModelConfig, create_model_from_config
+from pipeline.models.flops import param_counts, pretrain_macs
+
+GIB = 1024**3
+# bytes per parameter: (weights, gradients, optimizer states)
+_BYTES = {"bf16": (2, 2, 12), "fp32": (4, 4, 8)}
+
+
+@dataclass
+class PlanSection:
+    """Cluster shape for the memory estimate (TOML section ``[plan]``)."""
+
+    world_size: int = help_field(8, help="number of GPUs (data-parallel ranks) sharing the model states")
+    precision: Literal["bf16", "fp32"] = help_field("bf16", help="bf16 = mixed precision with fp32 master weights")
+    batch_per_gpu: int = help_field(32, help="clips per GPU per step (for FLOPs per step)")
+
+
+@dataclass
+class PlanConfig:
+    """Print parameters, FLOPs per clip and per-GPU model-state memory by ZeRO stage."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    plan: PlanSection = field(default_factory=PlanSection)
+
+
+def zero_memory(params: int, world_size: int, precision: str) -> dict[str, float]:
+    """Model-state bytes per GPU for ZeRO stages 0-3."""
+    w, g, o = _BYTES[precision]
+    n = max(world_size, 1)
+    return {"stage0": (w + g + o) * params, "stage1": (w + g) * params + o * params / n,
+            "stage2": w * params + (g + o) * params / n, "stage3": (w + g + o) * params / n}
+
+
+def make_plan(cfg: PlanConfig) -> dict[str, Any]:
+    """The plan as plain data (what ``--json`` prints)."""
+    spec = create_model_from_config(ModelConfig(**{**cfg.model.__dict__, "init": ""}), device="meta").spec
+    params = param_counts(spec, layer_scale=cfg.model.layer_scale_init > 0)
+    m = cfg.mask
+    # "with" uses the configured running-cell ratio, or the V2 default 0.5 when the config says V1.
+    dual = pretrain_macs(spec, m.encoder_ratio, m.decoder_ratio or 0.5, m.encoder_kind)
+    single = pretrain_macs(spec, m.encoder_ratio, 0.0, m.encoder_kind)
+    flops = {}
+    for name, count in (("with_decoder_masking", dual), ("without_decoder_masking", single)):
+        flops[name] = {"encoder_gmacs": count.encoder / 1e9, "decoder_gmacs": count.decoder / 1e9,
+                       "forward_gflops": 2 * count.total / 1e9, "train_gflops": 6 * count.total / 1e9,
+                       "tokens_encoder": count.tokens_encoder, "tokens_decoder": count.tokens_decoder}
+    flops["dual_over_single"] = dual.total / single.total
+    chosen = dual if m.decoder_ratio else single
+    p = cfg.plan
+    memory = {k: v / GIB for k, v in zero_memory(params["total"], p.world_size, p.precision).items()}
+    return {"model": cfg.model.name, "input": {"num_frames": spec.num_frames, "img_size": spec.img_size,
+                                               "patch_size": spec.patch_size, "grid": list(spec.grid)},
+            "mask": {"encoder_ratio": m.encoder_ratio, "encoder_kind": m.encoder_kind, "decoder_ratio": m.decoder_ratio},
+            "params": params, "flops_per_clip": flops,
+            "train_tflops_per_step_per_gpu": 6 * chosen.total * p.batch_per_gpu / 1e12,
+            "memory_gib_per_gpu": memory, "world_size": p.world_size, "precision": p.precision}
+
+
+def format_plan(plan: dict[str, Any]) -> str:
+    """Human-readable tables."""
+    pr, fl, mem = plan["params"], plan["flops_per_clip"], plan["memory_gib_per_gpu"]
+    lines = [f"{plan['model']}  input {plan['input']['num_frames']}x{plan['input']['img_size']} "
+             f"patch {plan['input']['patch_size']} grid {plan['input']['grid']}",
+             f"params (M)   encoder {pr['encoder'] / 1e6:9.2f}   decoder {pr['decoder'] / 1e6:8.2f}   "
+             f"total {pr['total'] / 1e6:9.2f}", "",
+             f"{'FLOPs per clip (G MACs, fvcore)':34s} {'encoder':>9s} {'decoder':>9s} {'fwd GFLOPs':>11s} {'fwd+bwd':>9s}"]
+    for name in ("with_decoder_masking", "without_decoder_masking"):
+        f = fl[name]
+        lines.append(f"{name:34s} {f['encoder_gmacs']:9.2f} {f['decoder_gmacs']:9.2f} "
+                     f"{f['forward_gflops']:11.2f} {f['train_gflops']:9.2f}")
+    lines += [f"dual / encoder-only masking: {fl['dual_over_single']:.3f}", "",
+              f"model states per GPU (GiB), {plan['precision']}, world size {plan['world_size']}:",
+              "  " + "   ".join(f"ZeRO-{k[-1]} {v:8.2f}" for k, v in mem.items())]
+    return "\n".join(lines)
+
+
+def run(cfg: PlanConfig, json_output: bool = False) -> int:
+    plan = make_plan(cfg)
+    print(json.dumps(plan, indent=2) if json_output else format_plan(plan))
+    return 0
+
+
+if __name__ == "__main__":
+    from jobs._cli import job_main
+
+    raise SystemExit(job_main(PlanConfig, run, prog="jobs.plan", default_config="plan/default.toml"))

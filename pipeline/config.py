@@ -1,0 +1,316 @@
+"""Typed job configs: dataclasses loaded from TOML, overridden with ``--set section.key=value``.
+
+Precedence is CLI > TOML > dataclass defaults. A job config is a dataclass whose fields are
+section dataclasses (one per TOML table); every leaf field has a default and a one-line help
+text in its metadata. Unknown keys and values of the wrong type are rejected with a
+:class:`ConfigError` that names the key and the valid choices, so a typo never silently falls
+back to a default.
+
+    @dataclass
+    class ShardSection:
+        manifest: str = field(default="", metadata={"help": "CSV/JSONL manifest"})
+
+    @dataclass
+    class ShardJobConfig:
+        shard: ShardSection = field(default_factory=ShardSection)
+
+    cfg = load_config(ShardJobConfig, "jobs/configs/shard/default.toml", ["shard.manifest=a.csv"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+from pipeline.errors import TubeletError
+
+T = TypeVar("T")
+
+# Field names whose values never leave the process: not saved, not logged (secrets).
+SECRET_MARKERS = ("secret", "password", "token", "access_key", "credential")
+
+
+class ConfigError(TubeletError, ValueError):
+    """A config problem a user can fix; its message is one line and names the key."""
+
+
+def help_field(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) -> Any:
+    """A dataclass field with a help text; mutable defaults go through ``default_factory``."""
+    if isinstance(default, (list, dict, set)):
+        value = default
+        return dataclasses.field(default_factory=lambda: type(value)(value), metadata={"help": help}, **kwargs)
+    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# Type coercion
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if origin in (list, tuple):
+        args = [a for a in get_args(tp) if a is not Ellipsis]
+        return f"list of {_type_name(args[0])}" if args else "list"
+    if tp is type(None):
+        return "none"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check/convert ``value`` (from TOML or a parsed CLI string) to the annotated type."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        choices = get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{key}: {value!r} is not valid; choose one of {', '.join(map(repr, choices))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin in (list, tuple):
+        args = [a for a in get_args(tp) if a is not Ellipsis]
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()] if value.strip() else []
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        items = [_coerce(v, args[0], f"{key}[{i}]") if args else v for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"{key}: expected bool (true/false), got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected int, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected int, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected float, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected float, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected str, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table of {', '.join(_field_names(tp))}, got {value!r}")
+        return _build(tp, value, key)
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table, got {value!r}")
+        return dict(value)
+    raise ConfigError(f"{key}: unsupported config type {tp!r}")
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    hints = _hints(cls)
+    names = _field_names(cls)
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        where = f"[{prefix}]" if prefix else "top level"
+        raise ConfigError(
+            f"unknown key {'.'.join(filter(None, [prefix, unknown[0]]))!r} in {where}; valid keys: {', '.join(names)}"
+        )
+    kwargs = {}
+    for name in names:
+        if name in data:
+            kwargs[name] = _coerce(data[name], hints[name], ".".join(filter(None, [prefix, name])))
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{prefix or cls.__name__}: {exc}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Overrides
+
+
+def _parse_cli_value(text: str) -> Any:
+    """Parse the right-hand side of ``--set k=v``: a TOML literal if it is one, else the string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_override(data: dict[str, Any], cls: type, assignment: str) -> None:
+    """Apply ``section.key=value`` to the raw dict ``data``, checking the key path against ``cls``."""
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r} must look like section.key=value")
+    path, _, raw = assignment.partition("=")
+    parts = [p.strip() for p in path.strip().split(".") if p.strip()]
+    if not parts:
+        raise ConfigError(f"override {assignment!r} has an empty key")
+    node_cls, node = cls, data
+    for depth, part in enumerate(parts):
+        hints = _hints(node_cls)
+        if part not in hints:
+            prefix = ".".join(parts[:depth])
+            where = f"[{prefix}]" if prefix else "top level"
+            raise ConfigError(
+                f"unknown key {'.'.join(parts[: depth + 1])!r} in {where}; valid keys: {', '.join(_field_names(node_cls))}"
+            )
+        tp = hints[part]
+        if depth == len(parts) - 1:
+            if dataclasses.is_dataclass(tp):
+                raise ConfigError(f"{path.strip()!r} is a section; set one of its keys: {', '.join(_field_names(tp))}")
+            node[part] = _parse_cli_value(raw.strip())
+            # Strings that look like numbers stay strings where a string is expected.
+            if tp is str or (get_origin(tp) in (typing.Union, types.UnionType) and str in get_args(tp)):
+                if not isinstance(node[part], str) and node[part] is not None:
+                    node[part] = raw.strip()
+            return
+        if not dataclasses.is_dataclass(tp):
+            raise ConfigError(f"{'.'.join(parts[: depth + 1])!r} is a value, not a section")
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{'.'.join(parts[: depth + 1])!r} must be a table")
+        node_cls = tp
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> T:
+    """Build ``cls`` from defaults, then the TOML file at ``path``, then ``overrides``."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            data = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{p}: invalid TOML: {exc}") from None
+    for assignment in overrides:
+        apply_override(data, cls, assignment)
+    return _build(cls, data)
+
+
+def to_dict(cfg: Any, redact: bool = True) -> dict[str, Any]:
+    """The config as plain data; secret-looking fields are replaced by ``"***"`` when ``redact``."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out[f.name] = to_dict(value, redact)
+        elif redact and value and any(m in f.name.lower() for m in SECRET_MARKERS):
+            out[f.name] = "***"
+        elif isinstance(value, tuple):
+            out[f.name] = list(value)
+        else:
+            out[f.name] = value
+    return out
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (for MLflow params)."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict):
+            flat.update(flatten(value, name))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+
+
+def to_toml(cfg: Any) -> str:
+    """Serialise a (redacted) config back to TOML; ``None`` values are left out (TOML has no null)."""
+    lines: list[str] = []
+
+    def emit(table: dict[str, Any], name: str) -> None:
+        if name:
+            lines.append(f"[{name}]")
+        for key, value in table.items():
+            if value is not None and not isinstance(value, dict):
+                lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+        for key, value in table.items():
+            if isinstance(value, dict):
+                emit(value, f"{name}.{key}" if name else key)
+
+    emit(to_dict(cfg), "")
+    return "\n".join(lines).strip() + "\n"
+
+
+def config_hash(cfg: Any) -> str:
+    """A short stable hash of the resolved config (for run tags and cache keys)."""
+    blob = json.dumps(to_dict(cfg), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def describe(cls: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
+    """(key, type, default, help) for every leaf field: the source of ``--help`` output."""
+    rows = []
+    instance = cls()
+    for f in dataclasses.fields(cls):
+        tp = _hints(cls)[f.name]
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if dataclasses.is_dataclass(tp):
+            rows.extend(describe(tp, key))
+        else:
+            rows.append((key, _type_name(tp), getattr(instance, f.name), f.metadata.get("help", "")))
+    return rows

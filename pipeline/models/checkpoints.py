@@ -1,0 +1,168 @@
+"""Interop with the public VideoMAE V1 / V2 checkpoints (MCG-NJU/VideoMAE, OpenGVLab/VideoMAEv2).
+
+Official layouts (``qkv_bias=True``; fixed sin-cos positions are plain tensors, never saved):
+
+- pre-training: ``encoder.patch_embed.proj.{weight,bias}``, ``encoder.blocks.{i}.{norm1,norm2}.*``,
+  ``encoder.blocks.{i}.attn.{qkv.weight,q_bias,v_bias,proj.*}``, ``encoder.blocks.{i}.mlp.{fc1,fc2}.*``,
+  (``...gamma_1/gamma_2`` with layer scale), ``encoder.norm.*``, ``encoder_to_decoder.weight``,
+  ``mask_token``, ``decoder.blocks.{i}.*``, ``decoder.norm.*``, ``decoder.head.*``;
+- fine-tuning: the same encoder keys without the ``encoder.`` prefix, then ``fc_norm.*`` and
+  ``head.*`` with mean pooling, or ``norm.*`` without it;
+
+either of them possibly wrapped in ``{"model": ...}`` / ``{"module": ...}`` and/or with DDP's
+``module.`` key prefix. Our module names mirror the official ones, so the mapping is only about
+prefixes and about which parts a model has.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from pipeline.errors import TubeletError
+
+log = logging.getLogger(__name__)
+
+_WRAPPERS = ("model", "module", "state_dict", "model_state")
+_STRIP_PREFIXES = ("module.", "backbone.")
+_BLOCK = re.compile(r"^(encoder|decoder)\.blocks\.(\d+)\.")
+_DECODER_PARTS = ("decoder.", "encoder_to_decoder.", "mask_token")
+_HEAD_PARTS = ("fc_norm.", "head.")
+
+
+class CheckpointError(TubeletError, ValueError):
+    """A checkpoint that does not fit the model (architecture, patch size, depth)."""
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_official` did: model keys loaded / left as initialised, keys not used, notes."""
+
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        text = f"loaded {len(self.loaded)} tensors, {len(self.missing)} missing, {len(self.unexpected)} unexpected"
+        return "; ".join([text, *self.notes])
+
+
+def unwrap(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The bare state dict: inside a ``model``/``module`` wrapper, without ``module.`` prefixes."""
+    while not all(isinstance(v, torch.Tensor) for v in state.values()):
+        inner = next((state[k] for k in _WRAPPERS if isinstance(state.get(k), Mapping)), None)
+        if inner is None:
+            raise CheckpointError(f"no state dict found; top-level keys: {', '.join(list(state)[:8])}")
+        state = inner
+    out = {}
+    for key, value in state.items():
+        for prefix in _STRIP_PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        out[key] = value
+    return out
+
+
+def official_to_ours_key(key: str) -> str:
+    """Fine-tuning layout keys gain the ``encoder.`` prefix; everything else keeps its name."""
+    if key.startswith(("patch_embed.", "blocks.", "norm.", "pos_embed")):
+        return "encoder." + key
+    return key
+
+
+def _skip_reason(key: str, has_decoder: bool, has_fc_norm: bool) -> str | None:
+    """Why a checkpoint key has no place in this model (a note), or None if it is unexpected."""
+    if key.endswith("pos_embed"):
+        return "ignored saved pos_embed: fixed sin-cos positions are recomputed"
+    if key.startswith(_DECODER_PARTS) and not has_decoder:
+        return "skipped the pre-training decoder (encoder_to_decoder, mask_token, decoder.*)"
+    if key.startswith("encoder.norm.") and has_fc_norm:
+        return "skipped encoder.norm: mean pooling normalises with fc_norm (as official fine-tuning)"
+    if key.startswith(_HEAD_PARTS) and not has_fc_norm:
+        return "skipped the classifier head (fc_norm, head): a pre-training model has none"
+    return None
+
+
+def _depth(keys: list[str], part: str) -> int:
+    ids = [int(m.group(2)) for m in map(_BLOCK.match, keys) if m and m.group(1) == part]
+    return max(ids) + 1 if ids else 0
+
+
+def _check_depths(mapped: dict[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> None:
+    for part in ("encoder", "decoder"):
+        theirs, ours = _depth(list(mapped), part), _depth(list(own), part)
+        if theirs and ours and theirs != ours:
+            raise CheckpointError(f"checkpoint {part} has {theirs} blocks, the model {ours}: pick the matching size")
+
+
+def _shape_error(key: str, theirs: torch.Size, ours: torch.Size) -> CheckpointError:
+    if key == "encoder.patch_embed.proj.weight" and tuple(theirs[2:]) != tuple(ours[2:]):
+        return CheckpointError(f"tubelet x patch size {list(theirs[2:])} in the checkpoint vs {list(ours[2:])} "
+                               "in the model: pick the matching patch_size / tubelet_size")
+    return CheckpointError(f"{key}: shape {list(theirs)} in the checkpoint vs {list(ours)} in the model: "
+                           "the checkpoint is for another architecture (model size)")
+
+
+def load_official(model: nn.Module, state_dict: Mapping[str, Any]) -> LoadReport:
+    """Load an official (or our) checkpoint into ``model`` (pre-training model or classifier).
+
+    Raises :class:`CheckpointError` on depth, width or patch-size mismatch. A classifier head
+    of another class count is re-initialised (noted); parts the model lacks are skipped (noted).
+    """
+    own = model.state_dict()
+    has_decoder = any(k.startswith("decoder.") for k in own)
+    has_fc_norm = any(k.startswith("fc_norm.") for k in own)
+    mapped = {official_to_ours_key(k): v for k, v in unwrap(state_dict).items()}
+    _check_depths(mapped, own)
+    report, usable, notes = LoadReport(), {}, []
+    for key, value in mapped.items():
+        if key not in own:
+            reason = _skip_reason(key, has_decoder, has_fc_norm)
+            notes.append(reason) if reason else report.unexpected.append(key)
+            continue
+        if value.shape != own[key].shape:
+            if key.startswith("head."):
+                notes.append(f"re-initialised head: checkpoint has {value.shape[0]} classes, "
+                             f"the model {own[key].shape[0]}")
+                continue
+            raise _shape_error(key, value.shape, own[key].shape)
+        usable[key] = value
+    result = model.load_state_dict(usable, strict=False)
+    if any(n.startswith("re-initialised head") for n in notes):
+        model.reset_classifier(model.num_classes)  # type: ignore[operator]
+    report.loaded = sorted(usable)
+    report.missing = sorted(result.missing_keys)
+    if has_fc_norm and any(k.startswith("head.") for k in report.missing) and "head.weight" not in mapped:
+        notes.append("head kept freshly initialised: the checkpoint has none")
+    report.notes = list(dict.fromkeys(notes))  # de-duplicated, in order
+    return report
+
+
+def to_official(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Our state dict in the official layout: pre-training as is, a classifier without ``encoder.``."""
+    state = model.state_dict()
+    if any(k.startswith("decoder.") for k in state):
+        return dict(state)
+    return {(k[len("encoder."):] if k.startswith("encoder.") else k): v for k, v in state.items()}
+
+
+def load_file(model: nn.Module, path: str | Path) -> LoadReport:
+    """Load a ``.pth``/``.pt`` file into ``model`` and log the report."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 — official files also pickle their argparse Namespace
+        log.warning("%s holds more than tensors; loading it with full unpickling (trusted files only)", path)
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    report = load_official(model, state)
+    log.info("loaded %s: %s", path, report)
+    return report

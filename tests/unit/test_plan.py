@@ -1,0 +1,45 @@
+"""jobs.plan: parameters, FLOPs and ZeRO memory, as JSON through the real entry point."""
+
+import json
+
+import pytest
+
+from jobs._cli import job_main
+from jobs.plan import PlanConfig, run, zero_memory
+
+
+def plan_json(capsys, *overrides):
+    argv = ["--json"] + [a for o in overrides for a in ("--set", o)]
+    assert job_main(PlanConfig, run, argv, prog="jobs.plan", default_config="plan/default.toml") == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_vit_g_plan(capsys):
+    out = plan_json(capsys, "model.name=vit_g", "plan.world_size=8")
+    assert out["params"]["encoder"] / 1e6 == pytest.approx(1011, rel=0.01)
+    assert out["params"]["total"] == out["params"]["encoder"] + out["params"]["decoder"]
+    flops = out["flops_per_clip"]
+    assert flops["with_decoder_masking"]["decoder_gmacs"] < flops["without_decoder_masking"]["decoder_gmacs"]
+    assert flops["with_decoder_masking"]["train_gflops"] == pytest.approx(3 * flops["with_decoder_masking"]["forward_gflops"])
+    mem, p = out["memory_gib_per_gpu"], out["params"]["total"]
+    assert mem["stage0"] == pytest.approx(16 * p / 1024**3)
+    assert mem["stage3"] == pytest.approx(16 * p / 8 / 1024**3)
+    assert mem["stage0"] > mem["stage1"] > mem["stage2"] > mem["stage3"]
+
+
+def test_vit_b_ratio_matches_paper(capsys):
+    out = plan_json(capsys, "model.name=vit_b")
+    assert out["flops_per_clip"]["dual_over_single"] == pytest.approx(25.87 / 35.48, rel=0.05)
+
+
+def test_zero_memory_formulas():
+    assert zero_memory(10, 4, "bf16") == {"stage0": 160, "stage1": 40 + 30, "stage2": 20 + 35, "stage3": 40}
+    assert zero_memory(10, 1, "fp32")["stage0"] == 160
+
+
+def test_table_and_bad_key(capsys):
+    assert job_main(PlanConfig, run, ["--set", "model.name=vit_s"], default_config="plan/default.toml") == 0
+    text = capsys.readouterr().out
+    assert "ZeRO-3" in text and "dual" in text
+    assert job_main(PlanConfig, run, ["--set", "plan.wrld_size=2"], default_config="plan/default.toml") == 2
+    assert "world_size" in capsys.readouterr().err
