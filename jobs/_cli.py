@@ -59,6 +59,8 @@ def job_main(cls: type[T], run: Callable[..., Any], argv: Sequence[str] | None =
     """Parse, run, and turn user-fixable errors into one line on stderr (exit 2)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+    for noisy in ("aiobotocore", "botocore", "s3fs", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         cfg, args = parse_args(cls, argv, prog, default_config)
         if args.print_config:

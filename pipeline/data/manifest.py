@@ -8,7 +8,8 @@ Two formats, chosen by extension or sniffed from the content:
 
 Reading validates every row and raises :class:`DataError` with ``name:line: reason`` on the
 first malformed one: a manifest is user input, and a half-read manifest would silently change
-the dataset. Hostile URIs are *not* a read error; :func:`check_uri` gives the reason the
+the dataset. A caller that accounts for every row itself (the sharding job quarantines bad rows)
+passes a ``rejects`` list instead and gets one :class:`Reject` per bad row. Hostile URIs are *not* a read error; :func:`check_uri` gives the reason the
 sharding job records when it quarantines them.
 """
 
@@ -50,6 +51,15 @@ class ManifestEntry:
         return {k: v for k in COLUMNS if (v := getattr(self, k)) is not None}
 
 
+@dataclass(frozen=True)
+class Reject:
+    """A manifest row that could not be read: where it is, its uri if one could be read, and why."""
+
+    line: int
+    uri: str
+    reason: str
+
+
 # --------------------------------------------------------------------------------------------
 # Reading
 
@@ -87,7 +97,18 @@ def _seconds(value: object, key: str, where: str) -> float | None:
     return seconds
 
 
-def _parse_csv(lines: list[str], name: str) -> list[ManifestEntry]:
+def _row(fields: dict[str, object], name: str, line: int, rejects: list[Reject] | None) -> ManifestEntry | None:
+    try:
+        return _entry_from_fields(fields, f"{name}:{line}")
+    except DataError as exc:
+        if rejects is None:
+            raise
+        uri = fields.get("uri")
+        rejects.append(Reject(line, uri if isinstance(uri, str) else "", str(exc).split(": ", 1)[-1]))
+        return None
+
+
+def _parse_csv(lines: list[str], name: str, rejects: list[Reject] | None = None) -> list[tuple[int, ManifestEntry]]:
     rows = [(i + 1, row) for i, row in enumerate(csv.reader(lines)) if row and any(c.strip() for c in row)]
     if not rows:
         return []
@@ -105,12 +126,18 @@ def _parse_csv(lines: list[str], name: str) -> list[ManifestEntry]:
     entries = []
     for line, row in rows:
         if len(row) != len(header):
-            raise DataError(f"{name}:{line}: expected {len(header)} fields ({','.join(header)}), got {len(row)}")
-        entries.append(_entry_from_fields(dict(zip(header, row)), f"{name}:{line}"))
+            reason = f"expected {len(header)} fields ({','.join(header)}), got {len(row)}"
+            if rejects is None:
+                raise DataError(f"{name}:{line}: {reason}")
+            rejects.append(Reject(line, row[0] if header[0] == "uri" and row else "", reason))
+            continue
+        entry = _row(dict(zip(header, row)), name, line, rejects)
+        if entry is not None:
+            entries.append((line, entry))
     return entries
 
 
-def _parse_jsonl(lines: list[str], name: str) -> list[ManifestEntry]:
+def _parse_jsonl(lines: list[str], name: str, rejects: list[Reject] | None = None) -> list[tuple[int, ManifestEntry]]:
     entries = []
     for line_no, line in enumerate(lines, 1):
         if not line.strip():
@@ -118,37 +145,58 @@ def _parse_jsonl(lines: list[str], name: str) -> list[ManifestEntry]:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise DataError(f"{name}:{line_no}: invalid JSON ({exc.msg})") from None
-        if not isinstance(obj, dict):
-            raise DataError(f"{name}:{line_no}: expected a JSON object, got {type(obj).__name__}")
-        unknown = sorted(set(obj) - set(COLUMNS))
-        if unknown:
-            raise DataError(f"{name}:{line_no}: unknown key {unknown[0]!r}; valid keys: {', '.join(COLUMNS)}")
-        entries.append(_entry_from_fields(obj, f"{name}:{line_no}"))
+            obj, reason = None, f"invalid JSON ({exc.msg})"
+        else:
+            reason = "" if isinstance(obj, dict) else f"expected a JSON object, got {type(obj).__name__}"
+            unknown = sorted(set(obj) - set(COLUMNS)) if isinstance(obj, dict) else []
+            if unknown:
+                reason = f"unknown key {unknown[0]!r}; valid keys: {', '.join(COLUMNS)}"
+        if reason:
+            if rejects is None:
+                raise DataError(f"{name}:{line_no}: {reason}")
+            uri = obj.get("uri") if isinstance(obj, dict) else None
+            rejects.append(Reject(line_no, uri if isinstance(uri, str) else "", reason))
+            continue
+        entry = _row(obj, name, line_no, rejects)
+        if entry is not None:
+            entries.append((line_no, entry))
     return entries
 
 
-def _check_duplicates(entries: list[ManifestEntry], name: str) -> None:
+def _drop_duplicates(entries: list[tuple[int, ManifestEntry]], name: str,
+                     rejects: list[Reject] | None) -> list[tuple[int, ManifestEntry]]:
     # Shard keys are derived from uri + clip range: a duplicate would collide, not be "sampled twice".
     seen: dict[tuple[str, float | None, float | None], int] = {}
-    for i, e in enumerate(entries):
+    kept = []
+    for line, e in entries:
         key = (e.uri, e.start, e.end)
         if key in seen:
-            raise DataError(f"{name}: entry {i + 1} duplicates entry {seen[key] + 1} ({e.uri})")
-        seen[key] = i
+            if rejects is None:
+                raise DataError(f"{name}:{line}: duplicate of line {seen[key]} ({e.uri})")
+            rejects.append(Reject(line, e.uri, f"duplicate of line {seen[key]}"))
+            continue
+        seen[key] = line
+        kept.append((line, e))
+    return kept
 
 
-def parse_manifest(lines: Iterable[str], fmt: str | None = None, name: str = "<manifest>") -> list[ManifestEntry]:
-    """Parse manifest content (lines, e.g. read from S3). ``fmt`` is ``csv``/``jsonl`` or sniffed."""
+def parse_manifest_lines(lines: Iterable[str], fmt: str | None = None, name: str = "<manifest>",
+                         rejects: list[Reject] | None = None) -> list[tuple[int, ManifestEntry]]:
+    """Like :func:`parse_manifest`, with the line number of each entry; bad rows go to ``rejects``
+    when a list is given (the header must still be valid), else raise DataError."""
     lines = [ln.rstrip("\r\n") for ln in lines]
     if fmt is None:
         first = next((ln for ln in lines if ln.strip()), "")
         fmt = "jsonl" if first.lstrip().startswith("{") else "csv"
     if fmt not in ("csv", "jsonl"):
         raise DataError(f"{name}: unknown manifest format {fmt!r}; use csv or jsonl")
-    entries = _parse_csv(lines, name) if fmt == "csv" else _parse_jsonl(lines, name)
-    _check_duplicates(entries, name)
-    return entries
+    parsed = _parse_csv(lines, name, rejects) if fmt == "csv" else _parse_jsonl(lines, name, rejects)
+    return _drop_duplicates(parsed, name, rejects)
+
+
+def parse_manifest(lines: Iterable[str], fmt: str | None = None, name: str = "<manifest>") -> list[ManifestEntry]:
+    """Parse manifest content (lines, e.g. read from S3). ``fmt`` is ``csv``/``jsonl`` or sniffed."""
+    return [e for _, e in parse_manifest_lines(lines, fmt, name)]
 
 
 def manifest_format(path: str | os.PathLike[str]) -> str | None:

@@ -95,7 +95,7 @@ def test_file_object_and_lines_and_path_string(tmp_path):
         ('{"uri": "/v/a.mp4", "lable": "x"}\n', "<text>:1: unknown key 'lable'"),
         ('{"uri": "/v/a.mp4"}\n["/v/b.mp4"]\n', "<text>:2: expected a JSON object"),
         ("a,b\n1,2\n", "<text>:1: no header"),
-        ("uri\n/v/a.mp4\n/v/a.mp4\n", "entry 2 duplicates entry 1"),
+        ("uri\n/v/a.mp4\n/v/a.mp4\n", "3: duplicate of line 2"),
     ],
 )
 def test_malformed_rows_give_one_line_with_line_number(text, message):

@@ -1,0 +1,219 @@
+"""The sharding job for real: Ray tasks, real videos (sample + synthetic + broken), local and S3."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import webdataset as wds
+
+from pipeline import io as sio
+from pipeline.data.sample import sample_videos
+from pipeline.data.synthetic import generate_synthetic
+from pipeline.sharding import ShardSection, format_report, shard
+from pipeline.video.decode import decode_frames
+from pipeline.video.encode import encode_h264
+from tests.unit.video_fixtures import moving_frames, psnr
+
+REPO = Path(__file__).resolve().parents[2]
+PSNR_BOUND_DB = 28.0  # crf 23 re-encode of an already compressed, unscaled source
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Synthetic labelled videos, the sample videos, and one of each kind of broken input."""
+    root = tmp_path_factory.mktemp("inputs")
+    entries = generate_synthetic(root / "synthetic", num_per_class=3, classes=["left", "right", "cw"], frames=12,
+                                 size=(64, 64), splits={"train": 2 / 3, "val": 1 / 3})
+    rows = [(e.uri, e.label, e.split) for e in entries]
+    rows += [(str(p), "", "train") for p in sample_videos()[:2]]
+    good = (root / "good.mp4")
+    good.write_bytes(encode_h264(moving_frames(), 25))
+    broken = {
+        "missing": root / "missing.mp4",
+        "zero": root / "zero.mp4",
+        "text": root / "text.mp4",
+        "truncated": root / "truncated.mp4",
+        "short": root / "short.mp4",
+    }
+    broken["zero"].write_bytes(b"")
+    broken["text"].write_text("this is not a video\n")
+    broken["truncated"].write_bytes(good.read_bytes()[: good.stat().st_size // 3])
+    broken["short"].write_bytes(encode_h264(moving_frames(t=2), 25))
+    rows += [(str(p), "", "train") for p in broken.values()]
+    rows += [("../../etc/passwd", "", "train"), (entries[0].uri, entries[0].label, entries[0].split)]  # + duplicate
+    lines = ["uri,label,split"] + [",".join(r) for r in rows] + [f"{good},,train,extra"]  # malformed row
+    manifest = root / "manifest.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    return {"root": root, "manifest": manifest, "inputs": len(rows) + 1, "synthetic": entries,
+            "good": len(entries) + 2, "broken": broken}
+
+
+def _cfg(manifest: str, output: str, **kw) -> ShardSection:
+    return ShardSection(manifest=manifest, output=output, target_shard_mb=0.15, progress=False, **kw)
+
+
+def _tar_hashes(out: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.glob("*.tar"))}
+
+
+@pytest.fixture(scope="module")
+def local_run(inputs: dict, ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("shards")
+    index, report = shard(_cfg(str(inputs["manifest"]), str(out)))
+    print(format_report(report, str(out)))
+    return {"out": out, "index": index, "report": report}
+
+
+def test_every_input_is_accounted_for(inputs: dict, local_run: dict) -> None:
+    out, index = local_run["out"], local_run["index"]
+    totals = index["totals"]
+    assert totals["inputs"] == inputs["inputs"]
+    assert totals["samples"] == inputs["good"]
+    assert totals["samples"] + totals["quarantined"] == totals["inputs"]
+    quarantine = [json.loads(line) for line in (out / "quarantine.jsonl").read_text().splitlines()]
+    assert len(quarantine) == totals["quarantined"]
+    reasons = {Path(q["uri"]).name if q["uri"] else q["line"]: q["reason"] for q in quarantine}
+    assert reasons["missing.mp4"] == "missing file"
+    assert reasons["zero.mp4"] == "zero bytes"
+    assert reasons["text.mp4"].startswith("not a video")
+    assert reasons["truncated.mp4"].startswith("truncated or corrupt")
+    assert reasons["short.mp4"].startswith("too short")
+    assert reasons["passwd"] == "path traversal ('..') in uri"
+    assert sum(q["reason"].startswith("manifest row: duplicate of line") for q in quarantine) == 1
+    assert sum("expected 3 fields" in q["reason"] for q in quarantine) == 1
+    assert index["labels"] == ["cw", "left", "right"]
+    assert all(s["bytes"] == (out / s["name"]).stat().st_size for s in index["shards"])
+    assert len(index["shards"]) >= 3, "the size target must split the data into several shards"
+    assert not list(out.glob(".*.tmp")), "temporary files left behind"
+
+
+def test_stock_webdataset_reads_every_sample(inputs: dict, local_run: dict) -> None:
+    out, index = local_run["out"], local_run["index"]
+    urls = [str(out / s["name"]) for s in index["shards"]]
+    samples = list(wds.WebDataset(urls, shardshuffle=False))
+    assert len(samples) == index["totals"]["samples"]
+    sources = {e.uri: e for e in inputs["synthetic"]}
+    checked = 0
+    for s in samples:
+        meta = json.loads(s["json"])
+        frames = decode_frames(s["mp4"], list(range(meta["num_frames"])), backend="pyav")
+        assert frames.shape == (meta["num_frames"], meta["height"], meta["width"], 3)
+        assert min(meta["width"], meta["height"]) <= 320
+        if meta["uri"] in sources:
+            assert int(s["cls"]) == index["labels"].index(sources[meta["uri"]].label)
+            original = decode_frames(meta["uri"], list(range(meta["num_frames"])), backend="pyav")
+            assert psnr(frames, original) > PSNR_BOUND_DB
+            checked += 1
+        else:
+            assert "cls" not in s  # unlabelled sample videos carry no class
+    assert checked == len(inputs["synthetic"])
+
+
+def test_rerun_keeps_every_shard_byte_identical(inputs: dict, local_run: dict) -> None:
+    before = _tar_hashes(local_run["out"])
+    index, report = shard(_cfg(str(inputs["manifest"]), str(local_run["out"])))
+    assert report.skipped_shards == len(before) and report.written_shards == 0
+    assert _tar_hashes(local_run["out"]) == before
+    assert index == local_run["index"]
+
+
+def test_interrupted_run_resumes_to_identical_shards(inputs: dict, local_run: dict, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.sharding as sharding
+
+    calls = {"n": 0}
+    real = sharding.write_state
+
+    def crash_after_two(output, state):  # the job dies right after publishing its second shard
+        real(output, state)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(sharding, "write_state", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        shard(_cfg(str(inputs["manifest"]), str(tmp_path)))
+    assert len(list(tmp_path.glob("*.tar"))) == 2 and not (tmp_path / "index.json").exists()
+    monkeypatch.setattr(sharding, "write_state", real)
+    index, report = shard(_cfg(str(inputs["manifest"]), str(tmp_path)))
+    assert report.skipped_shards == 2
+    assert _tar_hashes(tmp_path) == _tar_hashes(local_run["out"])
+    assert index == local_run["index"]
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_corrupted_shard_is_rewritten_on_rerun(inputs: dict, local_run: dict, tmp_path: Path) -> None:
+    import shutil
+
+    shutil.copytree(local_run["out"], tmp_path, dirs_exist_ok=True)
+    victim = tmp_path / local_run["index"]["shards"][1]["name"]
+    data = bytearray(victim.read_bytes())
+    data[600] ^= 0xFF  # same size, different bytes: only the sha256 check can see it
+    victim.write_bytes(bytes(data))
+    _, report = shard(_cfg(str(inputs["manifest"]), str(tmp_path)))
+    assert report.written_shards >= 1
+    assert _tar_hashes(tmp_path) == _tar_hashes(local_run["out"])
+
+
+def test_sources_and_shards_on_s3(inputs: dict, ray_local: None, s3_server: str) -> None:
+    synthetic = inputs["synthetic"][:4]
+    rows = ["uri,label,split"]
+    for i, e in enumerate(synthetic):
+        uri = f"s3://tubelet/raw/v{i}.mp4"
+        sio.write_bytes(uri, Path(e.uri).read_bytes())
+        rows.append(f"{uri},{e.label},{e.split}")
+    rows.append("s3://tubelet/raw/absent.mp4,left,train")
+    sio.write_text("s3://tubelet/raw/manifest.csv", "\n".join(rows) + "\n")
+    index, report = shard(_cfg("s3://tubelet/raw/manifest.csv", "s3://tubelet/shards"))
+    assert index["totals"]["samples"] == 4 and index["totals"]["quarantined"] == 1
+    quarantine = sio.read_text("s3://tubelet/shards/quarantine.jsonl").splitlines()
+    assert json.loads(quarantine[0])["reason"] == "missing file"
+    count = 0
+    for s in index["shards"]:
+        data = sio.read_bytes(f"s3://tubelet/shards/{s['name']}")
+        assert hashlib.sha256(data).hexdigest() == s["sha256"]
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            count += sum(m.name.endswith(".mp4") for m in tar.getmembers())
+    assert count == 4
+    _, again = shard(_cfg("s3://tubelet/raw/manifest.csv", "s3://tubelet/shards"))
+    assert again.written_shards == 0 and again.skipped_shards == len(index["shards"])
+
+
+def _job(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "jobs.shard", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--set", "shard.bogus=1"], "unknown key 'shard.bogus' in [shard]; valid keys: manifest, output"),
+    (["--set", "shard.crf=high"], "shard.crf: expected int, got 'high'"),
+    (["--set", "shard.manifest=/nonexistent/m.csv", "--set", "shard.output=OUT"], "manifest /nonexistent/m.csv: not found"),
+    (["--set", "shard.manifest=M", "--set", "shard.output=/proc/nope"], "output /proc/nope is not writable"),
+])
+def test_bad_config_or_paths_fail_with_one_line(args: list[str], message: str, tmp_path: Path) -> None:
+    args = [a.replace("OUT", str(tmp_path / "out")).replace("=M", f"={tmp_path / 'm.csv'}") for a in args]
+    (tmp_path / "m.csv").write_text("uri\n/x.mp4\n")
+    result = _job(*args)
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert message in last and "Traceback" not in result.stderr
+
+
+def test_unreachable_s3_output_fails_fast_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "m.csv").write_text("uri\n/x.mp4\n")
+    result = _job("--set", f"shard.manifest={tmp_path / 'm.csv'}", "--set", "shard.output=s3://tubelet/out",
+                  env={"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "x",
+                       "AWS_SECRET_ACCESS_KEY": "y", "TUBELET_IO_RETRIES": "2", "TUBELET_IO_RETRY_DELAY": "0.1"})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]  # retry warnings may precede it
+    assert last.startswith("jobs.shard: error: output s3://tubelet/out is not writable")
+    assert "unreachable after 2 attempts" in last
