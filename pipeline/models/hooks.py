@@ -28,7 +28,9 @@ class ParamHooks:
 
     def decays(self, name: str, param: nn.Parameter) -> bool:
         """True if ``param`` gets weight decay: not biases, norms, layer scales, tokens (official rule)."""
-        return not (param.ndim <= 1 or name.endswith(".bias") or name in self.no_weight_decay())
+        # Under ZeRO-3 a parameter is a 1-D placeholder; its real shape is ``ds_shape``.
+        ndim = len(getattr(param, "ds_shape", param.shape))
+        return not (ndim <= 1 or name.endswith(".bias") or name in self.no_weight_decay())
 
     def num_layers(self) -> int:
         """Number of distinct layer ids: embedding, each block, and the top."""
@@ -50,10 +52,13 @@ class ParamHooks:
                 module.grad_checkpointing = enable
 
 
-def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0) -> list[dict[str, Any]]:
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0,
+                 with_names: bool = True) -> list[dict[str, Any]]:
     """Optimizer groups: (decay or not) x layer id, each with ``lr_scale = layer_decay ** (L - 1 - id)``.
 
     The trainer multiplies its lr by ``lr_scale``; ``layer_decay = 1`` gives plain AdamW groups.
+    ``with_names=False`` leaves the parameter names out (DeepSpeed copies group keys into every
+    checkpoint).
     """
     hooks: ParamHooks = model  # type: ignore[assignment]
     top = hooks.num_layers() - 1
@@ -63,9 +68,10 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0
             continue
         decay = hooks.decays(name, param)
         lid = hooks.layer_id(name) if layer_decay != 1.0 else top
-        group = groups.setdefault((decay, lid), {"params": [], "names": [], "layer_id": lid,
+        group = groups.setdefault((decay, lid), {"params": [], "layer_id": lid,
                                                  "weight_decay": weight_decay if decay else 0.0,
                                                  "lr_scale": layer_decay ** (top - lid)})
         group["params"].append(param)
-        group["names"].append(name)
+        if with_names:
+            group.setdefault("names", []).append(name)
     return list(groups.values())

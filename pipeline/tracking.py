@@ -1,0 +1,349 @@
+"""MLflow behind a tracker object: the only module that imports mlflow.
+
+    tracker = make_tracker(job.tracking, rank)       # NullTracker off rank 0 or when disabled
+    with tracker.start(config=job, tags={"stage": "pretrain"}):
+        tracker.log_metrics({"loss": 0.9, "lr": 1e-4}, step=10)
+        tracker.log_image(reconstruction_grid(orig, masked, recon), "reconstruction", step=10)
+
+Every rank calls the same methods; only :func:`make_tracker` looks at the rank (STYLE rule 8).
+The tracking URI is ``[tracking] tracking_uri``, else ``MLFLOW_TRACKING_URI``, else an embedded
+SQLite store ``sqlite:///runs/mlflow.db`` (this MLflow refuses a plain ``file://`` store). The
+tracker talks through an ``MlflowClient`` bound to that URI, never through mlflow's global
+"active run", so two trackers (a parent and a child run) can live in one process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from pipeline.config import SECRET_MARKERS, config_hash, flatten, help_field, to_dict, to_toml
+from pipeline.errors import TubeletError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URI = "sqlite:///runs/mlflow.db"
+MAX_PARAM_CHARS = 6000  # MLflow's limit on one param value
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
+
+
+class TrackingError(TubeletError):
+    """The tracking store cannot be reached or used; the message is one line."""
+
+
+@dataclass
+class TrackingConfig:
+    """Experiment tracking (TOML section ``[tracking]``)."""
+
+    enabled: bool = help_field(True, help="log this run to MLflow (rank 0 only)")
+    experiment: str = help_field("tubelet", help="MLflow experiment name (created if missing)")
+    tracking_uri: str = help_field("", help="'' = $MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db")
+    run_name: str = help_field("", help="MLflow run name ('' = MLflow's generated name)")
+    parent_run_id: str = help_field("", help="make this run a child of that run (pipeline stages)")
+    system_metrics: bool = help_field(True, help="log CPU/memory/disk/network (and GPU) usage")
+    system_metrics_interval: float = help_field(10.0, help="seconds between system-metric samples")
+    log_every: int = help_field(10, help="log training metrics every N steps")
+    image_every: int = help_field(500, help="log a reconstruction picture every N steps; 0 = never")
+    registered_model: str = help_field("", help="register the final weights under this model name ('' = no)")
+    connect_timeout: float = help_field(5.0, help="seconds to wait for a tracking server at start")
+
+
+def resolve_uri(cfg: TrackingConfig) -> str:
+    """Config > ``MLFLOW_TRACKING_URI`` > the embedded SQLite store (its folder is created)."""
+    uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "") or DEFAULT_URI
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    return uri
+
+
+def check_reachable(uri: str, timeout: float) -> None:
+    """Fail fast, in one line, when an http(s) tracking server does not answer.
+
+    MLflow's own client retries with back-off for minutes before giving up; a short probe of
+    ``/health`` first turns a typo or a stopped server into an immediate, readable error.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return  # it answered: a proxy without /health is still a live server
+    except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TrackingError(f"MLflow tracking server {redact_url(uri)} is unreachable ({reason}); "
+                            f"start it, fix MLFLOW_TRACKING_URI / tracking.tracking_uri, "
+                            f"or set tracking.enabled=false") from None
+
+
+def redact_url(text: str) -> str:
+    """``s3://key:secret@host/x`` -> ``s3://***@host/x``: credentials in URLs never leave."""
+    return _URL_CREDENTIALS.sub(r"\g<scheme>***@", text)
+
+
+def safe_params(params: dict[str, Any]) -> dict[str, str]:
+    """Flattened params as MLflow strings; secret-named keys and URL credentials are masked.
+
+    ``to_dict`` already redacts secrets; this is the second lock, for params built by hand.
+    """
+    out = {}
+    for key, value in flatten(params).items():
+        leaf = key.rsplit(".", 1)[-1].lower()
+        if value not in (None, "", "***") and any(m in leaf for m in SECRET_MARKERS):
+            value = "***"
+        text = redact_url(str(value))
+        out[key] = text if len(text) <= MAX_PARAM_CHARS else text[: MAX_PARAM_CHARS - 3] + "..."
+    return out
+
+
+def git_commit(cwd: str | Path | None = None) -> str:
+    """HEAD of the checkout the code runs from ('' outside git, e.g. an installed package)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=cwd or Path(__file__).resolve().parent)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+# --------------------------------------------------------------------------------------------
+# Trackers
+
+
+class Tracker(Protocol):
+    """What the training loops call, on every rank."""
+
+    @property
+    def run_id(self) -> str | None: ...
+    def start(self, run_name: str = "", params: dict[str, Any] | None = None, tags: dict[str, Any] | None = None,
+              config: Any = None) -> Tracker: ...
+    def log_metrics(self, metrics: dict[str, float | None], step: int) -> None: ...
+    def log_image(self, image: Any, name: str, step: int) -> None: ...
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
+    def log_text(self, text: str, artifact_file: str) -> None: ...
+    def log_dict(self, data: dict[str, Any], artifact_file: str) -> None: ...
+    def set_tags(self, tags: dict[str, Any]) -> None: ...
+    def end(self, status: str = "FINISHED") -> None: ...
+    def __enter__(self) -> Tracker: ...
+    def __exit__(self, *exc: Any) -> None: ...
+
+
+class NullTracker:
+    """Does nothing: ranks other than 0, and runs with tracking disabled."""
+
+    run_id: str | None = None
+
+    def start(self, run_name: str = "", params: dict[str, Any] | None = None, tags: dict[str, Any] | None = None,
+              config: Any = None) -> NullTracker:
+        return self
+
+    def log_metrics(self, metrics: dict[str, float | None], step: int) -> None:
+        pass
+
+    def log_image(self, image: Any, name: str, step: int) -> None:
+        pass
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        pass
+
+    def log_dict(self, data: dict[str, Any], artifact_file: str) -> None:
+        pass
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        pass
+
+    def end(self, status: str = "FINISHED") -> None:
+        pass
+
+    def __enter__(self) -> NullTracker:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+
+class MlflowTracker:
+    """One MLflow run. ``start`` creates it (a child run when ``parent_run_id`` is set)."""
+
+    def __init__(self, cfg: TrackingConfig) -> None:
+        from mlflow import MlflowClient
+
+        self.cfg = cfg
+        self.uri = resolve_uri(cfg)
+        check_reachable(self.uri, cfg.connect_timeout)
+        self.client = MlflowClient(self.uri)
+        self._run_id: str | None = None
+        self._monitor: Any = None
+        self.failures = 0  # logging calls that failed (warned, never fatal to training)
+
+    @property
+    def run_id(self) -> str | None:
+        return self._run_id
+
+    def _experiment_id(self) -> str:
+        experiment = self.client.get_experiment_by_name(self.cfg.experiment)
+        if experiment is not None:
+            return experiment.experiment_id
+        location = None
+        if self.uri.startswith("sqlite:///"):  # artifacts next to the database, not in the cwd
+            location = (Path(self.uri[len("sqlite:///"):]).resolve().parent / "artifacts").as_uri()
+        try:
+            return self.client.create_experiment(self.cfg.experiment, artifact_location=location)
+        except Exception:  # created meanwhile by another job
+            experiment = self.client.get_experiment_by_name(self.cfg.experiment)
+            if experiment is None:
+                raise
+            return experiment.experiment_id
+
+    def start(self, run_name: str = "", params: dict[str, Any] | None = None, tags: dict[str, Any] | None = None,
+              config: Any = None) -> MlflowTracker:
+        """Create the run; ``config`` (a job dataclass) gives the params, its hash and config.toml."""
+        all_tags = {"host": socket.gethostname()}
+        commit = git_commit()
+        if commit:
+            all_tags["mlflow.source.git.commit"] = commit
+        if self.cfg.parent_run_id:
+            all_tags["mlflow.parentRunId"] = self.cfg.parent_run_id  # how MLflow nests runs
+        if config is not None:
+            all_tags["config_hash"] = config_hash(config)
+        all_tags.update({k: str(v) for k, v in (tags or {}).items()})
+        try:
+            run = self.client.create_run(self._experiment_id(), run_name=run_name or self.cfg.run_name or None,
+                                         tags=all_tags)
+        except Exception as exc:
+            raise TrackingError(f"cannot create an MLflow run at {redact_url(self.uri)}: "
+                                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        self._run_id = run.info.run_id
+        merged = {**(to_dict(config) if config is not None else {}), **(params or {})}
+        self._log_params(safe_params(merged))
+        if config is not None:
+            self.log_text(redact_url(to_toml(config)), "config.toml")
+        if self.cfg.system_metrics:
+            self._start_system_metrics()
+        return self
+
+    def _log_params(self, params: dict[str, str]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
+            self.client.log_batch(self._run_id, params=items[i:i + 100])
+
+    def _start_system_metrics(self) -> None:
+        # The monitor class directly (not mlflow.enable_system_metrics_logging): it takes our URI
+        # and run id, so no global mlflow state decides where the samples go.
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        self._monitor = SystemMetricsMonitor(self._run_id, sampling_interval=self.cfg.system_metrics_interval,
+                                             tracking_uri=self.uri)
+        self._monitor.start()
+
+    def _guard(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> None:
+        """Run a logging call; a failure is counted and warned about, never fatal to a long run."""
+        if self._run_id is None:
+            raise TrackingError(f"{what} before start(): call tracker.start() first")
+        try:
+            fn(*args, **kwargs)
+        except Exception as exc:  # the store is external: network, disk, server errors
+            self.failures += 1
+            log.warning("MLflow %s failed (%d so far): %s", what, self.failures, str(exc).splitlines()[:1])
+
+    def log_metrics(self, metrics: dict[str, float | None], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
+        self._guard("log_metrics", self.client.log_batch, self._run_id, metrics=items)
+
+    def log_image(self, image: Any, name: str, step: int) -> None:
+        """``image``: uint8 ``[H, W, 3]`` array or a PIL image; shown per step in MLflow's UI."""
+        self._guard("log_image", self.client.log_image, self._run_id, image, key=name, step=step)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self._guard("log_artifact", self.client.log_artifact, self._run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self._guard("log_text", self.client.log_text, self._run_id, text, artifact_file)
+
+    def log_dict(self, data: dict[str, Any], artifact_file: str) -> None:
+        self._guard("log_dict", self.client.log_dict, self._run_id, data, artifact_file)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, redact_url(str(v))) for k, v in tags.items()]
+        self._guard("set_tags", self.client.log_batch, self._run_id, tags=items)
+
+    def end(self, status: str = "FINISHED") -> None:
+        """Stop system metrics (flushing them) and close the run; safe to call twice."""
+        if self._monitor is not None:
+            self._monitor.finish()
+            self._monitor = None
+        if self._run_id is not None:
+            self._guard("end", self.client.set_terminated, self._run_id, status)
+            self._run_id = None
+
+    def __enter__(self) -> MlflowTracker:
+        return self
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        self.end("FINISHED" if exc_type is None else ("KILLED" if exc_type is KeyboardInterrupt else "FAILED"))
+
+
+def make_tracker(cfg: TrackingConfig, rank: int = 0) -> MlflowTracker | NullTracker:
+    """The one place that looks at the rank: MLflow on rank 0 when enabled, else a NullTracker."""
+    if rank != 0 or not cfg.enabled:
+        return NullTracker()
+    return MlflowTracker(cfg)
+
+
+def child_config(cfg: TrackingConfig, parent_run_id: str, run_name: str = "") -> TrackingConfig:
+    """The section for a stage run nested under ``parent_run_id`` (jobs.pipeline)."""
+    return dataclasses.replace(cfg, parent_run_id=parent_run_id, run_name=run_name or cfg.run_name)
+
+
+# --------------------------------------------------------------------------------------------
+# Pictures
+
+
+def reconstruction_grid(original: np.ndarray, masked: np.ndarray, recon: np.ndarray, frames: int = 4,
+                        gap: int = 2) -> np.ndarray:
+    """One picture: rows original | masked input | reconstruction, ``frames`` evenly spaced columns.
+
+    Inputs are uint8 ``[T, H, W, 3]`` clips of one sample; returns uint8
+    ``[3H + 2 gap, F W + (F - 1) gap, 3]`` with white gaps (no text: nothing to render fonts with).
+    """
+    clips = [np.asarray(c) for c in (original, masked, recon)]
+    for name, clip in zip(("original", "masked", "recon"), clips):
+        if clip.dtype != np.uint8 or clip.ndim != 4 or clip.shape[-1] != 3:
+            raise ValueError(f"{name} must be uint8 [T, H, W, 3], got {clip.dtype} {list(clip.shape)}")
+    if not clips[0].shape == clips[1].shape == clips[2].shape:
+        raise ValueError(f"clip shapes differ: {[list(c.shape) for c in clips]}")
+    t, h, w, _ = clips[0].shape
+    n = max(1, min(frames, t))
+    index = [round(i * (t - 1) / max(1, n - 1)) for i in range(n)] if n > 1 else [0]
+    out = np.full((3 * h + 2 * gap, n * w + (n - 1) * gap, 3), 255, dtype=np.uint8)
+    for row, clip in enumerate(clips):
+        for col, frame in enumerate(index):
+            y, x = row * (h + gap), col * (w + gap)
+            out[y:y + h, x:x + w] = clip[frame]
+    return out
+
+
+__all__ = ["MlflowTracker", "NullTracker", "Tracker", "TrackingConfig", "TrackingError", "check_reachable",
+           "child_config", "git_commit", "make_tracker", "reconstruction_grid", "redact_url", "resolve_uri",
+           "safe_params"]
