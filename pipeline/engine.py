@@ -16,6 +16,7 @@ Checkpoints: ``save_checkpoint`` / ``load_checkpoint`` on every rank, ``consolid
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import socket
@@ -23,6 +24,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, Callable, Literal
 
 import torch
@@ -316,6 +318,21 @@ def build_engine(model_or_factory: ModelOrFactory, ds_cfg: DeepSpeedConfig, opti
     return engine, schedule
 
 
+@contextlib.contextmanager
+def gathered(module: nn.Module, modifier_rank: int = 0) -> Iterator[None]:
+    """Whole parameters inside the block, even under ZeRO-3 (edits on ``modifier_rank`` are kept).
+
+    Used to load initial weights into a model built under ``zero.Init``, before the engine
+    copies them into its fp32 master weights.
+    """
+    params = [p for p in module.parameters() if hasattr(p, "ds_id")]
+    if not params:
+        yield
+        return
+    with _deepspeed().zero.GatheredParameters(params, modifier_rank=modifier_rank):
+        yield
+
+
 def grad_norm(engine: Any) -> float | None:
     """Global gradient norm of the last optimizer step (None before the first one)."""
     norm = engine.get_global_grad_norm()
@@ -378,6 +395,6 @@ def to_universal(directory: str | Path, tag: str, out_dir: str | Path, workers: 
 
 
 __all__ = ["DeepSpeedConfig", "EngineError", "LrSchedule", "OptimConfig", "build_engine", "build_model",
-           "compute_dtype", "consolidate_fp32", "deepspeed_config", "device_type", "global_batch", "grad_norm",
+           "compute_dtype", "consolidate_fp32", "gathered", "deepspeed_config", "device_type", "global_batch", "grad_norm",
            "init_distributed", "load_checkpoint", "lr_at", "peak_lr", "save_checkpoint", "set_lr", "to_universal",
            "warmup_steps"]

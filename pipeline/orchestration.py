@@ -50,3 +50,62 @@ def ray_session(address: str = "", num_cpus: int | None = None) -> Iterator[dict
         yield ray.cluster_resources()
     finally:
         ray.shutdown()
+
+
+class RayTrainSession:
+    """:class:`pipeline.train.session.Session` on Ray Train V2: checkpoints in the run's storage.
+
+    Each rank stages its part of a checkpoint in a local temporary folder and reports it; Ray
+    Train merges the ranks' files into one checkpoint folder in storage (local or ``s3://``)
+    and keeps the last ``num_to_keep``.
+    """
+
+    def __init__(self) -> None:
+        import ray.train
+
+        context = ray.train.get_context()
+        self.rank, self.local_rank = context.get_world_rank(), context.get_local_rank()
+
+    @contextmanager
+    def restore_dir(self) -> Iterator[str | None]:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            yield None
+            return
+        with checkpoint.as_directory() as directory:
+            yield directory
+
+    def staging_dir(self, step: int) -> Any:
+        import tempfile
+        from pathlib import Path
+
+        return Path(tempfile.mkdtemp(prefix=f"tubelet-ckpt-{step:08d}-rank{self.rank}-"))
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Any) -> None:
+        import shutil
+
+        import ray.train
+
+        checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None}
+        ray.train.report(clean, checkpoint=checkpoint)
+        if checkpoint_dir:
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)  # uploaded: the local copy is not needed
+
+
+def storage_for(uri: str) -> tuple[str, Any]:
+    """Ray Train ``(storage_path, storage_filesystem)`` for a local folder or an ``s3://`` prefix."""
+    if not uri.startswith("s3://"):
+        return os.path.abspath(uri), None
+    import pyarrow.fs
+
+    endpoint = os.environ.get("S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
+    kwargs: dict[str, Any] = {}
+    if endpoint:
+        scheme, _, host = endpoint.partition("://")
+        kwargs.update(endpoint_override=host, scheme=scheme or "https")
+    if os.environ.get("AWS_DEFAULT_REGION"):
+        kwargs["region"] = os.environ["AWS_DEFAULT_REGION"]
+    return uri[len("s3://"):], pyarrow.fs.S3FileSystem(**kwargs)

@@ -64,7 +64,10 @@ def resolve_uri(cfg: TrackingConfig) -> str:
     """Config > ``MLFLOW_TRACKING_URI`` > the embedded SQLite store (its folder is created)."""
     uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "") or DEFAULT_URI
     if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        # Absolute, so that processes in another working directory (Ray workers) use the same file.
+        path = Path(uri[len("sqlite:///"):]).absolute()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        uri = f"sqlite:///{path}"
     return uri
 
 
@@ -127,7 +130,7 @@ class Tracker(Protocol):
     @property
     def run_id(self) -> str | None: ...
     def start(self, run_name: str = "", params: dict[str, Any] | None = None, tags: dict[str, Any] | None = None,
-              config: Any = None) -> Tracker: ...
+              config: Any = None, resume_run_id: str = "") -> Tracker: ...
     def log_metrics(self, metrics: dict[str, float | None], step: int) -> None: ...
     def log_image(self, image: Any, name: str, step: int) -> None: ...
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
@@ -145,7 +148,7 @@ class NullTracker:
     run_id: str | None = None
 
     def start(self, run_name: str = "", params: dict[str, Any] | None = None, tags: dict[str, Any] | None = None,
-              config: Any = None) -> NullTracker:
+              config: Any = None, resume_run_id: str = "") -> NullTracker:
         return self
 
     def log_metrics(self, metrics: dict[str, float | None], step: int) -> None:
@@ -210,8 +213,21 @@ class MlflowTracker:
             return experiment.experiment_id
 
     def start(self, run_name: str = "", params: dict[str, Any] | None = None, tags: dict[str, Any] | None = None,
-              config: Any = None) -> MlflowTracker:
-        """Create the run; ``config`` (a job dataclass) gives the params, its hash and config.toml."""
+              config: Any = None, resume_run_id: str = "") -> MlflowTracker:
+        """Create the run; ``config`` (a job dataclass) gives the params, its hash and config.toml.
+
+        ``resume_run_id`` continues an existing run (a resumed training job logs into the run it
+        started, so its charts have no gap and no twin).
+        """
+        if resume_run_id:
+            try:
+                self.client.update_run(resume_run_id, status="RUNNING")
+            except Exception as exc:
+                raise TrackingError(f"cannot resume MLflow run {resume_run_id}: {str(exc).splitlines()[0]}") from None
+            self._run_id = resume_run_id
+            if self.cfg.system_metrics:
+                self._start_system_metrics()
+            return self
         all_tags = {"host": socket.gethostname()}
         commit = git_commit()
         if commit:

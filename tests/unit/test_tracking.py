@@ -140,10 +140,11 @@ def test_unreachable_server_fails_fast_in_one_line():
 def test_uri_resolution(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert resolve_uri(TrackingConfig()) == "sqlite:///runs/mlflow.db" and (tmp_path / "runs").is_dir()
+    # relative SQLite paths become absolute: Ray workers run in another working directory
+    assert resolve_uri(TrackingConfig()) == f"sqlite:///{tmp_path}/runs/mlflow.db" and (tmp_path / "runs").is_dir()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
     assert resolve_uri(TrackingConfig()) == "http://mlflow:5000"
-    assert resolve_uri(TrackingConfig(tracking_uri="sqlite:///x/y.db")) == "sqlite:///x/y.db"
+    assert resolve_uri(TrackingConfig(tracking_uri="sqlite:////x/y.db")) == "sqlite:////x/y.db"
 
 
 def test_system_metrics_are_logged(cfg):

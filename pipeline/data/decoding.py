@@ -1,0 +1,193 @@
+"""Per-sample work of the loader: decode an mp4 once, cut k training views or the test views.
+
+Every random choice is seeded from ``(seed, epoch, key, pass, view)`` through :func:`seed_of`, a
+stable hash, never from global RNG state: a sample gets the same frames and crops whichever
+rank, worker or resumed process decodes it. Failures are not raised but returned as a
+:class:`SampleError` with a one-line reason, which the loader counts in :class:`DataStats`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.data.shards import RawSample
+from pipeline.errors import DataError
+from pipeline.video.decode import open_video
+from pipeline.video.sampling import test_clip_indices, train_clip_indices
+from pipeline.video.transforms import TestTransform, TrainTransform
+
+MAX_REASONS = 8
+
+
+def seed_of(*parts: object) -> int:
+    """A 63-bit seed from any printable parts; stable across processes (unlike ``hash``)."""
+    digest = hashlib.blake2b(repr(parts).encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+@dataclass
+class DataStats:
+    """Loader health counters. ``samples_lost``: samples a broken shard never delivered.
+
+    ``seen = samples_ok + decode_errors + samples_lost`` (every sample the index promised and the
+    loader reached is in exactly one bucket); ``shard_errors`` counts broken shards (or slices).
+    """
+
+    samples_ok: int = 0
+    decode_errors: int = 0
+    shard_errors: int = 0
+    samples_lost: int = 0
+    reasons: deque[str] = field(default_factory=lambda: deque(maxlen=MAX_REASONS))
+
+    @property
+    def errors(self) -> int:
+        return self.decode_errors + self.samples_lost
+
+    @property
+    def seen(self) -> int:
+        return self.samples_ok + self.errors
+
+    @property
+    def error_fraction(self) -> float:
+        return self.errors / self.seen if self.seen else 0.0
+
+    def add(self, other: DataStats | dict[str, Any]) -> None:
+        """Accumulate another counter (or its :meth:`to_dict` form, as carried in a batch)."""
+        d = other.to_dict() if isinstance(other, DataStats) else other
+        self.samples_ok += int(d.get("samples_ok", 0))
+        self.decode_errors += int(d.get("decode_errors", 0))
+        self.shard_errors += int(d.get("shard_errors", 0))
+        self.samples_lost += int(d.get("samples_lost", 0))
+        self.reasons.extend(d.get("reasons", ()))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"samples_ok": self.samples_ok, "decode_errors": self.decode_errors, "shard_errors": self.shard_errors,
+                "samples_lost": self.samples_lost, "reasons": list(self.reasons)}
+
+    def check(self, max_fraction: float, min_samples: int) -> None:
+        """DataError once the error fraction passes ``max_fraction`` after ``min_samples`` samples."""
+        if self.seen >= min_samples and self.error_fraction > max_fraction:
+            raise DataError(
+                f"too many data errors: {self.errors} of {self.seen} samples ({self.error_fraction:.1%}) "
+                f"> data.max_decode_error_fraction {max_fraction:.1%} "
+                f"({self.decode_errors} undecodable, {self.samples_lost} lost in {self.shard_errors} broken shards); "
+                f"last: {'; '.join(list(self.reasons)[-3:])}"
+            )
+
+
+@dataclass(frozen=True)
+class SampleError:
+    """Why a sample yields nothing (the loader logs and counts it)."""
+
+    key: str
+    reason: str
+
+
+@dataclass
+class TrainViews:
+    """k augmented views of one decoded clip: ``video [k, C, T, S, S]`` float, ``frames [T]`` indices."""
+
+    key: str
+    video: torch.Tensor
+    frames: torch.Tensor
+    label: int
+
+
+@dataclass
+class TestViews:
+    """All test views of one video: ``video [clips * crops, C, T, S, S]`` float (clip-major)."""
+
+    __test__ = False  # not a pytest class
+
+    key: str
+    video: torch.Tensor
+    label: int
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """How to turn decoded frames into model input (built once from the data config)."""
+
+    num_frames: int
+    stride: int
+    views: int
+    train: TrainTransform
+    test: TestTransform
+    test_clips: int = 1
+    backend: str = "auto"
+    threads: int = 1
+
+
+def sample_label(raw: RawSample, required: bool) -> int:
+    """The ``.cls`` label, -1 when absent; DataError when ``required`` and absent, ValueError if malformed."""
+    data = raw.members.get("cls")
+    if data is None:
+        if required:
+            raise DataError(f"shards have no labels: sample {raw.key} in {raw.shard} has no .cls member "
+                            "(shard a manifest with a label column for fine-tuning/evaluation)")
+        return -1
+    return int(data.decode("ascii").strip())
+
+
+def _video_bytes(raw: RawSample) -> bytes:
+    data = raw.members.get("mp4")
+    if data is None:
+        raise ValueError(f"no .mp4 member (has: {', '.join(sorted(raw.members)) or 'nothing'})")
+    if "json" in raw.members:
+        json.loads(raw.members["json"])  # a garbage metadata member means a damaged sample
+    return data
+
+
+def train_views(raw: RawSample, spec: ClipSpec, seed: int, epoch: int, require_label: bool) -> TrainViews | SampleError:
+    """Decode ``spec.num_frames`` frames once and cut ``spec.views`` independently cropped views.
+
+    The views share the frame indices (VideoMAE V2 repeated augmentation: one decode, k crops);
+    view ``v``'s crop is seeded from ``(seed, epoch, key, pass, v)``.
+    """
+    try:
+        label = sample_label(raw, require_label)
+        data = _video_bytes(raw)
+        rng = np.random.default_rng(seed_of(seed, epoch, raw.key, raw.pass_index, "frames"))
+        with open_video(data, spec.backend, threads=spec.threads) as reader:  # type: ignore[arg-type]
+            idx = train_clip_indices(reader.num_frames, spec.num_frames, spec.stride, rng)
+            frames = reader.get(idx)
+        gens = [torch.Generator().manual_seed(seed_of(seed, epoch, raw.key, raw.pass_index, v)) for v in range(spec.views)]
+        video = torch.stack([spec.train(frames, g) for g in gens])
+    except DataError:
+        raise  # unlabelled shards cannot become labelled by skipping samples
+    except Exception as exc:  # noqa: BLE001 - every per-sample failure is counted, not fatal
+        return SampleError(raw.key, _reason(exc))
+    return TrainViews(raw.key, video, torch.from_numpy(idx), label)
+
+
+def test_views(raw: RawSample, spec: ClipSpec, require_label: bool) -> TestViews | SampleError:
+    """``spec.test_clips`` evenly spaced clips x ``spec.test.num_crops`` crops, decoded in one pass."""
+    try:
+        label = sample_label(raw, require_label)
+        data = _video_bytes(raw)
+        with open_video(data, spec.backend, threads=spec.threads) as reader:  # type: ignore[arg-type]
+            clips = test_clip_indices(reader.num_frames, spec.num_frames, spec.stride, spec.test_clips)
+            frames = reader.get(np.concatenate(clips))  # one decode pass for every clip
+        t = spec.num_frames
+        video = torch.cat([spec.test(frames[i * t : (i + 1) * t]) for i in range(len(clips))])
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        return SampleError(raw.key, _reason(exc))
+    return TestViews(raw.key, video, label)
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{type(exc).__name__}: {text[:200]}"
+
+
+# The name starts with "test_": stop pytest from collecting it when a test module imports it.
+test_views.__test__ = False  # type: ignore[attr-defined]

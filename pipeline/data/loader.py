@@ -1,0 +1,294 @@
+"""Training and evaluation data loaders over WebDataset shards (local or ``s3://``).
+
+Pre-training (:func:`pretrain_loader`), per rank::
+
+    index.json -> shards of the split -> units, dealt to world_size x W readers by sample count
+    (order shuffled with (seed, epoch)) -> this rank's W readers (DataLoader workers) -> read tar
+    -> shuffle buffer -> decode mp4 once -> T frames at stride s -> k views, each its own
+    multi-scale crop -> batch of ``batch_size`` views + tube / running-cell masks (in the worker)
+
+Batches: ``{"video": float [B, C, T, H, W], "enc_mask": bool [B, N], "dec_mask": bool [B, N],
+"keys": [B] str, "label": long [B] (-1 = unlabelled), "frame_indices": long [B, T],
+"stats": counts since the worker's previous batch}``.
+
+**Equal steps.** Every rank yields exactly ``steps_per_epoch = samples * repeated_aug //
+(batch_size * world_size)`` batches per epoch (unequal counts hang collectives). Readers are
+balanced by sample count; a reader whose share is smaller than its batches need starts another
+pass over its shards (new order, new crops), one with a larger share leaves its last samples for
+later epochs (the deal changes every epoch). Over an epoch every sample is used about
+``repeated_aug`` times; exactly that when shards divide evenly.
+
+**Resume.** The batch sequence of an epoch is a pure function of ``(seed, epoch, rank,
+world_size, num_workers)``. :meth:`TrainLoader.state_dict` holds the epoch, the step within it
+and each reader's sample position; a loader given that state yields exactly the batches the
+uninterrupted one would have yielded next, skipping the consumed samples *before* decoding (the
+tar bytes are re-read, no video is decoded). Under a different world size / worker count /
+batch shape the step is carried over by clips consumed (samples may repeat within that epoch).
+
+**Errors.** Undecodable videos, samples with missing or damaged members and broken shards (open
+failure, bad tar, fewer samples than the index states) are logged with the key and reason,
+counted and skipped; never replaced by another sample. Each batch carries the counts since its
+worker's previous batch; :attr:`TrainLoader.stats` sums them for the rank (the trainer can
+all-reduce them). Past ``max_decode_error_fraction`` of the samples seen (after
+``error_check_after`` samples), or when nothing decodes at all, a DataError stops the run.
+
+WebDataset's ``WebLoader.with_epoch`` is not used: this wrapper must also know which worker
+produced each batch and where it stood, for exact resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from torch.utils.data import DataLoader, IterableDataset
+
+from pipeline.config import help_field
+from pipeline.data.decoding import ClipSpec, DataStats, seed_of
+from pipeline.data.shards import ShardIndex, Unit, assign_units, plan_units
+from pipeline.data.streams import EvalPlan, EvalStream, TrainPlan, TrainStream
+from pipeline.errors import DataError
+from pipeline.masking import Grid, MaskConfig
+from pipeline.video.transforms import MULTISCALE_SCALES, TestTransform, TrainTransform
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DataConfig:
+    """Training / evaluation data (TOML section ``[data]``)."""
+
+    shards: str = help_field("", help="shard folder or s3:// prefix holding index.json (written by jobs.shard)")
+    split: str = help_field("train", help="split of the shard index to read")
+    num_frames: int = help_field(16, help="frames per clip (T)")
+    sampling_rate: int = help_field(4, help="stride between sampled frames (4 for Kinetics, 2 for SSv2)")
+    input_size: int = help_field(224, help="side of the square crop fed to the model")
+    scales: tuple[float, ...] = help_field(MULTISCALE_SCALES, help="multi-scale crop scales of the short side")
+    flip: bool = help_field(False, help="random horizontal flip (VideoMAE pre-training: off)")
+    repeated_aug: int = help_field(4, help="views (clips) cut from each decoded video (VideoMAE V2: 4)")
+    batch_size: int = help_field(8, help="clips (views) per batch per rank; videos per batch for evaluation")
+    num_workers: int = help_field(2, help="loader worker processes per rank (0 = decode in the training process)")
+    prefetch_factor: int = help_field(2, help="batches each worker prepares ahead")
+    shuffle_buffer: int = help_field(64, help="undecoded samples per worker shuffled together")
+    seed: int = help_field(0, help="data order and augmentation seed")
+    max_decode_error_fraction: float = help_field(0.05, help="stop when this fraction of samples seen fails")
+    error_check_after: int = help_field(20, help="samples seen before the error fraction is checked")
+    decode_backend: Literal["auto", "decord", "pyav"] = help_field("auto", help="video decoder")
+    decode_threads: int = help_field(1, help="decoder threads per worker (0 = decoder's choice)")
+    test_num_clips: int = help_field(5, help="evaluation: temporal clips per video")
+    test_num_crops: int = help_field(3, help="evaluation: spatial crops per clip")
+
+    def __post_init__(self) -> None:
+        for name in ("num_frames", "sampling_rate", "input_size", "repeated_aug", "batch_size", "test_num_clips",
+                     "test_num_crops", "prefetch_factor"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if not 0.0 <= self.max_decode_error_fraction <= 1.0:
+            raise ValueError(f"data.max_decode_error_fraction must be in [0, 1], got {self.max_decode_error_fraction}")
+
+    @property
+    def readers_per_rank(self) -> int:
+        """Logical readers per rank: one per worker process (one in-process reader with 0 workers)."""
+        return max(1, self.num_workers)
+
+    def clip_spec(self) -> ClipSpec:
+        return ClipSpec(
+            num_frames=self.num_frames, stride=self.sampling_rate, views=self.repeated_aug,
+            train=TrainTransform(size=self.input_size, scales=tuple(self.scales), flip=self.flip),
+            test=TestTransform(size=self.input_size, short_side=self.input_size, num_crops=self.test_num_crops),
+            test_clips=self.test_num_clips, backend=self.decode_backend, threads=self.decode_threads,
+        )
+
+
+def _check_rank(rank: int, world_size: int) -> None:
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank={rank} world_size={world_size}")
+
+
+def _unwrap(exc: DataError) -> DataError:
+    """A DataError re-raised by torch from a worker carries the worker's traceback: keep one line."""
+    text = str(exc)
+    marker = "DataError: "
+    return DataError(text[text.rindex(marker) + len(marker):].strip() if marker in text else text)
+
+
+def _batches(dataset: IterableDataset, cfg: DataConfig) -> Iterator[dict[str, Any]]:
+    extra = {"prefetch_factor": cfg.prefetch_factor} if cfg.num_workers else {}
+    it = iter(DataLoader(dataset, batch_size=None, num_workers=cfg.num_workers, **extra))
+    try:
+        while True:
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            except DataError as exc:
+                error = _unwrap(exc)
+            else:
+                yield batch
+                continue
+            # raised outside the except block: the worker's exception (whose traceback holds the
+            # DataLoader iterator and so its processes) must not stay chained to ours
+            raise error
+    finally:
+        # Stop the workers now (their streams are infinite) rather than whenever `it` is collected.
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
+
+class TrainLoader:
+    """Equal-length, resumable epochs of training batches for one rank (see the module docstring).
+
+    ``for batch in loader`` runs the rest of the current epoch; ``loader.forever()`` crosses
+    epochs. ``epoch`` / ``step`` say where the next batch comes from.
+    """
+
+    def __init__(self, cfg: DataConfig, rank: int = 0, world_size: int = 1, *, mask: MaskConfig | None = None,
+                 grid: Grid | None = None, require_labels: bool = False, index: ShardIndex | None = None) -> None:
+        _check_rank(rank, world_size)
+        if (mask is None) != (grid is None):
+            raise ValueError("give both mask and grid (pre-training) or neither (supervised)")
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.mask, self.grid, self.require_labels = mask, grid, require_labels
+        self.index = index or ShardIndex.load(cfg.shards)
+        if require_labels and not self.index.labels:
+            raise DataError(f"shards have no labels: {self.index.uri}/index.json lists none "
+                            "(shard a manifest with a label column for supervised training)")
+        shards = self.index.split(cfg.split)
+        self.num_samples = sum(s.samples for s in shards)
+        self.steps_per_epoch = self.num_samples * cfg.repeated_aug // (cfg.batch_size * world_size)
+        if self.steps_per_epoch < 1:
+            raise DataError(f"split {cfg.split!r} has {self.num_samples} samples x {cfg.repeated_aug} views: fewer "
+                            f"than one global batch of {cfg.batch_size} x {world_size} ranks")
+        self._units = plan_units(shards, world_size * cfg.readers_per_rank)
+        self._spec = cfg.clip_spec()
+        self.seed, self.epoch, self.step = cfg.seed, 0, 0
+        self._positions: dict[int, tuple[int, int]] = {}
+        self.stats = DataStats()
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def readers(self, epoch: int) -> list[list[Unit]]:
+        """This rank's units per logical reader in ``epoch`` (the same deal on every rank)."""
+        parts = self.world_size * self.cfg.readers_per_rank
+        deal = assign_units(self._units, parts, random.Random(seed_of(self.seed, epoch, "deal")))
+        return deal[self.rank * self.cfg.readers_per_rank : (self.rank + 1) * self.cfg.readers_per_rank]
+
+    def _plan(self) -> TrainPlan:
+        return TrainPlan(
+            units=self.readers(self.epoch), spec=self._spec, seed=self.seed, epoch=self.epoch, rank=self.rank,
+            batch_size=self.cfg.batch_size, shuffle_buffer=self.cfg.shuffle_buffer, start_step=self.step,
+            positions=dict(self._positions), mask=self.mask, grid=self.grid, require_labels=self.require_labels,
+            min_samples=self.cfg.error_check_after,
+        )
+
+    def _next_epoch(self) -> None:
+        self.epoch, self.step, self._positions = self.epoch + 1, 0, {}
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        if self.step >= self.steps_per_epoch:
+            self._next_epoch()
+        batches = _batches(TrainStream(self._plan()), self.cfg)
+        try:
+            while self.step < self.steps_per_epoch:
+                batch = next(batches)
+                worker, done, partial = batch.pop("_position")
+                self._positions[worker] = (done, partial)
+                self.step += 1
+                self.stats.add(batch["stats"])
+                self.stats.check(self.cfg.max_decode_error_fraction, self.cfg.error_check_after)
+                yield batch
+        finally:
+            batches.close()
+        self._next_epoch()
+
+    def forever(self) -> Iterator[dict[str, Any]]:
+        """Batches across epochs, without end."""
+        while True:
+            yield from self
+
+    def _layout(self) -> dict[str, int]:
+        return {"world_size": self.world_size, "num_workers": self.cfg.readers_per_rank,
+                "batch_size": self.cfg.batch_size, "repeated_aug": self.cfg.repeated_aug}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The data position (plain ints and lists: JSON- and torch.save-able)."""
+        return {"epoch": self.epoch, "step": self.step, "seed": self.seed, **self._layout(),
+                "positions": [[w, d, p] for w, (d, p) in sorted(self._positions.items())],
+                "stats": self.stats.to_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state``: the next batch is the one the saved run would have yielded next."""
+        if int(state["seed"]) != self.seed:
+            log.warning("data seed %s from the checkpoint replaces data.seed %s", state["seed"], self.seed)
+        self.seed, self.epoch = int(state["seed"]), int(state["epoch"])
+        self.stats = DataStats()
+        self.stats.add(state.get("stats", {}))
+        old = {k: int(state.get(k, 0)) for k in self._layout()}
+        if old == self._layout():
+            self.step = int(state["step"])
+            self._positions = {int(w): (int(d), int(p)) for w, d, p in state.get("positions", [])}
+            return
+        # Another layout deals other samples to each reader: carry the position over by clips consumed.
+        clips = int(state["step"]) * old["batch_size"] * old["world_size"]
+        self.step = min(clips // (self.cfg.batch_size * self.world_size), self.steps_per_epoch)
+        self._positions = {}
+        log.warning("data layout changed (%s -> %s): resuming epoch %d at step %d by clips consumed; "
+                    "samples of this epoch may repeat or be skipped", old, self._layout(), self.epoch, self.step)
+
+
+class EvalLoader:
+    """One pass over a split for evaluation: every sample of this rank's share once.
+
+    Batches: ``{"video": float [B, V, C, T, S, S] (V = test_num_clips x test_num_crops, clip-major),
+    "label": long [B] (-1 = unlabelled), "keys": [B], "stats"}``; the last batch may be short and
+    ranks may yield different counts (gather results at the end, not per step).
+    """
+
+    def __init__(self, cfg: DataConfig, rank: int = 0, world_size: int = 1, *, require_labels: bool = True,
+                 index: ShardIndex | None = None) -> None:
+        _check_rank(rank, world_size)
+        self.cfg, self.rank, self.world_size, self.require_labels = cfg, rank, world_size, require_labels
+        self.index = index or ShardIndex.load(cfg.shards)
+        if require_labels and not self.index.labels:
+            raise DataError(f"shards have no labels: {self.index.uri}/index.json lists none")
+        shards = self.index.split(cfg.split)
+        self.num_samples = sum(s.samples for s in shards)
+        readers = cfg.readers_per_rank
+        deal = assign_units(plan_units(shards, world_size * readers), world_size * readers)
+        self._units = deal[rank * readers : (rank + 1) * readers]
+        self._spec = cfg.clip_spec()
+        self.stats = DataStats()
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        self.stats = DataStats()
+        plan = EvalPlan(self._units, self._spec, self.cfg.batch_size, self.require_labels)
+        for batch in _batches(EvalStream(plan), self.cfg):
+            self.stats.add(batch["stats"])
+            self.stats.check(self.cfg.max_decode_error_fraction, self.cfg.error_check_after)
+            if batch["keys"]:
+                yield batch
+        if self.stats.samples_ok == 0:
+            raise DataError(f"no sample of split {self.cfg.split!r} could be decoded on rank {self.rank}: "
+                            f"{'; '.join(list(self.stats.reasons)[-3:])}")
+
+
+def pretrain_loader(cfg: DataConfig, mask: MaskConfig, grid: Grid, rank: int = 0, world_size: int = 1) -> TrainLoader:
+    """VideoMAE V2 pre-training batches with ``enc_mask`` / ``dec_mask`` for token ``grid`` (T', H', W')."""
+    return TrainLoader(cfg, rank, world_size, mask=mask, grid=grid)
+
+
+def supervised_loader(cfg: DataConfig, rank: int = 0, world_size: int = 1) -> TrainLoader:
+    """Fine-tuning batches (labels required; ``repeated_aug`` views per decoded video, no masks)."""
+    return TrainLoader(cfg, rank, world_size, require_labels=True)
+
+
+def eval_loader(cfg: DataConfig, rank: int = 0, world_size: int = 1, require_labels: bool = True) -> EvalLoader:
+    """Evaluation / prediction batches of ``test_num_clips x test_num_crops`` views per video."""
+    return EvalLoader(cfg, rank, world_size, require_labels=require_labels)

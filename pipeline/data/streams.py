@@ -1,0 +1,255 @@
+"""What runs inside a loader worker: read units -> shuffle -> skip to the resume point -> decode -> batch.
+
+A rank's epoch is served by ``W`` *logical* workers (``W = max(1, num_workers)``). Logical worker
+``w`` yields the rank's batches ``w, w + W, w + 2W, ...`` of the epoch: torch's DataLoader takes
+batches from its worker processes round-robin, so the rank's batch order is fixed. When a
+loader resumes at step ``s``, DataLoader worker ``i`` plays logical worker ``(s + i) % W``, so the
+first batch after resuming is batch ``s``, exactly as in the uninterrupted run.
+
+A logical worker's sample stream is infinite: it reads its units in a seeded order, shuffles
+samples in a buffer flushed at the end of each pass (so one pass is exactly its samples once),
+then starts another pass in a new order. The loader stops after the epoch's number of steps.
+
+The stream before decoding is a pure function of ``(seed, epoch, rank, world_size, workers)``, so
+resuming replays it without decoding: a batch carries its worker's position ``(done, partial)``
+(samples finished, views of the next sample already batched), and :func:`skip_samples` drops that
+many undecoded samples, plus the shard-error events the skipped part already counted.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from pipeline.data.decoding import ClipSpec, DataStats, SampleError, TestViews, TrainViews, seed_of, test_views, train_views
+from pipeline.data.shards import RawSample, ShardFault, Unit, read_unit
+from pipeline.errors import DataError
+from pipeline.masking import Grid, MaskConfig, make_masks
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PassEnd:
+    """Marks the end of one pass of a logical worker over its units."""
+
+    pass_index: int
+
+
+Item = RawSample | ShardFault | PassEnd
+
+
+def buffer_shuffle(items: Iterable[Item], size: int, rng: random.Random) -> Iterator[Item]:
+    """WebDataset-style shuffle of samples in a ``size`` buffer; events pass straight through."""
+    buf: list[Item] = []
+    for item in items:
+        if not isinstance(item, RawSample):
+            yield item
+            continue
+        buf.append(item)
+        if len(buf) >= max(1, size):
+            i = rng.randrange(len(buf))
+            buf[i], buf[-1] = buf[-1], buf[i]
+            yield buf.pop()
+    rng.shuffle(buf)
+    yield from buf
+
+
+def cycle_units(units: list[Unit], seed_parts: tuple[object, ...], shuffle_buffer: int) -> Iterator[Item]:
+    """Infinite passes over ``units``; pass ``p``'s unit order and sample order come from seed_parts + p."""
+    for p in itertools.count():
+        order = list(units)
+        random.Random(seed_of(*seed_parts, p, "units")).shuffle(order)
+        samples = itertools.chain.from_iterable(read_unit(u) for u in order)
+        for item in buffer_shuffle(samples, shuffle_buffer, random.Random(seed_of(*seed_parts, p, "samples"))):
+            if isinstance(item, RawSample):
+                item.pass_index = p
+            yield item
+        yield PassEnd(p)
+
+
+def skip_samples(items: Iterable[Item], done: int, partial: int) -> Iterator[tuple[Item, int]]:
+    """Drop the first ``done`` samples and the events among them; yield ``(item, views_to_drop)``.
+
+    With ``partial > 0`` the next sample had ``partial`` views batched before the checkpoint: it
+    is yielded with that count, and events before it are dropped too (they were counted then).
+    """
+    skipped = 0
+    for item in items:
+        if skipped < done:
+            skipped += isinstance(item, RawSample)
+            continue
+        if partial:
+            if isinstance(item, RawSample):
+                yield item, partial
+                partial = 0
+            continue
+        yield item, 0
+
+
+@dataclass
+class TrainPlan:
+    """Everything a worker needs for one epoch of one rank (pickled into each worker process)."""
+
+    units: list[list[Unit]]  # per logical worker of this rank
+    spec: ClipSpec
+    seed: int
+    epoch: int
+    rank: int
+    batch_size: int
+    shuffle_buffer: int
+    start_step: int = 0
+    positions: dict[int, tuple[int, int]] = field(default_factory=dict)
+    mask: MaskConfig | None = None
+    grid: Grid | None = None
+    require_labels: bool = False
+    min_samples: int = 20
+
+
+class _Batcher:
+    """Collects views into batches; counts what went wrong since the last batch."""
+
+    def __init__(self, plan: TrainPlan, worker: int, first_batch: int) -> None:
+        self.plan, self.worker, self.index = plan, worker, first_batch
+        self.pending: list[tuple[TrainViews, int]] = []
+        self.stats = DataStats()  # since the last batch: what the batch carries
+        self.total = DataStats()  # this worker's whole epoch: the no-progress guard
+        self.pass_ok = self.pass_bad = 0
+        self.resumed_pass = bool(first_batch)
+
+    def error(self, what: str, reason: str, lost: int = 1, shard: bool = False) -> None:
+        log.warning("data error: %s: %s", what, reason)
+        for s in (self.stats, self.total):
+            if shard:
+                s.shard_errors += 1
+                s.samples_lost += lost
+            else:
+                s.decode_errors += 1
+            s.reasons.append(f"{what}: {reason}")
+        self.pass_bad += lost
+        if self.total.samples_ok == 0 and self.total.errors >= self.plan.min_samples:
+            raise DataError(f"every sample failed ({self.total.errors} of {self.total.seen}); last: {what}: {reason}")
+
+    def ok(self, counted: bool = False) -> None:
+        if not counted:
+            self.stats.samples_ok += 1
+            self.total.samples_ok += 1
+        self.pass_ok += 1
+
+    def end_pass(self, units: list[Unit]) -> None:
+        if self.pass_ok == 0 and self.pass_bad and not self.resumed_pass:
+            names = ", ".join(u.name for u in units[:4]) + (" ..." if len(units) > 4 else "")
+            raise DataError(f"no sample of shards {names} could be used; last: {'; '.join(list(self.total.reasons)[-2:])}")
+        self.pass_ok = self.pass_bad = 0
+        self.resumed_pass = False
+
+    def batch(self, position: tuple[int, int]) -> dict[str, Any]:
+        """Collate the pending views: video ``[B, C, T, H, W]``, masks ``[B, N]``, labels ``[B]``."""
+        plan, views = self.plan, self.pending
+        out: dict[str, Any] = {
+            "video": torch.stack([tv.video[v] for tv, v in views]),
+            "keys": [tv.key for tv, _ in views],
+            "label": torch.tensor([tv.label for tv, _ in views], dtype=torch.long),
+            "frame_indices": torch.stack([tv.frames for tv, _ in views]),
+        }
+        if plan.mask is not None and plan.grid is not None:
+            step = self.worker + len(plan.units) * self.index  # this batch's step within the epoch
+            g = torch.Generator().manual_seed(seed_of(plan.seed, plan.epoch, plan.rank, step, "mask"))
+            out["enc_mask"], out["dec_mask"] = make_masks(plan.mask, len(views), plan.grid, g)
+        out["stats"] = self.stats.to_dict()
+        out["_position"] = (self.worker, *position)
+        self.pending, self.stats, self.index = [], DataStats(), self.index + 1
+        return out
+
+
+def train_batches(plan: TrainPlan, worker: int) -> Iterator[dict[str, Any]]:
+    """Logical ``worker``'s batches of the epoch, from ``plan.start_step`` on (infinite)."""
+    workers, k, size = len(plan.units), plan.spec.views, plan.batch_size
+    before = len(range(worker, plan.start_step, workers))  # batches it yielded before start_step
+    # Without a recorded position (other layout), assume no errors in the skipped part.
+    done, partial = plan.positions.get(worker) or divmod(before * size, k)
+    units = plan.units[worker]
+    stream = cycle_units(units, (plan.seed, plan.epoch, plan.rank, worker), plan.shuffle_buffer)
+    b = _Batcher(plan, worker, before)
+    for item, drop in skip_samples(stream, done, partial):
+        if isinstance(item, PassEnd):
+            b.end_pass(units)
+            continue
+        if isinstance(item, ShardFault):
+            b.error(f"shard {item.shard}", item.reason, lost=item.lost, shard=True)
+            continue
+        views = train_views(item, plan.spec, plan.seed, plan.epoch, plan.require_labels)
+        if isinstance(views, SampleError):
+            b.error(f"sample {views.key} in {item.shard}", views.reason)
+            done += 1
+            continue
+        b.ok(counted=bool(drop))  # a partly batched sample was counted before the checkpoint
+        for v in range(drop, k):
+            b.pending.append((views, v))
+            if len(b.pending) == size:
+                finished = v + 1 == k
+                yield b.batch((done + finished, 0 if finished else v + 1))
+        done += 1
+
+
+class TrainStream(IterableDataset):
+    """One epoch of one rank as an IterableDataset of ready batches (``DataLoader(batch_size=None)``)."""
+
+    def __init__(self, plan: TrainPlan) -> None:
+        self.plan = plan
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker = ((info.id if info else 0) + self.plan.start_step) % len(self.plan.units)
+        return train_batches(self.plan, worker)
+
+
+@dataclass
+class EvalPlan:
+    """One rank's evaluation pass: units per DataLoader worker, each sample read once."""
+
+    units: list[list[Unit]]
+    spec: ClipSpec
+    batch_size: int
+    require_labels: bool = True
+
+
+def _eval_batch(views: list[TestViews], stats: DataStats) -> dict[str, Any]:
+    return {"video": torch.stack([tv.video for tv in views]), "label": torch.tensor([tv.label for tv in views]),
+            "keys": [tv.key for tv in views], "stats": stats.to_dict()}
+
+
+class EvalStream(IterableDataset):
+    """Batches ``{video [B, V, C, T, H, W], label [B], keys, stats}``; V = clips x crops; last one may be short."""
+
+    def __init__(self, plan: EvalPlan) -> None:
+        self.plan = plan
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        plan, stats, pending = self.plan, DataStats(), []
+        for unit in plan.units[info.id if info else 0]:
+            for item in read_unit(unit):
+                out = item if isinstance(item, ShardFault) else test_views(item, plan.spec, plan.require_labels)
+                if isinstance(out, TestViews):
+                    stats.samples_ok += 1
+                    pending.append(out)
+                else:
+                    what = f"shard {out.shard}" if isinstance(out, ShardFault) else f"sample {out.key}"
+                    log.warning("data error: %s: %s", what, out.reason)
+                    stats.shard_errors += isinstance(out, ShardFault)
+                    stats.samples_lost += out.lost if isinstance(out, ShardFault) else 0
+                    stats.decode_errors += isinstance(out, SampleError)
+                    stats.reasons.append(f"{what}: {out.reason}")
+                if len(pending) == plan.batch_size:
+                    yield _eval_batch(pending, stats)
+                    pending, stats = [], DataStats()
+        if pending or stats.seen:
+            yield _eval_batch(pending, stats) if pending else {"video": None, "label": None, "keys": [], "stats": stats.to_dict()}

@@ -1,0 +1,1 @@
+"""Training loops (pre-training; fine-tuning later) and what they share: sessions, meters, checkpoints."""

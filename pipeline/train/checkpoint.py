@@ -1,0 +1,89 @@
+"""What a pre-training checkpoint holds, and how a run comes back from one.
+
+A checkpoint directory (staged per rank, merged by Ray Train into its storage)::
+
+    ds/<tag>/...           DeepSpeed: every rank's ZeRO shard + the model states
+    ds/latest              DeepSpeed's pointer to <tag>
+    loop.json              step, epoch, data position, world size, MLflow run id (rank 0)
+    rng/rank<r>.pt         torch / numpy / python RNG states of rank r
+
+Everything needed to continue exactly is here: the lr is a function of the step, the data
+position is the loader's state, and augmentation/masks are seeded per sample.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from pipeline import engine as eng
+
+log = logging.getLogger(__name__)
+
+LOOP_FILE = "loop.json"
+
+
+def tag_of(step: int) -> str:
+    return f"step{step:08d}"
+
+
+def save(engine: Any, directory: Path, step: int, loop_state: dict[str, Any], rank: int) -> None:
+    """Every rank writes its part of the checkpoint of ``step`` into ``directory`` (collective)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    eng.save_checkpoint(engine, directory / "ds", tag_of(step), {"step": step})
+    rng_dir = directory / "rng"
+    rng_dir.mkdir(exist_ok=True)
+    torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+               rng_dir / f"rank{rank}.pt")
+    if rank == 0:
+        (directory / LOOP_FILE).write_text(json.dumps({**loop_state, "step": step, "tag": tag_of(step)}, indent=1))
+
+
+@dataclass
+class Restore:
+    """A checkpoint to continue from, as this world size can load it."""
+
+    loop: dict[str, Any]
+    ds_dir: Path
+    tag: str
+    universal: bool
+    rng_file: Path | None
+
+
+def prepare_restore(directory: str | None, rank: int, world_size: int, local_rank: int) -> Restore | None:
+    """Read ``loop.json``; if the checkpoint was saved by another number of ranks, convert it to
+    DeepSpeed's universal format (once per node) so this world size can load it."""
+    if directory is None:
+        return None
+    root = Path(directory)
+    loop = json.loads((root / LOOP_FILE).read_text())
+    tag, saved_world = loop["tag"], int(loop["world_size"])
+    rng = root / "rng" / f"rank{rank}.pt"
+    if saved_world == world_size:
+        return Restore(loop, root / "ds", tag, False, rng if rng.is_file() else None)
+    # Other ranks count: the ZeRO partitions must be re-cut. One converter per node, then everyone loads.
+    target = Path(tempfile.gettempdir()) / f"tubelet-universal-{loop.get('run_id') or 'run'}-{tag}"
+    if local_rank == 0 and not (target / tag).is_dir():
+        log.info("checkpoint %s was saved by %d ranks; converting to universal for %d", tag, saved_world, world_size)
+        eng.to_universal(root / "ds", tag, target)
+    if dist.is_initialized():
+        dist.barrier()
+    return Restore(loop, target, tag, True, None)
+
+
+def restore_rng(path: Path | None) -> None:
+    if path is None:
+        return  # a different world size: ranks have new identities, their RNG streams start fresh
+    state = torch.load(path, weights_only=False)
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])

@@ -1,0 +1,54 @@
+"""The pre-training job config: one dataclass per TOML table (``jobs/configs/pretrain/*.toml``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pipeline.config import help_field
+from pipeline.data.loader import DataConfig
+from pipeline.engine import DeepSpeedConfig, OptimConfig
+from pipeline.masking import MaskConfig
+from pipeline.models.config import ModelConfig
+from pipeline.tracking import TrackingConfig
+
+
+@dataclass
+class RunSection:
+    name: str = help_field("pretrain", help="run name: relaunching the same name resumes it")
+    output: str = help_field("runs/pretrain", help="where runs live: <output>/<name>/ (local dir or s3://)")
+    seed: int = help_field(0, help="seed of model init, augmentation and masks")
+
+
+@dataclass
+class TrainSection:
+    steps: int = help_field(100, help="optimizer steps in total")
+    log_every: int = help_field(10, help="steps between metric logs and progress lines")
+    checkpoint_every: int = help_field(50, help="steps between checkpoints (one is always written at the end)")
+    image_every: int = help_field(50, help="steps between reconstruction pictures (0 = never)")
+    keep_checkpoints: int = help_field(2, help="checkpoints kept in Ray Train storage")
+    export: bool = help_field(True, help="write consolidated fp32 weights (ours + official layout) at the end")
+    fail_at_step: int = help_field(-1, help="testing: crash rank 0 once after this step (-1 = never)")
+
+
+@dataclass
+class ScalingSection:
+    num_workers: int = help_field(2, help="Ray Train workers (one rank each)")
+    use_gpu: bool = help_field(False, help="one GPU per worker")
+    cpus_per_worker: int = help_field(1, help="CPUs reserved per worker")
+    max_failures: int = help_field(1, help="worker crashes survived by restarting from the last checkpoint")
+    torch_threads: int = help_field(0, help="intra-op threads per worker (0 = CPUs per worker)")
+
+
+@dataclass
+class PretrainConfig:
+    """VideoMAE V2 pre-training with Ray Train + DeepSpeed ZeRO."""
+
+    run: RunSection = field(default_factory=RunSection)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    train: TrainSection = field(default_factory=TrainSection)
+    scaling: ScalingSection = field(default_factory=ScalingSection)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)

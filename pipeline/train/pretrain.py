@@ -1,0 +1,205 @@
+"""The VideoMAE V2 pre-training loop, run by every rank: ``pretrain(cfg, session)``.
+
+Ray Train calls it on each worker (``jobs.pretrain``); a test can call it in one process with a
+:class:`~pipeline.train.session.LocalSession`. It reads top to bottom: set up (engine, data,
+tracker, restore), then one optimizer step per iteration, logging and checkpointing on a
+schedule. Nothing here knows whether it runs on a laptop or a cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from pipeline import engine as eng
+from pipeline.config import config_hash, to_dict
+from pipeline.data.loader import TrainLoader, pretrain_loader
+from pipeline.errors import DataError
+from pipeline.masking import token_grid
+from pipeline.models import create_model_from_config
+from pipeline.models.checkpoints import load_file
+from pipeline.models.flops import token_counts, train_flops_per_clip
+from pipeline.models.registry import get_spec
+from pipeline.tracking import make_tracker, reconstruction_grid
+from pipeline.train import checkpoint as ckpt
+from pipeline.train.config import PretrainConfig
+from pipeline.train.meter import Meter, format_eta
+from pipeline.train.session import Session
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Setup:
+    engine: Any
+    schedule: eng.LrSchedule
+    loader: TrainLoader
+    meter: Meter
+    step: int
+    run_id: str
+
+
+def check_config(cfg: PretrainConfig) -> None:
+    """Sizes the data and the model must agree on (stated once in each section, checked here)."""
+    pairs = [("data.num_frames", cfg.data.num_frames, "model.num_frames", cfg.model.num_frames),
+             ("data.input_size", cfg.data.input_size, "model.img_size", cfg.model.img_size)]
+    for a, va, b, vb in pairs:
+        if va != vb:
+            raise DataError(f"{a} ({va}) must equal {b} ({vb})")
+    if not cfg.data.shards:
+        raise DataError("data.shards is not set (a folder or s3:// prefix written by jobs.shard)")
+
+
+def _model_factory(cfg: PretrainConfig):
+    init = cfg.model.init
+    model_cfg = type(cfg.model)(**{**to_dict(cfg.model, redact=False), "init": ""})
+
+    def build() -> torch.nn.Module:
+        model = create_model_from_config(model_cfg, "pretrain")
+        if init:  # continued pre-training: whole weights in, before the engine copies its fp32 masters
+            with eng.gathered(model):
+                load_file(model, init)
+        return model
+
+    return build
+
+
+def _meter(cfg: PretrainConfig, world: int, total: int) -> Meter:
+    spec = get_spec(cfg.model.name, **cfg.model.arch_overrides())
+    tokens = token_counts(spec, cfg.mask.encoder_ratio, cfg.mask.decoder_ratio, cfg.mask.encoder_kind)
+    clips = cfg.data.batch_size * world * cfg.deepspeed.gradient_accumulation_steps
+    flops = train_flops_per_clip(spec, cfg.mask.encoder_ratio, cfg.mask.decoder_ratio, cfg.mask.encoder_kind)
+    return Meter(clips, 2 * tokens["visible"] + tokens["decoder_queries"], flops, total)
+
+
+def setup(cfg: PretrainConfig, session: Session, rank: int, world: int) -> Setup:
+    """Engine, loader and position: fresh, or exactly where the last checkpoint left off."""
+    torch.manual_seed(cfg.run.seed)  # the same init on every rank (ZeRO-3 partitions rank 0's)
+    spec = get_spec(cfg.model.name, **cfg.model.arch_overrides())
+    grid = token_grid(cfg.model.num_frames, cfg.model.img_size, spec.patch_size, cfg.model.tubelet_size)
+    loader = pretrain_loader(cfg.data, cfg.mask, grid, rank, world)
+    with session.restore_dir() as restore_dir:
+        restore = ckpt.prepare_restore(restore_dir, rank, world, session.local_rank)
+        engine, schedule = eng.build_engine(_model_factory(cfg), cfg.deepspeed, cfg.optim, cfg.data.batch_size,
+                                            cfg.train.steps, world, load_universal=bool(restore and restore.universal))
+        step, run_id = 0, ""
+        if restore is not None:
+            eng.load_checkpoint(engine, restore.ds_dir, restore.tag)
+            loader.load_state_dict(restore.loop["data"])
+            ckpt.restore_rng(restore.rng_file)
+            step, run_id = int(restore.loop["step"]), restore.loop.get("run_id", "")
+            log.info("resumed at step %d (epoch %d, data step %d)", step, loader.epoch, loader.step)
+    torch.manual_seed(cfg.run.seed * 1000 + rank + step)  # drop path differs per rank and per resume point
+    return Setup(engine, schedule, loader, _meter(cfg, world, cfg.train.steps), step, run_id)
+
+
+def _to_device(batch: dict[str, Any], engine: Any, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    video = batch["video"].to(engine.device, dtype, non_blocking=True)
+    return video, batch["enc_mask"].to(engine.device), batch["dec_mask"].to(engine.device)
+
+
+def train_step(s: Setup, batches: Any, dtype: torch.dtype) -> tuple[torch.Tensor, dict[str, Any]]:
+    """One optimizer step over ``gradient_accumulation_steps`` micro-batches; returns the mean loss."""
+    losses, last = [], {}
+    for _ in range(s.engine.gradient_accumulation_steps()):
+        t0 = time.monotonic()
+        last = next(batches)
+        s.meter.data_wait(time.monotonic() - t0)
+        loss = s.engine(*_to_device(last, s.engine, dtype))
+        s.engine.backward(loss)
+        s.engine.step()
+        losses.append(loss.detach().float())
+    s.meter.step()
+    return torch.stack(losses).mean(), last
+
+
+def _data_metrics(loader: TrainLoader) -> dict[str, int]:
+    stats = loader.stats
+    return {"data_samples_ok": stats.samples_ok, "data_decode_errors": stats.decode_errors,
+            "data_shard_errors": stats.shard_errors, "data_samples_lost": stats.samples_lost}
+
+
+def _reduce_mean(value: torch.Tensor) -> float:
+    if dist.is_initialized():
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= dist.get_world_size()
+    return float(value)
+
+
+@torch.no_grad()
+def reconstruction_picture(engine: Any, batch: dict[str, Any], dtype: torch.dtype) -> np.ndarray:
+    """original | masked input | reconstruction of the batch's first clip (collective under ZeRO-3)."""
+    model = engine.module
+    was_training = model.training
+    model.eval()
+    video, enc, dec = (t[:1] for t in _to_device(batch, engine, dtype))
+    _, pred, keep = model(video, enc, dec, return_pred=True)
+    recon = model.reconstruct(video, pred, keep)[0]  # [C, T, H, W] in 0-1
+    model.train(was_training)
+    s = model.spec
+    pixels = model._unnormalise(video.float())[0].clamp(0, 1)  # [C, T, H, W]
+    token_mask = enc[0].view(s.grid).repeat_interleave(s.tubelet_size, 0)
+    token_mask = token_mask.repeat_interleave(s.patch_size, 1).repeat_interleave(s.patch_size, 2)
+    masked = pixels * (~token_mask).float()[None]
+    to_u8 = lambda x: (x.permute(1, 2, 3, 0).float().cpu().numpy() * 255).round().astype(np.uint8)  # noqa: E731
+    return reconstruction_grid(to_u8(pixels), to_u8(masked), to_u8(recon))
+
+
+def _maybe_fail(cfg: PretrainConfig, step: int, rank: int) -> None:
+    """Fault injection for tests: kill rank 0's process once, right after ``fail_at_step``."""
+    if rank != 0 or step != cfg.train.fail_at_step:
+        return
+    marker = Path(os.environ.get("TUBELET_FAIL_MARKER", "/tmp/tubelet-fail-marker")) / f"{cfg.run.name}.failed"
+    if not marker.exists():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(str(step))
+        log.warning("fault injection: killing rank 0 after step %d", step)
+        os._exit(1)
+
+
+def pretrain(cfg: PretrainConfig, session: Session) -> dict[str, Any]:
+    """Run (or resume) pre-training to ``train.steps``; returns the last logged metrics."""
+    check_config(cfg)
+    rank, world = eng.init_distributed()
+    s = setup(cfg, session, rank, world)
+    dtype = eng.compute_dtype(cfg.deepspeed)
+    tracker = make_tracker(cfg.tracking, rank)
+    tracker.start(run_name=cfg.run.name, config=cfg, resume_run_id=s.run_id,
+                  tags={"stage": "pretrain", "world_size": world, "config_hash": config_hash(cfg)})
+    run_id = tracker.run_id or s.run_id
+    batches, metrics, status = s.loader.forever(), {}, "FAILED"
+    try:
+        while s.step < cfg.train.steps:
+            loss, batch = train_step(s, batches, dtype)
+            s.step += 1
+            lr = s.schedule.apply(s.engine, s.step)  # the lr of the next step
+            if s.step % cfg.train.log_every == 0 or s.step == cfg.train.steps:
+                metrics = {"loss": _reduce_mean(loss), "lr": s.schedule(s.step - 1), "grad_norm": eng.grad_norm(s.engine),
+                           **s.meter.window(s.step), **_data_metrics(s.loader)}
+                tracker.log_metrics(metrics, s.step)
+                if rank == 0:
+                    log.info("step %d/%d  loss %.4f  lr %.2e  %.1f clips/s  data %.0f%%  eta %s", s.step,
+                             cfg.train.steps, metrics["loss"], metrics["lr"], metrics["clips_per_s"],
+                             100 * metrics["data_wait_frac"], format_eta(metrics["eta_s"]))
+            if cfg.train.image_every and s.step % cfg.train.image_every == 0:
+                tracker.log_image(reconstruction_picture(s.engine, batch, dtype), "reconstruction", s.step)
+            if s.step % cfg.train.checkpoint_every == 0 or s.step == cfg.train.steps:
+                staging = session.staging_dir(s.step)
+                loop = {"data": s.loader.state_dict(), "world_size": world, "run_id": run_id, "lr": lr}
+                ckpt.save(s.engine, staging, s.step, loop, rank)
+                session.report({**metrics, "step": s.step}, staging)
+                tracker.set_tags({"last_checkpoint_step": s.step})
+            _maybe_fail(cfg, s.step, rank)
+        status = "FINISHED"
+    finally:
+        tracker.end(status)
+    return {**metrics, "step": s.step, "run_id": run_id}
