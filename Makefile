@@ -13,7 +13,7 @@ STAMP       := $(VENV)/.tubelet-installed
 DATA        ?= data
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-unit test-integration test-slow demo bench plan clean-data help
+.PHONY: setup test test-unit test-integration test-slow demo bench plan clean-data help cluster-up cluster-down pretrain
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -49,6 +49,16 @@ plan: $(STAMP) ## parameters, FLOPs and memory per GPU: make plan MODEL=vit_g
 
 bench: $(STAMP) ## benchmarks -> benchmarks/results/
 	$(PY) -m benchmarks.bench_model
+
+pretrain: $(STAMP) ## pre-train on the synthetic shards (make demo first): make pretrain CONFIG=pretrain/demo
+	$(PY) -m jobs.pretrain --config $(or $(CONFIG),pretrain/demo)
+
+CLUSTER_DIR ?= .cluster/local
+cluster-up: $(STAMP) ## local two-node Ray cluster (head + worker); then: source $(CLUSTER_DIR)/env
+	TUBELET_CLUSTER_DIR=$(CLUSTER_DIR) TUBELET_RAY=$(VENV)/bin/ray bash cluster/local/up.sh
+
+cluster-down: ## stop the processes cluster-up started (by pid) and remove its state dir
+	TUBELET_CLUSTER_DIR=$(CLUSTER_DIR) bash cluster/local/down.sh
 
 clean-data: ## remove generated data (not runs/)
 	rm -rf $(DATA)

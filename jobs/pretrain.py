@@ -16,9 +16,10 @@ from typing import Any
 from jobs._cli import job_main
 from pipeline import io as sio
 from pipeline.config import to_toml
-from pipeline.orchestration import ray_session, storage_for
+from pipeline.orchestration import forwarded_env, ray_session, storage_for
 from pipeline.tracking import resolve_uri
 from pipeline.train.config import PretrainConfig
+from pipeline.train.checkpoint import latest_checkpoint
 from pipeline.train.pretrain import check_config
 
 log = logging.getLogger("jobs.pretrain")
@@ -34,7 +35,11 @@ def _worker(config: dict[str, Any]) -> None:
     cfg: PretrainConfig = config["cfg"]
     torch.set_num_threads(cfg.scaling.torch_threads or cfg.scaling.cpus_per_worker)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    pretrain(cfg, RayTrainSession())
+    # Relaunching a run by name, or restarting workers after a crash, continues from the run's
+    # newest complete checkpoint in storage: looked up by the workers themselves, since Ray Train
+    # V2 hands back no checkpoint of an earlier launch nor, here, after a worker-group restart.
+    run_dir = sio.join(cfg.run.output, cfg.run.name)
+    pretrain(cfg, RayTrainSession(find_checkpoint=lambda: latest_checkpoint(run_dir)))
 
 
 def trainer(cfg: PretrainConfig):
@@ -48,6 +53,8 @@ def trainer(cfg: PretrainConfig):
         scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                      resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
         run_config=RunConfig(name=cfg.run.name, storage_path=storage_path, storage_filesystem=storage_fs,
+                             # the driver's storage / tracking env, also when Ray was started by someone else
+                             worker_runtime_env={"env_vars": forwarded_env()},
                              failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints)),
     )

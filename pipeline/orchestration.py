@@ -40,6 +40,10 @@ def ray_session(address: str = "", num_cpus: int | None = None) -> Iterator[dict
     address = address or os.environ.get("RAY_ADDRESS", "")
     runtime_env = {"env_vars": forwarded_env()}
     if address:
+        # Ray 2.60 clusters use token auth, but ray.init(address) never turns it on by itself.
+        token_file = os.path.expanduser(os.environ.get("RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token"))
+        if not os.environ.get("RAY_AUTH_MODE") and (os.environ.get("RAY_AUTH_TOKEN") or os.path.exists(token_file)):
+            os.environ["RAY_AUTH_MODE"] = "token"
         log.info("connecting to Ray at %s", address)
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:
@@ -60,22 +64,32 @@ class RayTrainSession:
     and keeps the last ``num_to_keep``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, find_checkpoint: Any = None) -> None:
         import ray.train
 
         context = ray.train.get_context()
         self.rank, self.local_rank = context.get_world_rank(), context.get_local_rank()
+        self.find_checkpoint = find_checkpoint  # () -> newest complete checkpoint uri of the run, or None
 
     @contextmanager
     def restore_dir(self) -> Iterator[str | None]:
-        import ray.train
-
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
+        """The run's newest complete checkpoint in storage (any launch), as a local folder."""
+        uri = self.find_checkpoint() if self.find_checkpoint else None
+        if not uri:
             yield None
             return
-        with checkpoint.as_directory() as directory:
-            yield directory
+        log.info("rank %d restores from %s", self.rank, uri)
+        if not uri.startswith("s3://"):
+            yield uri
+            return
+        import tempfile
+
+        from pipeline import io as sio
+
+        with tempfile.TemporaryDirectory(prefix="tubelet-resume-") as tmp:
+            fs, path = sio.filesystem(uri)
+            sio.retrying(f"download {uri}", lambda: fs.get(path.rstrip("/") + "/", tmp, recursive=True))
+            yield tmp
 
     def staging_dir(self, step: int) -> Any:
         import tempfile

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 from pipeline import engine as eng
+from pipeline import io as sio
 
 log = logging.getLogger(__name__)
 
@@ -87,3 +89,29 @@ def restore_rng(path: Path | None) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
+
+
+def is_complete(uri: str) -> bool:
+    """Did every rank finish writing this checkpoint? (A kill mid-upload leaves a partial folder.)"""
+    loop_uri = sio.join(uri, LOOP_FILE)
+    if not sio.exists(loop_uri):
+        return False
+    try:
+        loop = json.loads(sio.read_text(loop_uri))
+    except ValueError:
+        return False
+    needed = [sio.join(uri, "ds", "latest")] + [sio.join(uri, "rng", f"rank{r}.pt") for r in range(loop["world_size"])]
+    return all(sio.exists(u) for u in needed)
+
+
+def latest_checkpoint(run_dir: str) -> str | None:
+    """The newest complete checkpoint folder of a run (local or s3://), by step."""
+    best: tuple[int, str] | None = None
+    for uri in sio.listdir(run_dir):
+        # Ray Train names checkpoint folders checkpoint_<timestamp> (beside checkpoint_manager_snapshot.json).
+        if not re.match(r"checkpoint_\d", uri.rstrip("/").rsplit("/", 1)[-1]) or not is_complete(uri):
+            continue
+        step = int(json.loads(sio.read_text(sio.join(uri, LOOP_FILE)))["step"])
+        if best is None or step > best[0]:
+            best = (step, uri)
+    return best[1] if best else None

@@ -90,14 +90,14 @@ def setup(cfg: PretrainConfig, session: Session, rank: int, world: int) -> Setup
         restore = ckpt.prepare_restore(restore_dir, rank, world, session.local_rank)
         engine, schedule = eng.build_engine(_model_factory(cfg), cfg.deepspeed, cfg.optim, cfg.data.batch_size,
                                             cfg.train.steps, world, load_universal=bool(restore and restore.universal))
+        torch.manual_seed(cfg.run.seed * 1000 + rank)  # from here on (drop path) each rank has its own stream
         step, run_id = 0, ""
         if restore is not None:
             eng.load_checkpoint(engine, restore.ds_dir, restore.tag)
             loader.load_state_dict(restore.loop["data"])
-            ckpt.restore_rng(restore.rng_file)
+            ckpt.restore_rng(restore.rng_file)  # continues each rank's stream exactly
             step, run_id = int(restore.loop["step"]), restore.loop.get("run_id", "")
             log.info("resumed at step %d (epoch %d, data step %d)", step, loader.epoch, loader.step)
-    torch.manual_seed(cfg.run.seed * 1000 + rank + step)  # drop path differs per rank and per resume point
     return Setup(engine, schedule, loader, _meter(cfg, world, cfg.train.steps), step, run_id)
 
 
@@ -158,7 +158,8 @@ def _maybe_fail(cfg: PretrainConfig, step: int, rank: int) -> None:
     """Fault injection for tests: kill rank 0's process once, right after ``fail_at_step``."""
     if rank != 0 or step != cfg.train.fail_at_step:
         return
-    marker = Path(os.environ.get("TUBELET_FAIL_MARKER", "/tmp/tubelet-fail-marker")) / f"{cfg.run.name}.failed"
+    # Once per run: the marker lives with the run (a local output; tests only).
+    marker = Path(cfg.run.output) / cfg.run.name / ".fault_injected"
     if not marker.exists():
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(str(step))

@@ -1,0 +1,128 @@
+"""The pre-training job for real on CPU: Ray Train workers, DeepSpeed ZeRO over gloo, MLflow, shards.
+
+Runs share one embedded Ray (``ray_local``) and one shard set (synthetic + sample videos).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from jobs.pretrain import run
+from pipeline.config import load_config
+from pipeline.data.sample import sample_videos
+from pipeline.data.synthetic import generate_synthetic
+from pipeline.models import create_model
+from pipeline.models.checkpoints import load_official
+from pipeline.sharding import ShardSection, shard
+from pipeline.train.config import PretrainConfig
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> str:
+    root = tmp_path_factory.mktemp("pretrain-data")
+    entries = generate_synthetic(root / "synthetic", num_per_class=4, classes=["left", "right", "cw", "ccw"],
+                                 frames=16, size=(64, 64), splits={"train": 1.0})
+    rows = ["uri,label,split"] + [f"{e.uri},{e.label},train" for e in entries]
+    rows += [f"{p},,train" for p in sample_videos()[1:3]]  # two real videos, unlabelled
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    out = root / "shards"
+    index, _ = shard(ShardSection(manifest=str(root / "manifest.csv"), output=str(out), max_short_side=96,
+                                  max_samples_per_shard=6, progress=False))
+    assert index["totals"]["samples"] == len(entries) + 2
+    return str(out)
+
+
+def _cfg(shards: str, tmp: Path, name: str, *extra: str) -> PretrainConfig:
+    return load_config(PretrainConfig, REPO / "jobs/configs/pretrain/demo.toml", [
+        f"data.shards={shards}", f"run.output={tmp / 'runs'}", f"run.name={name}",
+        "model.num_frames=4", "model.img_size=32", "data.num_frames=4", "data.input_size=32",
+        "data.sampling_rate=2", "data.batch_size=4", "data.repeated_aug=2", "data.num_workers=0",
+        "optim.lr=2e-3", "optim.warmup_steps=2", "train.log_every=1", "train.image_every=0",
+        f"tracking.tracking_uri=sqlite:///{tmp / 'mlflow.db'}", "tracking.system_metrics=false",
+        "scaling.num_workers=2", *extra])
+
+
+def _history(tmp: Path, name: str, metric: str = "loss") -> dict[int, float]:
+    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+    runs = client.search_runs(client.get_experiment_by_name("tubelet").experiment_id,
+                              filter_string=f"attributes.run_name = '{name}'")
+    assert len(runs) == 1, f"expected one MLflow run named {name}, got {len(runs)}"
+    return {m.step: m.value for m in client.get_metric_history(runs[0].info.run_id, metric)}
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_two_workers_pretrain_and_loss_goes_down(shards: str, tmp_path: Path, stage: int) -> None:
+    cfg = _cfg(shards, tmp_path, f"zero{stage}", f"deepspeed.zero_stage={stage}", "train.steps=24",
+               "train.checkpoint_every=24", "train.image_every=12", "tracking.system_metrics=true",
+               "tracking.system_metrics_interval=1")
+    assert run(cfg) == 0
+    losses = _history(tmp_path, f"zero{stage}")
+    assert sorted(losses) == list(range(1, 25))
+    first, last = sum(losses[s] for s in (1, 2, 3)) / 3, sum(losses[s] for s in (22, 23, 24)) / 3
+    assert last < first - 0.02, f"loss did not go down: {first:.4f} -> {last:.4f}"
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlrun = client.search_runs(client.get_experiment_by_name("tubelet").experiment_id)[0]
+    assert mlrun.data.params["deepspeed.zero_stage"] == str(stage)
+    assert mlrun.data.params["model.name"] == "vit_tiny"
+    for key in ("lr", "grad_norm", "clips_per_s", "tokens_per_s", "data_wait_frac", "model_flops_per_s"):
+        assert key in mlrun.data.metrics, key
+    assert any(k.startswith("system/") for k in mlrun.data.metrics), "no MLflow system metrics"
+    assert mlrun.data.tags.get("config_hash") and mlrun.data.tags.get("last_checkpoint_step") == "24"
+    images = [a.path for a in client.list_artifacts(mlrun.info.run_id, "images")]
+    assert any("reconstruction" in p for p in images), images
+
+    export = tmp_path / "runs" / f"zero{stage}" / "export"
+    weights = torch.load(export / "pretrain_fp32.pt")
+    model = create_model("vit_tiny", "pretrain", num_frames=4, img_size=32)
+    model.load_state_dict(weights)  # consolidated fp32 weights load into a plain model
+    official = torch.load(export / "videomae_official.pt")
+    report = load_official(create_model("vit_tiny", "pretrain", num_frames=4, img_size=32), official)
+    assert not report.missing
+
+
+def test_relaunch_by_name_resumes_with_identical_losses(shards: str, tmp_path: Path) -> None:
+    steps = ["train.steps=8", "train.checkpoint_every=4", "model.drop_path=0.1"]
+    assert run(_cfg(shards, tmp_path, "straight", *steps)) == 0
+    straight = _history(tmp_path, "straight")
+
+    # Stop after the step-4 checkpoint (no restarts allowed), then relaunch the same name.
+    stopped = _cfg(shards, tmp_path, "stopped", *steps, "train.fail_at_step=4", "scaling.max_failures=0")
+    with pytest.raises(Exception):
+        run(stopped)
+    assert run(_cfg(shards, tmp_path, "stopped", *steps)) == 0
+    resumed = _history(tmp_path, "stopped")
+    assert sorted(resumed) == list(range(1, 9))
+    for step in range(1, 9):
+        assert resumed[step] == pytest.approx(straight[step], rel=1e-5, abs=1e-6), step
+    lrs, lrs_straight = _history(tmp_path, "stopped", "lr"), _history(tmp_path, "straight", "lr")
+    assert lrs == pytest.approx(lrs_straight)
+
+
+def test_killed_worker_restarts_from_checkpoint(shards: str, tmp_path: Path) -> None:
+    cfg = _cfg(shards, tmp_path, "killed", "train.steps=6", "train.checkpoint_every=2", "train.fail_at_step=3",
+               "scaling.max_failures=1")
+    assert run(cfg) == 0
+    losses = _history(tmp_path, "killed")
+    assert sorted(losses) == list(range(1, 7)), "every step is logged once the run finished"
+    checkpoints = sorted(p for p in (tmp_path / "runs" / "killed").glob("checkpoint_*") if p.is_dir())
+    last = json.loads((checkpoints[-1] / "loop.json").read_text())
+    assert last["step"] == 6
+
+
+def test_resume_on_another_number_of_workers(shards: str, tmp_path: Path) -> None:
+    common = ["train.checkpoint_every=2", "deepspeed.zero_stage=2"]
+    assert run(_cfg(shards, tmp_path, "resize", "train.steps=2", *common)) == 0
+    # Same run name, 1 worker: the 2-rank ZeRO checkpoint is converted to universal and loaded.
+    assert run(_cfg(shards, tmp_path, "resize", "train.steps=4", "scaling.num_workers=1", *common)) == 0
+    losses = _history(tmp_path, "resize")
+    assert sorted(losses) == [1, 2, 3, 4]
+    checkpoints = sorted(p for p in (tmp_path / "runs" / "resize").glob("checkpoint_*") if p.is_dir())
+    assert json.loads((checkpoints[-1] / "loop.json").read_text())["world_size"] == 1

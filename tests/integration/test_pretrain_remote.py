@@ -1,0 +1,185 @@
+"""Pre-training away from the laptop defaults: on a two-node Ray cluster, and with S3 storage.
+
+- ``cluster/local/up.sh`` starts a head and a worker node (two ``ray start --block`` processes on
+  this machine, on ports of their own); ``python -m jobs.pretrain`` joins it through
+  ``RAY_ADDRESS`` and its two Ray Train workers land on both nodes; ``down.sh`` stops exactly
+  the recorded processes.
+- Shards on a moto S3 endpoint, Ray Train checkpoints and the exported weights under ``s3://``,
+  and a relaunch that resumes from the S3 checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from pipeline import io as sio
+from pipeline.data.synthetic import generate_synthetic
+
+REPO = Path(__file__).resolve().parents[2]
+UP, DOWN = REPO / "cluster/local/up.sh", REPO / "cluster/local/down.sh"
+# Far from the scripts' defaults (6390 / 8275 / 23400): a user's `make cluster-up` keeps running.
+CLUSTER_PORT, DASHBOARD_PORT, PORT_BASE = 6597, 8597, 25600
+
+TINY = ["model.num_frames=4", "model.img_size=32", "data.num_frames=4", "data.input_size=32",
+        "data.sampling_rate=2", "data.batch_size=4", "data.repeated_aug=2", "data.num_workers=0",
+        "train.log_every=1", "train.image_every=0", "tracking.system_metrics=false",
+        "scaling.num_workers=2", "scaling.cpus_per_worker=1"]
+
+
+def _manifest(root: Path) -> Path:
+    entries = generate_synthetic(root / "videos", num_per_class=2, classes=["left", "right", "cw"], frames=12,
+                                 size=(48, 48), splits={"train": 1.0})
+    manifest = root / "manifest.csv"
+    manifest.write_text("\n".join(["uri,label,split"] + [f"{e.uri},{e.label},train" for e in entries]) + "\n")
+    return manifest
+
+
+def _running(pid: int) -> bool:
+    """A zombie counts as stopped: it has exited and only waits to be reaped (pid 1 here may never)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def _history(tracking_uri: str, name: str, metric: str = "loss") -> list[int]:
+    """Every logged step of ``metric`` in the MLflow run ``name``, duplicates kept."""
+    client = MlflowClient(tracking_uri)
+    runs = client.search_runs(client.get_experiment_by_name("tubelet").experiment_id,
+                              filter_string=f"attributes.run_name = '{name}'")
+    assert len(runs) == 1, f"expected one MLflow run named {name}, got {len(runs)}"
+    return sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, metric))
+
+
+# --- a two-node cluster made of two `ray start` processes -------------------------------------
+
+@pytest.fixture()
+def local_cluster(tmp_path: Path) -> Iterator[dict]:
+    """The cluster of cluster/local/up.sh on test ports; always torn down by down.sh."""
+    state = tmp_path / "cluster-state"
+    env = dict(os.environ, TUBELET_CLUSTER_DIR=str(state), TUBELET_CLUSTER_PORT=str(CLUSTER_PORT),
+               TUBELET_CLUSTER_DASHBOARD_PORT=str(DASHBOARD_PORT), TUBELET_CLUSTER_PORT_BASE=str(PORT_BASE),
+               # one logical CPU per node: the two 1-CPU Ray Train workers must take one node each
+               TUBELET_CLUSTER_HEAD_CPUS="1", TUBELET_CLUSTER_WORKER_CPUS="1",
+               TUBELET_CLUSTER_TMP=f"/tmp/tubelet-ray-test-{CLUSTER_PORT}")
+    env.pop("RAY_ADDRESS", None)
+    pids: list[int] = []
+    try:
+        up = subprocess.run(["bash", str(UP)], env=env, capture_output=True, text=True, timeout=180)
+        pids = [int((state / f"{n}.pid").read_text()) for n in ("head", "worker") if (state / f"{n}.pid").exists()]
+        assert up.returncode == 0, f"up.sh failed:\n{up.stdout}\n{up.stderr}"
+        assert f"RAY_ADDRESS=127.0.0.1:{CLUSTER_PORT}" in up.stdout
+        assert (state / "address").read_text().strip() == f"127.0.0.1:{CLUSTER_PORT}"
+        yield {"env": env, "state": state, "pids": pids, "address": f"127.0.0.1:{CLUSTER_PORT}"}
+    finally:
+        down = subprocess.run(["bash", str(DOWN)], env=env, capture_output=True, text=True, timeout=120)
+        print(down.stdout, down.stderr)
+        assert down.returncode == 0, down.stderr
+        left = [p for p in pids if _running(p)]
+        if left:  # down.sh failed to stop them: do not leave them behind
+            for pid in left:
+                os.kill(pid, 9)
+        assert not left, f"down.sh left the node processes {left} running"
+        assert not state.exists()
+
+
+def _train_worker_nodes(dashboard: str, env: dict) -> set[str]:
+    """Node ids of the job's Ray Train workers, from the Ray state API (dead actors included)."""
+    code = ("import json, sys; from ray.util.state import list_actors; "
+            "actors = list_actors(address=sys.argv[1], filters=[('class_name', '=', 'RayTrainWorker')], "
+            "limit=100, raise_on_missing_output=False); print(json.dumps([a.node_id for a in actors]))")
+    out = subprocess.run([sys.executable, "-c", code, dashboard], env=env, capture_output=True, text=True,
+                         timeout=60, check=True)
+    return set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def test_pretrain_on_two_node_cluster(local_cluster: dict, tmp_path: Path) -> None:
+    # Both nodes run on this machine and share its filesystem: local shards and output are fine.
+    manifest = _manifest(tmp_path)
+    env = dict(local_cluster["env"], RAY_ADDRESS=local_cluster["address"],
+               # An explicit address never switches token auth on by itself (Ray 2.60): the driver
+               # must ask for it; the token comes from ~/.ray/auth_token, made by up.sh if missing.
+               RAY_AUTH_MODE="token")
+    shard = subprocess.run([sys.executable, "-m", "jobs.shard", "--set", f"shard.manifest={manifest}",
+                            "--set", f"shard.output={tmp_path / 'shards'}"],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert shard.returncode == 0, shard.stderr[-3000:]
+
+    sets = [f"data.shards={tmp_path / 'shards'}", f"run.output={tmp_path / 'runs'}", "run.name=two-nodes",
+            "train.steps=4", "train.checkpoint_every=2", "deepspeed.zero_stage=2",
+            f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", *TINY]
+    job = subprocess.run([sys.executable, "-m", "jobs.pretrain", "--config", "pretrain/demo",
+                          *[a for s in sets for a in ("--set", s)]],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    log = job.stdout + job.stderr
+    assert job.returncode == 0, log[-5000:]
+    assert f"Connecting to existing Ray cluster" in log, "the job did not join the cluster"
+
+    run_dir = tmp_path / "runs" / "two-nodes"
+    assert (run_dir / "export" / "pretrain_fp32.pt").stat().st_size > 0
+    assert any(p.name.startswith("checkpoint_") for p in run_dir.iterdir()), sorted(os.listdir(run_dir))
+    assert _history(f"sqlite:///{tmp_path / 'mlflow.db'}", "two-nodes") == [1, 2, 3, 4]
+
+    nodes = _train_worker_nodes(f"http://127.0.0.1:{DASHBOARD_PORT}", env)
+    assert len(nodes) == 2, f"the Ray Train workers ran on {len(nodes)} node(s): {nodes}"
+
+
+# --- shards, checkpoints and exported weights on S3 (moto server) --------------------------------
+
+@pytest.fixture(scope="module")
+def s3_shards(s3_server: str, ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> str:
+    from jobs.shard import ShardJobConfig, run as shard_run
+    from pipeline.config import load_config
+
+    root = tmp_path_factory.mktemp("remote-data")
+    out = f"s3://tubelet/{uuid.uuid4().hex[:8]}/shards"
+    cfg = load_config(ShardJobConfig, REPO / "jobs/configs/shard/default.toml",
+                      [f"shard.manifest={_manifest(root)}", f"shard.output={out}", "shard.progress=false"])
+    assert shard_run(cfg) == 0
+    assert sio.exists(sio.join(out, "index.json"))
+    return out
+
+
+def _pretrain(*sets: str) -> subprocess.CompletedProcess:
+    """``python -m jobs.pretrain`` with its own embedded Ray, started with this process's AWS_* env.
+
+    A subprocess rather than ``run(cfg)`` on ``ray_local``: that Ray may have been started (by an
+    earlier test module) before ``s3_server`` set AWS_ENDPOINT_URL, and the Ray Train workers of
+    a Ray started by the caller do not get it (see ``RunConfig(worker_runtime_env=...)``).
+    """
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    job = subprocess.run([sys.executable, "-m", "jobs.pretrain", "--config", "pretrain/demo",
+                          *[a for s in sets for a in ("--set", s)]],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert job.returncode == 0, (job.stdout + job.stderr)[-5000:]
+    return job
+
+
+def test_pretrain_with_s3_shards_and_checkpoints_resumes(s3_shards: str, tmp_path: Path) -> None:
+    output, tracking = f"s3://tubelet/{uuid.uuid4().hex[:8]}/runs", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sets = [f"data.shards={s3_shards}", f"run.output={output}", "run.name=s3", "train.checkpoint_every=2",
+            f"tracking.tracking_uri={tracking}", *TINY]
+
+    _pretrain(*sets, "train.steps=4")
+    run_dir = sio.join(output, "s3")
+    assert sio.exists(sio.join(run_dir, "export", "pretrain_fp32.pt"))
+    checkpoints = [u for u in sio.listdir(run_dir) if u.rstrip("/").rsplit("/", 1)[-1].startswith("checkpoint_")]
+    assert checkpoints, sio.listdir(run_dir)
+    assert _history(tracking, "s3") == [1, 2, 3, 4]
+
+    # Same name, more steps: resumes from the S3 checkpoint of step 4, so steps 1-4 are neither
+    # run nor logged again.
+    job = _pretrain(*sets, "train.steps=6")
+    assert "resumed at step 4" in job.stdout + job.stderr
+    assert _history(tracking, "s3") == [1, 2, 3, 4, 5, 6]
+    assert sio.exists(sio.join(run_dir, "export", "pretrain_fp32.pt"))
