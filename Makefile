@@ -1,5 +1,5 @@
 # Tubelet — every target creates/reuses the virtual environment itself.
-#   make demo   shard the sample + synthetic data (later: the whole pipeline)
+#   make demo   build the sample + synthetic datasets, shard them, pre-train a tiny model on them
 #   make test   unit + integration tests on CPU with real Ray / DeepSpeed / MLflow / S3
 # GPU users pick their torch build:  make test TORCH_SPEC="torch==2.5.1" TORCH_INDEX=https://download.pytorch.org/whl/cu124
 
@@ -38,11 +38,14 @@ test-unit: $(STAMP) ## unit tests only (seconds)
 test-slow: $(STAMP) ## long-running cases (minutes)
 	$(PY) -m pytest tests -m slow $(PYTEST_ARGS)
 
-demo: $(STAMP) ## build the sample + synthetic datasets and shard them
+demo: $(STAMP) ## datasets -> shards -> a short pre-training run, all on this machine
 	$(PY) -m jobs.dataset --config dataset/sample --set dataset.output=$(DATA)/sample
 	$(PY) -m jobs.dataset --config dataset/synthetic --set dataset.output=$(DATA)/synthetic
 	$(PY) -m jobs.shard --config shard/default --set shard.manifest=$(DATA)/sample/manifest.csv --set shard.output=$(DATA)/shards/sample
 	$(PY) -m jobs.shard --config shard/default --set shard.manifest=$(DATA)/synthetic/manifest.csv --set shard.output=$(DATA)/shards/synthetic
+	$(PY) -m jobs.pretrain --config pretrain/demo --set data.shards=$(DATA)/shards/synthetic
+	@echo "shards: $(DATA)/shards/{sample,synthetic}  runs: runs/pretrain/demo"
+	@echo "MLflow UI: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$$(pwd)/runs/mlflow.db --host 127.0.0.1 --port 5000"
 
 plan: $(STAMP) ## parameters, FLOPs and memory per GPU: make plan MODEL=vit_g
 	$(PY) -m jobs.plan --set model.name=$(or $(MODEL),vit_b)

@@ -198,7 +198,8 @@ def pretrain(cfg: PretrainConfig, session: Session) -> dict[str, Any]:
                 loop = {"data": s.loader.state_dict(), "world_size": world, "run_id": run_id, "lr": lr}
                 ckpt.save(s.engine, staging, s.step, loop, rank)
                 session.report({**metrics, "step": s.step}, staging)
-                tracker.set_tags({"last_checkpoint_step": s.step})
+                tracker.set_tags({"last_checkpoint_step": s.step,
+                                  "checkpoints": f"{cfg.run.output.rstrip('/')}/{cfg.run.name}"})
             _maybe_fail(cfg, s.step, rank)
         status = "FINISHED"
     finally:

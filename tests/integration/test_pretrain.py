@@ -126,3 +126,16 @@ def test_resume_on_another_number_of_workers(shards: str, tmp_path: Path) -> Non
     assert sorted(losses) == [1, 2, 3, 4]
     checkpoints = sorted(p for p in (tmp_path / "runs" / "resize").glob("checkpoint_*") if p.is_dir())
     assert json.loads((checkpoints[-1] / "loop.json").read_text())["world_size"] == 1
+
+
+def test_continued_pretraining_starts_from_given_weights(shards: str, tmp_path: Path) -> None:
+    """Domain-adaptive pre-training: start from weights in the public VideoMAE layout."""
+    assert run(_cfg(shards, tmp_path, "source", "train.steps=12", "train.checkpoint_every=12")) == 0
+    official = tmp_path / "runs" / "source" / "export" / "videomae_official.pt"
+    # Same data seed, so step 1 sees the same batch; a near-zero lr keeps the weights as loaded.
+    assert run(_cfg(shards, tmp_path, "continued", "train.steps=1", "train.checkpoint_every=1", "optim.lr=1e-12",
+                    "optim.min_lr=0", f"model.init={official}", "train.export=false")) == 0
+    fresh, continued = _history(tmp_path, "source")[1], _history(tmp_path, "continued")[1]
+    trained = _history(tmp_path, "source")[12]
+    assert continued < fresh - 0.02, f"init weights not used: {fresh:.4f} -> {continued:.4f}"
+    assert abs(continued - trained) < abs(fresh - trained)
