@@ -151,6 +151,20 @@ def _field_names(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
 
+def _default_of(cls: type, name: str) -> Any:
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None if f.default is dataclasses.MISSING else f.default
+
+
+def _merged(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def _build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     hints = _hints(cls)
     names = _field_names(cls)
@@ -163,7 +177,12 @@ def _build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     kwargs = {}
     for name in names:
         if name in data:
-            kwargs[name] = _coerce(data[name], hints[name], ".".join(filter(None, [prefix, name])))
+            value = data[name]
+            base = _default_of(cls, name) if dataclasses.is_dataclass(hints[name]) else None
+            if base is not None and isinstance(value, dict):
+                # A job may give a section its own defaults (default_factory); the TOML refines them.
+                value = _merged(to_dict(base, redact=False), value)
+            kwargs[name] = _coerce(value, hints[name], ".".join(filter(None, [prefix, name])))
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:

@@ -121,13 +121,13 @@ def train_step(s: Setup, batches: Any, dtype: torch.dtype) -> tuple[torch.Tensor
     return torch.stack(losses).mean(), last
 
 
-def _data_metrics(loader: TrainLoader) -> dict[str, int]:
+def data_metrics(loader: TrainLoader) -> dict[str, int]:
     stats = loader.stats
     return {"data_samples_ok": stats.samples_ok, "data_decode_errors": stats.decode_errors,
             "data_shard_errors": stats.shard_errors, "data_samples_lost": stats.samples_lost}
 
 
-def _reduce_mean(value: torch.Tensor) -> float:
+def reduce_mean(value: torch.Tensor) -> float:
     if dist.is_initialized():
         value = value.clone()
         dist.all_reduce(value)
@@ -154,7 +154,7 @@ def reconstruction_picture(engine: Any, batch: dict[str, Any], dtype: torch.dtyp
     return reconstruction_grid(to_u8(pixels), to_u8(masked), to_u8(recon))
 
 
-def _maybe_fail(cfg: PretrainConfig, step: int, rank: int) -> None:
+def maybe_fail(cfg: PretrainConfig, step: int, rank: int) -> None:
     """Fault injection for tests: kill rank 0's process once, right after ``fail_at_step``."""
     if rank != 0 or step != cfg.train.fail_at_step:
         return
@@ -184,8 +184,8 @@ def pretrain(cfg: PretrainConfig, session: Session) -> dict[str, Any]:
             s.step += 1
             lr = s.schedule.apply(s.engine, s.step)  # the lr of the next step
             if s.step % cfg.train.log_every == 0 or s.step == cfg.train.steps:
-                metrics = {"loss": _reduce_mean(loss), "lr": s.schedule(s.step - 1), "grad_norm": eng.grad_norm(s.engine),
-                           **s.meter.window(s.step), **_data_metrics(s.loader)}
+                metrics = {"loss": reduce_mean(loss), "lr": s.schedule(s.step - 1), "grad_norm": eng.grad_norm(s.engine),
+                           **s.meter.window(s.step), **data_metrics(s.loader)}
                 tracker.log_metrics(metrics, s.step)
                 if rank == 0:
                     log.info("step %d/%d  loss %.4f  lr %.2e  %.1f clips/s  data %.0f%%  eta %s", s.step,
@@ -200,7 +200,7 @@ def pretrain(cfg: PretrainConfig, session: Session) -> dict[str, Any]:
                 session.report({**metrics, "step": s.step}, staging)
                 tracker.set_tags({"last_checkpoint_step": s.step,
                                   "checkpoints": f"{cfg.run.output.rstrip('/')}/{cfg.run.name}"})
-            _maybe_fail(cfg, s.step, rank)
+            maybe_fail(cfg, s.step, rank)
         status = "FINISHED"
     finally:
         tracker.end(status)

@@ -100,10 +100,24 @@ def test_every_shipped_job_config_loads() -> None:
     from jobs.plan import PlanConfig
     from jobs.shard import ShardJobConfig
     from pipeline.train.config import PretrainConfig
+    from pipeline.train.finetune_config import EvaluateConfig, FinetuneConfig
 
-    classes = {"dataset": DatasetJobConfig, "plan": PlanConfig, "shard": ShardJobConfig, "pretrain": PretrainConfig}
+    classes = {"dataset": DatasetJobConfig, "plan": PlanConfig, "shard": ShardJobConfig, "pretrain": PretrainConfig,
+               "finetune": FinetuneConfig, "evaluate": EvaluateConfig}
     root = Path(__file__).resolve().parents[2] / "jobs" / "configs"
     files = sorted(root.rglob("*.toml"))
     assert files
     for path in files:
         load_config(classes[path.parent.name], path)
+
+
+def test_a_job_can_give_a_section_its_own_defaults(tmp_path: Path) -> None:
+    @dataclass
+    class Custom:
+        inner: Inner = field(default_factory=lambda: Inner(size=99, kind="random"))
+
+    toml = tmp_path / "c.toml"
+    toml.write_text("[inner]\nratio = 0.25\n")
+    cfg = load_config(Custom, toml, ["inner.flag=true"])
+    assert (cfg.inner.size, cfg.inner.kind, cfg.inner.ratio, cfg.inner.flag) == (99, "random", 0.25, True)
+    assert load_config(Custom).inner.size == 99

@@ -1,0 +1,92 @@
+"""Multi-view evaluation of a classifier on a split of a shard set, on Ray Train workers.
+
+    python -m jobs.evaluate --config evaluate/demo --set data.shards=DIR --set data.split=val \
+        --set model.init=models:/motion-vit@champion --set run.output=runs/evaluate/demo
+
+``model.init``: ``models:/name@alias``, a fine-tuning run folder, a model folder, or a weights
+file (then ``model.*`` gives the architecture). Writes ``<run.output>/report.json`` (``top1``,
+``top5``, ``per_class``, ``confusion``, ``num_clips`` x ``num_crops`` views per video, the video
+count) and ``confusion.png``, and logs them to an MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+from jobs._cli import job_main
+from pipeline import io as sio
+from pipeline.config import to_toml
+from pipeline.data.shards import ShardIndex
+from pipeline.errors import DataError
+from pipeline.orchestration import forwarded_env, ray_session
+from pipeline.registry import model_folder
+from pipeline.tracking import resolve_uri
+from pipeline.train.finetune_config import EvaluateConfig
+
+log = logging.getLogger("jobs.evaluate")
+
+
+def _worker(config: dict[str, Any]) -> None:
+    import torch
+
+    from pipeline.train.evaluate import evaluate
+
+    cfg: EvaluateConfig = config["cfg"]
+    torch.set_num_threads(cfg.scaling.torch_threads or cfg.scaling.cpus_per_worker)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    evaluate(cfg)
+
+
+def prepare(cfg: EvaluateConfig) -> None:
+    """Absolute paths, the tracking URI, a registry model downloaded once; fails in one line."""
+    if not cfg.model.init:
+        raise DataError("model.init is not set: models:/name@alias, a fine-tuning run folder or a weights file")
+    if not cfg.data.shards:
+        raise DataError("data.shards is not set (a folder or s3:// prefix written by jobs.shard)")
+    for obj, key in ((cfg.data, "shards"), (cfg.run, "output"), (cfg.model, "init")):
+        value = getattr(obj, key)
+        if value and not sio.is_remote(value) and not value.startswith("models:/"):
+            setattr(obj, key, os.path.abspath(value))
+    if cfg.tracking.enabled:
+        cfg.tracking.tracking_uri = resolve_uri(cfg.tracking)
+    if cfg.model.init.startswith("models:/"):
+        cfg.model.init = model_folder(cfg.model.init, cfg.tracking.tracking_uri or None) or ""
+    elif not (os.path.exists(cfg.model.init) or sio.is_remote(cfg.model.init)):
+        raise DataError(f"model.init {cfg.model.init}: no such file or folder")
+    index = ShardIndex.load(cfg.data.shards)
+    if not index.labels:
+        raise DataError(f"shards have no labels: {index.uri}/index.json lists none (evaluation needs labels)")
+    if not index.split(cfg.data.split):
+        raise DataError(f"split {cfg.data.split!r} has no shards in {cfg.data.shards}")
+
+
+def run(cfg: EvaluateConfig) -> int:
+    prepare(cfg)
+    sio.write_text(sio.join(cfg.run.output, "evaluate.toml"), to_toml(cfg))
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    cpus = max(os.cpu_count() or 1, cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + 1)
+    with ray_session(num_cpus=cpus):
+        trainer = TorchTrainer(
+            _worker, train_loop_config={"cfg": cfg},
+            scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+                                         resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
+            run_config=RunConfig(name=cfg.run.name, storage_path=os.path.abspath(os.path.join(
+                                     cfg.run.output if not sio.is_remote(cfg.run.output) else "runs", ".ray")),
+                                 worker_runtime_env={"env_vars": forwarded_env()},
+                                 failure_config=FailureConfig(max_failures=cfg.scaling.max_failures)))
+        result = trainer.fit()
+        if result.error is not None:
+            raise result.error
+    report = json.loads(sio.read_text(sio.join(cfg.run.output, "report.json")))
+    print(f"top1 {report['top1']:.4f}  top5 {report.get('top5', float('nan')):.4f}  "
+          f"{report['num_videos']} videos x {report['views_per_video']} views  -> {sio.join(cfg.run.output, 'report.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(job_main(EvaluateConfig, run, prog="jobs.evaluate", default_config="evaluate/demo"))

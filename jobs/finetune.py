@@ -1,0 +1,167 @@
+"""Fine-tune a video classifier on labelled shards with Ray Train + DeepSpeed ZeRO.
+
+    python -m jobs.finetune --config finetune/demo --set data.shards=DIR|s3://... \
+        --set model.init=runs/pretrain/demo [--set tracking.registered_model=motion-vit]
+
+``model.init``: a pre-training run folder (its ``export/pretrain_fp32.pt``), an export folder, a
+weights file (ours or a public VideoMAE V1/V2 checkpoint, pre-trained or fine-tuned), a model
+folder or ``models:/name@alias``; empty = random init. The checkpoint is checked against the
+model in the driver first: another architecture or patch size stops the job in one line, a head
+with another class count is re-initialised (printed). Relaunching the same ``run.name`` resumes.
+At the end ``<run>/export/{best,last}`` hold model folders; with ``tracking.registered_model``
+the kept one is registered in MLflow with ``finetune.registered_alias``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import warnings
+from typing import Any
+
+from jobs._cli import job_main
+from pipeline import io as sio
+from pipeline.config import to_toml
+from pipeline.data.shards import ShardIndex
+from pipeline.models.checkpoints import CheckpointError, LoadReport
+from pipeline.orchestration import forwarded_env, ray_session, storage_for
+from pipeline.registry import CARD, WEIGHTS, model_folder, register_model
+from pipeline.tracking import resolve_uri
+from pipeline.train.checkpoint import latest_checkpoint
+from pipeline.train.finetune import check_config, class_names
+from pipeline.train.finetune_config import FinetuneConfig
+
+log = logging.getLogger("jobs.finetune")
+
+_INIT_CANDIDATES = ("pretrain_fp32.pt", "export/pretrain_fp32.pt", WEIGHTS, "export/best/model.pt",
+                    "export/last/model.pt")
+
+
+def _worker(config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker."""
+    import torch
+
+    from pipeline.orchestration import RayTrainSession
+    from pipeline.train.finetune import finetune
+
+    cfg: FinetuneConfig = config["cfg"]
+    torch.set_num_threads(cfg.scaling.torch_threads or cfg.scaling.cpus_per_worker)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    run_dir = sio.join(cfg.run.output, cfg.run.name)
+    finetune(cfg, RayTrainSession(find_checkpoint=lambda: latest_checkpoint(run_dir)))
+
+
+def resolve_init(spec: str, tracking_uri: str = "") -> str:
+    """The weights file ``model.init`` names (see the module docstring); '' stays ''."""
+    if not spec:
+        return ""
+    if spec.startswith("models:/"):
+        return sio.join(model_folder(spec, tracking_uri or None) or "", WEIGHTS)
+    if sio.is_remote(spec):
+        raise CheckpointError(f"model.init {spec}: give a local file or folder (download remote weights first)")
+    if os.path.isfile(spec):
+        return os.path.abspath(spec)
+    if os.path.isdir(spec):
+        for name in _INIT_CANDIDATES:
+            if os.path.isfile(os.path.join(spec, name)):
+                return os.path.abspath(os.path.join(spec, name))
+        raise CheckpointError(f"model.init {spec}: a folder without weights (looked for {', '.join(_INIT_CANDIDATES)})")
+    raise CheckpointError(f"model.init {spec}: no such file or folder")
+
+
+def check_init(cfg: FinetuneConfig) -> LoadReport | None:
+    """Load ``model.init`` into a shapes-only (meta) classifier: the architecture check and the notes
+    (skipped decoder, re-initialised head) before any worker starts. Raises CheckpointError."""
+    if not cfg.model.init:
+        return None
+    import torch
+
+    from pipeline.models import create_model_from_config
+    from pipeline.models.checkpoints import load_official
+
+    model = create_model_from_config(dataclasses.replace(cfg.model, init=""), "classify", device="meta")
+    try:
+        state = torch.load(cfg.model.init, map_location="cpu", mmap=True, weights_only=True)
+    except Exception:  # noqa: BLE001 — official files also pickle their argparse Namespace (trusted files)
+        try:
+            state = torch.load(cfg.model.init, map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001
+            raise CheckpointError(f"model.init {cfg.model.init}: not a torch checkpoint ({type(exc).__name__})") from None
+    with warnings.catch_warnings():  # copying into meta tensors is the intended no-op: shapes only
+        warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter.*")
+        return load_official(model, state)
+
+
+def prepare(cfg: FinetuneConfig) -> list[str]:
+    """Driver-side checks and path resolution; returns the class names. Fails in one line."""
+    check_config(cfg)
+    for section, key in (("data", "shards"), ("run", "output")):
+        obj = getattr(cfg, section)
+        value = getattr(obj, key)
+        if value and not sio.is_remote(value):
+            setattr(obj, key, os.path.abspath(value))  # Ray Train workers run in their own directory
+    if cfg.tracking.enabled:
+        cfg.tracking.tracking_uri = resolve_uri(cfg.tracking)
+    cfg.model.init = resolve_init(cfg.model.init, cfg.tracking.tracking_uri)
+    index = ShardIndex.load(cfg.data.shards)
+    if cfg.finetune.classes_from_data and index.labels and len(index.labels) != cfg.model.num_classes:
+        print(f"model.num_classes: {cfg.model.num_classes} -> {len(index.labels)} (labels of the shard index)")
+        cfg.model.num_classes = len(index.labels)
+    names = class_names(cfg, index)
+    report = check_init(cfg)
+    if report is not None:
+        print(f"init {cfg.model.init}: {report}")
+    return names
+
+
+def trainer(cfg: FinetuneConfig):
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    storage_path, storage_fs = storage_for(cfg.run.output)
+    return TorchTrainer(
+        _worker,
+        train_loop_config={"cfg": cfg},
+        scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+                                     resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
+        run_config=RunConfig(name=cfg.run.name, storage_path=storage_path, storage_filesystem=storage_fs,
+                             worker_runtime_env={"env_vars": forwarded_env()},
+                             failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints)),
+    )
+
+
+def kept_folder(cfg: FinetuneConfig) -> str:
+    """``export/best`` (or ``last`` when asked, or when there was no validation)."""
+    export = sio.join(cfg.run.output, cfg.run.name, "export")
+    best = sio.join(export, "best")
+    if cfg.finetune.keep == "best" and sio.exists(sio.join(best, CARD)):
+        return best
+    return sio.join(export, "last")
+
+
+def run(cfg: FinetuneConfig) -> int:
+    prepare(cfg)
+    run_dir = sio.join(cfg.run.output, cfg.run.name)
+    sio.write_text(sio.join(run_dir, "finetune.toml"), to_toml(cfg))
+    cpus = max(os.cpu_count() or 1, cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + 1)
+    with ray_session(num_cpus=cpus):
+        result = trainer(cfg).fit()
+        if result.error is not None:
+            raise result.error
+    folder = kept_folder(cfg)
+    card = json.loads(sio.read_text(sio.join(folder, CARD)))
+    print(f"run: {run_dir}  model: {folder}  metrics: {card['metrics']}")
+    run_id = card["source"].get("mlflow_run_id", "")
+    if cfg.tracking.enabled and cfg.tracking.registered_model and run_id:
+        version = register_model(cfg.tracking.tracking_uri, run_id, cfg.tracking.registered_model,
+                                 cfg.finetune.registered_alias, folder)
+        alias = f"@{cfg.finetune.registered_alias}" if cfg.finetune.registered_alias else f"/{version}"
+        print(f"registered: models:/{cfg.tracking.registered_model}{alias} (version {version})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(job_main(FinetuneConfig, run, prog="jobs.finetune", default_config="finetune/demo"))

@@ -1,0 +1,95 @@
+"""Multi-view evaluation, run by every rank: ``evaluate(cfg)`` -> the report (identical on all ranks).
+
+Each rank scores its share of the split's videos (``test_num_clips x test_num_crops`` views,
+softmax averaged per video); the scores are gathered, and rank 0 writes
+``<run.output>/report.json`` and ``confusion.png`` and logs both to MLflow. A plain model in
+inference mode (no optimizer, no ZeRO): weights are loaded whole on every rank.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from pipeline import io as sio
+from pipeline.config import config_hash
+from pipeline.data.loader import eval_loader
+from pipeline.data.shards import ShardIndex
+from pipeline.errors import DataError
+from pipeline.evaluation import confusion_picture, evaluate_pass
+from pipeline.registry import load_classifier
+from pipeline.tracking import make_tracker
+from pipeline.train.finetune_config import EvaluateConfig
+
+log = logging.getLogger(__name__)
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def check_inputs(cfg: EvaluateConfig, card_data: dict[str, Any]) -> None:
+    """The clip shape the model was trained on must be the one the loader cuts."""
+    if not cfg.data.shards:
+        raise DataError("data.shards is not set (a folder or s3:// prefix written by jobs.shard)")
+    for key, want in (("num_frames", card_data.get("num_frames")), ("input_size", card_data.get("input_size"))):
+        if want is not None and getattr(cfg.data, key) != want:
+            raise DataError(f"data.{key} is {getattr(cfg.data, key)} but the model was trained with {want}")
+
+
+def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
+    """Score the split, gather, write the report (rank 0); returns the report on every rank."""
+    rank, world = _rank_world()
+    model, card = load_classifier(cfg.model.init, cfg.model, cfg.tracking.tracking_uri or None)
+    check_inputs(cfg, card.data)
+    index = ShardIndex.load(cfg.data.shards)
+    names = card.class_names or list(index.labels)
+    if len(names) != model.num_classes:
+        raise DataError(f"the model has {model.num_classes} outputs but {len(names)} class names are known")
+    if index.labels and card.class_names and list(index.labels) != card.class_names:
+        raise DataError(f"the shards' labels {list(index.labels)[:5]} differ from the model's {card.class_names[:5]}")
+    dtype = torch.bfloat16 if cfg.eval.precision == "bf16" else torch.float32
+    model.to(dtype)
+    tracker = make_tracker(cfg.tracking, rank)
+    tracker.start(run_name=cfg.run.name, config=cfg, tags={"stage": "evaluate", "model": cfg.model.init,
+                                                           "config_hash": config_hash(cfg)})
+    status = "FAILED"
+    try:
+        t0 = time.monotonic()
+        loader = eval_loader(cfg.data, rank, world, require_labels=True)
+        result = evaluate_pass(model, loader, dtype, chunk=cfg.eval.view_chunk)
+        report = result.report(names, cfg.eval.topk)
+        report.update(split=cfg.data.split, shards=cfg.data.shards, model=cfg.model.init,
+                      num_clips=cfg.data.test_num_clips, num_crops=cfg.data.test_num_crops,
+                      seconds=round(time.monotonic() - t0, 2), world_size=world)
+        if rank == 0:
+            _write(cfg, report, tracker)
+        status = "FINISHED"
+    finally:
+        tracker.end(status)
+    return report
+
+
+def _write(cfg: EvaluateConfig, report: dict[str, Any], tracker: Any) -> None:
+    picture = confusion_picture(report["confusion"], report["class_names"])
+    from PIL import Image
+
+    with tempfile.TemporaryDirectory() as tmp:
+        png = Path(tmp) / "confusion.png"
+        Image.fromarray(picture).save(png)
+        sio.upload_file(png, sio.join(cfg.run.output, "confusion.png"))
+        tracker.log_artifact(png)
+    sio.write_text(sio.join(cfg.run.output, "report.json"), json.dumps(report, indent=1))
+    tracker.log_dict(report, "report.json")
+    tracker.log_metrics({k: report[k] for k in report if k.startswith("top") or k == "mean_class_accuracy"}, 0)
+    log.info("top-1 %.4f  top-5 %.4f  over %d videos x %d views", report["top1"], report.get("top5", float("nan")),
+             report["num_videos"], report["views_per_video"])

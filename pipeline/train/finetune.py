@@ -1,0 +1,233 @@
+"""The fine-tuning loop, run by every rank: ``finetune(cfg, session)``.
+
+VideoMAE's recipe: encoder (from pre-training or a public checkpoint) + mean pool + fc-norm +
+linear head; layer-wise lr decay (``optim.layer_decay``, through the model's layer-id hook),
+drop path, mixup / cutmix with label smoothing (soft-target cross entropy), warm-up + cosine
+per step, repeated augmentation from the loader. Validation on ``finetune.val_split`` once per
+epoch (or every ``val_every`` steps); the best and the last weights are kept as model folders
+(:mod:`pipeline.registry`) under ``<run>/export/{best,last}``, and resumable DeepSpeed
+checkpoints as in pre-training. ``finetune.mode = "linear_probe"`` freezes the encoder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from pipeline import engine as eng
+from pipeline import io as sio
+from pipeline.config import config_hash, to_dict
+from pipeline.data.loader import EvalLoader, TrainLoader, eval_loader, supervised_loader
+from pipeline.data.shards import ShardIndex
+from pipeline.errors import DataError
+from pipeline.evaluation import evaluate_pass
+from pipeline.models import create_model_from_config
+from pipeline.models.checkpoints import load_file
+from pipeline.models.flops import classify_macs
+from pipeline.models.registry import get_spec
+from pipeline.registry import ModelCard, write_model_folder
+from pipeline.tracking import make_tracker
+from pipeline.train import checkpoint as ckpt
+from pipeline.train.finetune_config import FinetuneConfig
+from pipeline.train.meter import Meter, format_eta
+from pipeline.train.mixup import Mixup, soft_target_cross_entropy
+from pipeline.train.pretrain import data_metrics, reduce_mean
+from pipeline.train.session import Session
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Setup:
+    engine: Any
+    schedule: eng.LrSchedule
+    loader: TrainLoader
+    val: EvalLoader | None
+    meter: Meter
+    step: int
+    run_id: str
+    best: dict[str, float]  # {"top1", "step"} of the best validation so far
+
+
+def check_config(cfg: FinetuneConfig) -> None:
+    """Sizes the data and the model must agree on, and labels that fit the head."""
+    for a, va, b, vb in [("data.num_frames", cfg.data.num_frames, "model.num_frames", cfg.model.num_frames),
+                         ("data.input_size", cfg.data.input_size, "model.img_size", cfg.model.img_size)]:
+        if va != vb:
+            raise DataError(f"{a} ({va}) must equal {b} ({vb})")
+    if not cfg.data.shards:
+        raise DataError("data.shards is not set (a folder or s3:// prefix written by jobs.shard)")
+
+
+def class_names(cfg: FinetuneConfig, index: ShardIndex | None = None) -> list[str]:
+    """Label names of the shard index; DataError if there are none or more than the head has outputs."""
+    index = index or ShardIndex.load(cfg.data.shards)
+    if not index.labels:
+        raise DataError(f"shards have no labels: {index.uri}/index.json lists none "
+                        "(shard a manifest with a label column to fine-tune)")
+    if len(index.labels) > cfg.model.num_classes:
+        raise DataError(f"the shards have {len(index.labels)} classes but model.num_classes is "
+                        f"{cfg.model.num_classes} (or set finetune.classes_from_data=true)")
+    return list(index.labels)
+
+
+def _model_factory(cfg: FinetuneConfig):
+    init = cfg.model.init
+    model_cfg = dataclasses.replace(cfg.model, init="")
+
+    def build() -> torch.nn.Module:
+        model = create_model_from_config(model_cfg, "classify")
+        if init:  # whole weights in, before the engine copies its fp32 masters
+            with eng.gathered(model):
+                load_file(model, init)
+        if cfg.finetune.mode == "linear_probe":
+            for p in model.encoder.parameters():  # frozen: param_groups leaves them out of the optimizer
+                p.requires_grad_(False)
+        return model
+
+    return build
+
+
+def _val_loader(cfg: FinetuneConfig, rank: int, world: int) -> EvalLoader | None:
+    if not cfg.finetune.val_split:
+        return None
+    data = dataclasses.replace(cfg.data, split=cfg.finetune.val_split, test_num_clips=cfg.finetune.val_num_clips,
+                               test_num_crops=cfg.finetune.val_num_crops)
+    return eval_loader(data, rank, world, require_labels=True)
+
+
+def setup(cfg: FinetuneConfig, session: Session, rank: int, world: int) -> Setup:
+    """Engine, loaders and position: fresh, or where the last checkpoint left off."""
+    torch.manual_seed(cfg.run.seed)  # the same init (head, and encoder without init weights) on every rank
+    loader = supervised_loader(cfg.data, rank, world)
+    with session.restore_dir() as restore_dir:
+        restore = ckpt.prepare_restore(restore_dir, rank, world, session.local_rank)
+        engine, schedule = eng.build_engine(_model_factory(cfg), cfg.deepspeed, cfg.optim, cfg.data.batch_size,
+                                            cfg.train.steps, world, load_universal=bool(restore and restore.universal))
+        torch.manual_seed(cfg.run.seed * 1000 + rank)  # from here on (drop path, mixup) each rank has its own stream
+        step, run_id, best = 0, "", {"top1": -1.0, "step": 0}
+        if restore is not None:
+            eng.load_checkpoint(engine, restore.ds_dir, restore.tag)
+            loader.load_state_dict(restore.loop["data"])
+            ckpt.restore_rng(restore.rng_file)
+            step, run_id = int(restore.loop["step"]), restore.loop.get("run_id", "")
+            best = dict(restore.loop.get("best", best))
+            log.info("resumed at step %d (best top-1 %.3f at step %d)", step, best["top1"], best["step"])
+    spec = get_spec(cfg.model.name, **cfg.model.arch_overrides())
+    clips = cfg.data.batch_size * world * cfg.deepspeed.gradient_accumulation_steps
+    # forward + backward = 3 forward passes of 2 FLOPs per MAC (a frozen encoder in a linear probe does less)
+    meter = Meter(clips, spec.num_tokens, 6.0 * classify_macs(spec, cfg.model.num_classes), cfg.train.steps)
+    return Setup(engine, schedule, loader, _val_loader(cfg, rank, world), meter, step, run_id, best)
+
+
+def train_step(s: Setup, batches: Any, mixer: Mixup, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step; returns the mean soft-target loss and the (unmixed) train top-1 of the last micro-batch."""
+    losses, correct = [], torch.zeros(())
+    for _ in range(s.engine.gradient_accumulation_steps()):
+        t0 = time.monotonic()
+        batch = next(batches)
+        s.meter.data_wait(time.monotonic() - t0)
+        video, target = mixer(batch["video"], batch["label"])
+        logits = s.engine(video.to(s.engine.device, dtype, non_blocking=True))
+        loss = soft_target_cross_entropy(logits, target.to(logits.device))
+        s.engine.backward(loss)
+        s.engine.step()
+        losses.append(loss.detach().float())
+        correct = (logits.detach().argmax(-1).cpu() == target.argmax(-1).cpu()).float().mean()
+    s.meter.step()
+    return torch.stack(losses).mean(), correct
+
+
+def validate(cfg: FinetuneConfig, s: Setup, names: list[str], dtype: torch.dtype) -> dict[str, float]:
+    """Top-1 / top-5 / mean class accuracy on the validation split (every video once, all ranks)."""
+    assert s.val is not None
+    result = evaluate_pass(s.engine.module, s.val, dtype, lockstep=cfg.deepspeed.zero_stage == 3)
+    report = result.report(names)
+    return {"val_top1": report["top1"], "val_top5": report["top5"], "val_mean_class_acc": report["mean_class_accuracy"],
+            "val_videos": report["num_videos"]}
+
+
+def save_weights(cfg: FinetuneConfig, s: Setup, names: list[str], which: str, rank: int,
+                 metrics: dict[str, float]) -> None:
+    """Write the model folder ``<run>/export/<which>`` from the live weights (collective under ZeRO-3)."""
+    module = s.engine.module
+    with eng.gathered(module):
+        if rank == 0:
+            card = ModelCard(model=to_dict(cfg.model, redact=False), class_names=names,
+                             data={"num_frames": cfg.data.num_frames, "sampling_rate": cfg.data.sampling_rate,
+                                   "input_size": cfg.data.input_size, "test_num_clips": cfg.data.test_num_clips,
+                                   "test_num_crops": cfg.data.test_num_crops},
+                             metrics={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
+                             source={"run": cfg.run.name, "step": s.step, "init": cfg.model.init,
+                                     "mode": cfg.finetune.mode, "mlflow_run_id": s.run_id})
+            write_model_folder(module.state_dict(), card, sio.join(cfg.run.output, cfg.run.name, "export", which))
+
+
+def _due(step: int, every: int, last: int) -> bool:
+    return step == last or (every > 0 and step % every == 0)
+
+
+def finetune(cfg: FinetuneConfig, session: Session) -> dict[str, Any]:
+    """Run (or resume) fine-tuning to ``train.steps``; returns the last metrics and the best top-1."""
+    check_config(cfg)
+    names = class_names(cfg)
+    rank, world = eng.init_distributed()
+    s = setup(cfg, session, rank, world)
+    dtype = eng.compute_dtype(cfg.deepspeed)
+    tracker = make_tracker(cfg.tracking, rank)
+    tracker.start(run_name=cfg.run.name, config=cfg, resume_run_id=s.run_id,
+                  tags={"stage": "finetune", "mode": cfg.finetune.mode, "world_size": world, "config_hash": config_hash(cfg)})
+    s.run_id = tracker.run_id or s.run_id
+    mixer = Mixup(cfg.mixup, cfg.model.num_classes)
+    val_every = cfg.finetune.val_every or s.loader.steps_per_epoch
+    batches, metrics, status = s.loader.forever(), {}, "FAILED"
+    try:
+        while s.step < cfg.train.steps:
+            loss, acc = train_step(s, batches, mixer, dtype)
+            s.step += 1
+            lr = s.schedule.apply(s.engine, s.step)
+            if _due(s.step, cfg.train.log_every, cfg.train.steps):
+                metrics = {"loss": reduce_mean(loss), "train_top1": reduce_mean(acc), "lr": s.schedule(s.step - 1),
+                           "grad_norm": eng.grad_norm(s.engine), "epoch": s.step / s.loader.steps_per_epoch,
+                           **s.meter.window(s.step), **data_metrics(s.loader)}
+                tracker.log_metrics(metrics, s.step)
+                if rank == 0:
+                    log.info("step %d/%d  loss %.4f  lr %.2e  %.1f clips/s  eta %s", s.step, cfg.train.steps,
+                             metrics["loss"], metrics["lr"], metrics["clips_per_s"], format_eta(metrics["eta_s"]))
+            if s.val is not None and _due(s.step, val_every, cfg.train.steps):
+                val = validate(cfg, s, names, dtype)
+                metrics.update(val)
+                tracker.log_metrics(val, s.step)
+                if rank == 0:
+                    log.info("step %d  val top-1 %.3f  top-5 %.3f", s.step, val["val_top1"], val["val_top5"])
+                if val["val_top1"] > s.best["top1"]:
+                    s.best = {"top1": val["val_top1"], "step": s.step}
+                    save_weights(cfg, s, names, "best", rank, val)
+            if _due(s.step, cfg.train.checkpoint_every, cfg.train.steps):
+                staging = session.staging_dir(s.step)
+                loop = {"data": s.loader.state_dict(), "world_size": world, "run_id": s.run_id, "lr": lr, "best": s.best}
+                ckpt.save(s.engine, staging, s.step, loop, rank)
+                session.report({**metrics, "step": s.step, "best_top1": s.best["top1"]}, staging)
+            ckpt_fail(cfg, s.step, rank)
+        save_weights(cfg, s, names, "last", rank, metrics)
+        tracker.log_metrics({"best_val_top1": s.best["top1"], "best_step": s.best["step"]}, s.step)
+        tracker.set_tags({"export": sio.join(cfg.run.output, cfg.run.name, "export")})
+        status = "FINISHED"
+    finally:
+        tracker.end(status)
+    return {**metrics, "step": s.step, "run_id": s.run_id, "best": s.best}
+
+
+def ckpt_fail(cfg: FinetuneConfig, step: int, rank: int) -> None:
+    """Fault injection for tests (``train.fail_at_step``), shared with pre-training."""
+    from pipeline.train.pretrain import maybe_fail
+
+    maybe_fail(cfg, step, rank)  # type: ignore[arg-type]  # reads only run.* and train.fail_at_step
+
+
+__all__ = ["check_config", "class_names", "finetune", "setup", "train_step", "validate"]

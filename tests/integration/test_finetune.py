@@ -1,0 +1,173 @@
+"""Fine-tuning, evaluation, registry and prediction for real on CPU: Ray Train workers, DeepSpeed
+ZeRO over gloo, MLflow (SQLite store + model registry), labelled synthetic motion shards."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from jobs import evaluate as evaluate_job
+from jobs import finetune as finetune_job
+from jobs import predict as predict_job
+from jobs._cli import job_main
+from pipeline.config import load_config
+from pipeline.data.synthetic import generate_synthetic
+from pipeline.models import create_model
+from pipeline.registry import load_classifier
+from pipeline.sharding import ShardSection, shard
+from pipeline.train.finetune_config import EvaluateConfig, FinetuneConfig
+
+REPO = Path(__file__).resolve().parents[2]
+CLASSES = sorted(["left", "right", "cw", "ccw"])  # the shard index sorts label names
+SIZE = ["model.num_frames=4", "model.img_size=32", "data.num_frames=4", "data.input_size=32", "data.sampling_rate=2"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("finetune-data")
+    entries = generate_synthetic(root / "synthetic", num_per_class=6, classes=CLASSES, frames=16, size=(48, 48),
+                                 splits={"train": 0.67, "val": 0.33})
+    rows = ["uri,label,split"] + [f"{e.uri},{e.label},{e.split}" for e in entries]
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    index, _ = shard(ShardSection(manifest=str(root / "manifest.csv"), output=str(root / "shards"), max_short_side=64,
+                                  max_samples_per_shard=4, progress=False))
+    assert index["totals"]["samples"] == len(entries)
+    # A "pre-training run" folder: the encoder init is found under export/ as jobs.pretrain writes it.
+    pretrained = root / "pretrain_run" / "export"
+    pretrained.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(create_model("vit_tiny", "pretrain", num_frames=4, img_size=32).state_dict(), pretrained / "pretrain_fp32.pt")
+    video = next(e.uri for e in entries if e.split == "val")
+    return {"root": root, "shards": root / "shards", "pretrain_run": root / "pretrain_run", "video": Path(video)}
+
+
+def _ft(data: dict[str, Path], tmp: Path, name: str, *extra: str) -> FinetuneConfig:
+    return load_config(FinetuneConfig, REPO / "jobs/configs/finetune/demo.toml", [
+        f"data.shards={data['shards']}", f"run.output={tmp / 'runs'}", f"run.name={name}", *SIZE,
+        "data.batch_size=4", "data.repeated_aug=2", "data.num_workers=0", "data.scales=[1.0]",
+        "optim.lr=1e-3", "optim.warmup_steps=2", "train.log_every=1", "train.steps=8", "train.checkpoint_every=8",
+        f"tracking.tracking_uri=sqlite:///{tmp / 'mlflow.db'}", "tracking.system_metrics=false",
+        "tracking.registered_model=motion-tiny", "scaling.num_workers=2", *extra])
+
+
+def test_finetune_evaluate_register_and_predict(data: dict[str, Path], tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = _ft(data, tmp_path, "ft", f"model.init={data['pretrain_run']}")
+    assert finetune_job.run(cfg) == 0
+    out = capsys.readouterr().out
+    assert "model.num_classes: 6 -> 4" in out  # the head follows the shard index's labels
+    assert "skipped the pre-training decoder" in out  # the init report is shown before training
+    assert "registered: models:/motion-tiny@champion" in out
+
+    export = tmp_path / "runs" / "ft" / "export"
+    best, last = (json.loads((export / w / "model.json").read_text()) for w in ("best", "last"))
+    assert best["class_names"] == CLASSES and best["model"]["num_classes"] == 4
+    assert best["source"]["step"] in (4, 8) and last["source"]["step"] == 8
+    assert 0.0 <= best["metrics"]["val_top1"] <= 1.0 and best["metrics"]["val_videos"] == 8
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.search_runs(client.get_experiment_by_name("tubelet").experiment_id,
+                             filter_string="attributes.run_name = 'ft'")[0]
+    val = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_top1")}
+    assert sorted(val) == [4, 8]  # once per epoch: 16 train videos x 2 views / (4 x 2 ranks) = 4 steps
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == list(range(1, 9))
+    assert run.data.params["optim.layer_decay"] == "0.75" and run.data.tags["stage"] == "finetune"
+    version = client.get_model_version_by_alias("motion-tiny", "champion")
+    assert version.run_id == run.info.run_id
+
+    # The registered model loads back by alias and classifies a video file.
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    model, card = load_classifier("models:/motion-tiny@champion", tracking=uri)
+    assert card.class_names == CLASSES and model.head.out_features == 4
+    assert predict_job.main(["--model", "models:/motion-tiny@champion", "--tracking-uri", uri, "--top-k", "3",
+                             "--json", str(data["video"])]) == 0
+    top = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["top"]
+    assert len(top) == 3 and {t["label"] for t in top} <= set(CLASSES)
+    assert top[0]["prob"] >= top[1]["prob"] >= top[2]["prob"]
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00\x00\x00\x18ftypmp42 not really a video" * 10)
+    assert predict_job.main(["--model", "models:/motion-tiny@champion", "--tracking-uri", uri, str(broken)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("jobs.predict: error:") and "broken.mp4" in err[0]
+
+    # Multi-view evaluation of the registered model on the val split, 2 workers.
+    ev = load_config(EvaluateConfig, REPO / "jobs/configs/evaluate/demo.toml", [
+        f"data.shards={data['shards']}", "data.split=val", *SIZE, "data.num_workers=0", "data.test_num_clips=2",
+        "data.test_num_crops=2", "model.init=models:/motion-tiny@champion", f"run.output={tmp_path / 'eval'}",
+        "run.name=ev", f"tracking.tracking_uri={uri}", "tracking.system_metrics=false", "scaling.num_workers=2"])
+    assert evaluate_job.run(ev) == 0
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["num_videos"] == 8 and report["views_per_video"] == 4
+    assert report["num_clips"] == 2 and report["num_crops"] == 2
+    assert set(report["per_class"]) == set(CLASSES) and 0.0 <= report["top1"] <= report["top5"] == 1.0
+    assert sum(map(sum, report["confusion"])) == 8
+    assert (tmp_path / "eval" / "confusion.png").stat().st_size > 0
+
+
+def test_linear_probe_trains_only_the_head(data: dict[str, Path], tmp_path: Path) -> None:
+    cfg = _ft(data, tmp_path, "probe", f"model.init={data['pretrain_run']}", "finetune.mode=linear_probe",
+              "train.steps=4", "train.checkpoint_every=4", "finetune.val_split=", "tracking.registered_model=",
+              "mixup.prob=0", "model.drop_path=0")
+    assert finetune_job.run(cfg) == 0
+    state = torch.load(tmp_path / "runs" / "probe" / "export" / "last" / "model.pt")
+    init = torch.load(data["pretrain_run"] / "export" / "pretrain_fp32.pt")
+    for key in ("encoder.blocks.0.attn.qkv.weight", "encoder.patch_embed.proj.weight"):
+        assert torch.equal(state[key], init[key]), f"{key} changed in a linear probe"
+    assert not torch.allclose(state["head.weight"], torch.zeros_like(state["head.weight"]), atol=1e-4)
+
+
+def _one_line_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    assert job_main(FinetuneConfig, finetune_job.run, argv, prog="jobs.finetune") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("jobs.finetune: error:"), err
+    return err[0]
+
+
+def test_bad_inputs_fail_in_one_line(data: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["--config", str(REPO / "jobs/configs/finetune/demo.toml"), *[f"--set={s}" for s in SIZE],
+            f"--set=run.output={tmp_path / 'runs'}", "--set=tracking.enabled=false"]
+    # shards without labels
+    unlabelled = tmp_path / "unlabelled"
+    shutil.copytree(data["shards"], unlabelled)
+    index = json.loads((unlabelled / "index.json").read_text())
+    (unlabelled / "index.json").write_text(json.dumps({**index, "labels": []}))
+    assert "shards have no labels" in _one_line_error(base + [f"--set=data.shards={unlabelled}"], capsys)
+
+    # another architecture (vit_s weights into vit_tiny)
+    wrong = tmp_path / "vit_s.pt"
+    torch.save(create_model("vit_s", "pretrain", num_frames=4, img_size=32).state_dict(), wrong)
+    line = _one_line_error(base + [f"--set=data.shards={data['shards']}", f"--set=model.init={wrong}"], capsys)
+    assert "another architecture" in line or "blocks" in line
+
+    # another patch size
+    patch = tmp_path / "patch8.pt"
+    torch.save(create_model("vit_tiny", "pretrain", num_frames=4, img_size=32, patch_size=8).state_dict(), patch)
+    assert "patch" in _one_line_error(base + [f"--set=data.shards={data['shards']}", f"--set=model.init={patch}"], capsys)
+
+    # a fine-tuned checkpoint whose head has another class count: re-initialised, and said so
+    other = tmp_path / "k7.pt"
+    torch.save({"model": create_model("vit_tiny", "classify", num_classes=7, num_frames=4, img_size=32).state_dict()}, other)
+    cfg = load_config(FinetuneConfig, REPO / "jobs/configs/finetune/demo.toml",
+                      [*SIZE, f"data.shards={data['shards']}", f"model.init={other}", "tracking.enabled=false"])
+    finetune_job.prepare(cfg)
+    assert "re-initialised head: checkpoint has 7 classes, the model 4" in capsys.readouterr().out
+    report = finetune_job.check_init(cfg)
+    assert report is not None and not report.unexpected
+    assert any("re-initialised head" in n for n in report.notes)
+
+
+def test_zero3_validates_and_exports_whole_weights(data: dict[str, Path], tmp_path: Path) -> None:
+    """ZeRO-3: forward passes are collective (validation in lockstep) and weights are gathered to export."""
+    cfg = _ft(data, tmp_path, "z3", "deepspeed.zero_stage=3", "train.steps=4", "train.checkpoint_every=4",
+              "tracking.registered_model=", "finetune.keep=last")
+    assert finetune_job.run(cfg) == 0
+    card = json.loads((tmp_path / "runs" / "z3" / "export" / "last" / "model.json").read_text())
+    assert card["metrics"]["val_videos"] == 8
+    model, card = load_classifier(str(tmp_path / "runs" / "z3"))  # a run folder: its export/best
+    assert card.source["step"] == 4
+    assert model.head.weight.shape == (4, model.spec.embed_dim)
