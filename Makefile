@@ -1,5 +1,5 @@
 # Tubelet — every target creates/reuses the virtual environment itself.
-#   make demo   build the sample + synthetic datasets, shard them, pre-train a tiny model on them
+#   make demo   build the sample + synthetic datasets, shard them, pre-train, fine-tune and evaluate a tiny model
 #   make test   unit + integration tests on CPU with real Ray / DeepSpeed / MLflow / S3
 # GPU users pick their torch build:  make test TORCH_SPEC="torch==2.5.1" TORCH_INDEX=https://download.pytorch.org/whl/cu124
 
@@ -13,7 +13,7 @@ STAMP       := $(VENV)/.tubelet-installed
 DATA        ?= data
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-unit test-integration test-slow demo bench plan clean-data help cluster-up cluster-down pretrain
+.PHONY: setup test test-unit test-integration test-slow demo bench plan clean-data help cluster-up cluster-down pretrain finetune evaluate predict
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -38,13 +38,15 @@ test-unit: $(STAMP) ## unit tests only (seconds)
 test-slow: $(STAMP) ## long-running cases (minutes)
 	$(PY) -m pytest tests -m slow $(PYTEST_ARGS)
 
-demo: $(STAMP) ## datasets -> shards -> a short pre-training run, all on this machine
+demo: $(STAMP) ## datasets -> shards -> pre-train -> fine-tune -> evaluate, all on this machine
 	$(PY) -m jobs.dataset --config dataset/sample --set dataset.output=$(DATA)/sample
 	$(PY) -m jobs.dataset --config dataset/synthetic --set dataset.output=$(DATA)/synthetic
 	$(PY) -m jobs.shard --config shard/default --set shard.manifest=$(DATA)/sample/manifest.csv --set shard.output=$(DATA)/shards/sample
 	$(PY) -m jobs.shard --config shard/default --set shard.manifest=$(DATA)/synthetic/manifest.csv --set shard.output=$(DATA)/shards/synthetic
 	$(PY) -m jobs.pretrain --config pretrain/demo --set data.shards=$(DATA)/shards/synthetic
-	@echo "shards: $(DATA)/shards/{sample,synthetic}  runs: runs/pretrain/demo"
+	$(PY) -m jobs.finetune --config finetune/demo --set data.shards=$(DATA)/shards/synthetic --set model.init=runs/pretrain/demo
+	$(PY) -m jobs.evaluate --config evaluate/demo --set data.shards=$(DATA)/shards/synthetic --set model.init=runs/finetune/demo
+	@echo "shards: $(DATA)/shards/{sample,synthetic}  runs: runs/{pretrain,finetune,evaluate}/demo"
 	@echo "MLflow UI: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$$(pwd)/runs/mlflow.db --host 127.0.0.1 --port 5000"
 
 plan: $(STAMP) ## parameters, FLOPs and memory per GPU: make plan MODEL=vit_g
@@ -55,6 +57,15 @@ bench: $(STAMP) ## benchmarks -> benchmarks/results/
 
 pretrain: $(STAMP) ## pre-train on the synthetic shards (make demo first): make pretrain CONFIG=pretrain/demo
 	$(PY) -m jobs.pretrain --config $(or $(CONFIG),pretrain/demo)
+
+finetune: $(STAMP) ## fine-tune on labelled shards: make finetune INIT=runs/pretrain/demo
+	$(PY) -m jobs.finetune --config $(or $(CONFIG),finetune/demo) $(if $(INIT),--set model.init=$(INIT))
+
+evaluate: $(STAMP) ## multi-view evaluation: make evaluate MODEL=runs/finetune/demo
+	$(PY) -m jobs.evaluate --config $(or $(CONFIG),evaluate/demo) $(if $(MODEL),--set model.init=$(MODEL))
+
+predict: $(STAMP) ## classify videos: make predict MODEL=models:/name@champion VIDEOS="a.mp4 b.mp4"
+	$(PY) -m jobs.predict --model $(MODEL) $(VIDEOS)
 
 CLUSTER_DIR ?= .cluster/local
 cluster-up: $(STAMP) ## local two-node Ray cluster (head + worker); then: source $(CLUSTER_DIR)/env
