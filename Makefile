@@ -13,7 +13,7 @@ STAMP       := $(VENV)/.tubelet-installed
 DATA        ?= data
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-unit test-integration test-slow demo bench plan clean-data help cluster-up cluster-down pretrain finetune evaluate predict
+.PHONY: setup test test-unit test-integration test-slow demo bench plan clean-data help cluster-up cluster-down pretrain finetune evaluate predict extract
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -63,6 +63,9 @@ finetune: $(STAMP) ## fine-tune on labelled shards: make finetune INIT=runs/pret
 
 evaluate: $(STAMP) ## multi-view evaluation: make evaluate MODEL=runs/finetune/demo
 	$(PY) -m jobs.evaluate --config $(or $(CONFIG),evaluate/demo) $(if $(MODEL),--set model.init=$(MODEL))
+
+extract: $(STAMP) ## encoder features of a shard set: make extract MODEL=runs/finetune/demo
+	$(PY) -m jobs.extract --config $(or $(CONFIG),extract/demo) $(if $(MODEL),--set model.init=$(MODEL))
 
 predict: $(STAMP) ## classify videos: make predict MODEL=models:/name@champion VIDEOS="a.mp4 b.mp4"
 	$(PY) -m jobs.predict --model $(MODEL) $(VIDEOS)
