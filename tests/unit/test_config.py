@@ -100,10 +100,11 @@ def test_every_shipped_job_config_loads() -> None:
     from jobs.plan import PlanConfig
     from jobs.shard import ShardJobConfig
     from pipeline.train.config import PretrainConfig
+    from pipeline.extract import ExtractConfig
     from pipeline.train.finetune_config import EvaluateConfig, FinetuneConfig
 
     classes = {"dataset": DatasetJobConfig, "plan": PlanConfig, "shard": ShardJobConfig, "pretrain": PretrainConfig,
-               "finetune": FinetuneConfig, "evaluate": EvaluateConfig}
+               "finetune": FinetuneConfig, "evaluate": EvaluateConfig, "extract": ExtractConfig}
     root = Path(__file__).resolve().parents[2] / "jobs" / "configs"
     files = sorted(root.rglob("*.toml"))
     assert files
