@@ -13,7 +13,7 @@ STAMP       := $(VENV)/.tubelet-installed
 DATA        ?= data
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-unit test-integration test-slow demo bench plan clean-data help cluster-up cluster-down pretrain finetune evaluate predict extract
+.PHONY: setup test test-unit test-integration test-slow demo bench plan clean-data help cluster-up cluster-down pretrain finetune evaluate predict extract vit-g-step
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -76,6 +76,9 @@ cluster-up: $(STAMP) ## local two-node Ray cluster (head + worker); then: source
 
 cluster-down: ## stop the processes cluster-up started (by pid) and remove its state dir
 	TUBELET_CLUSTER_DIR=$(CLUSTER_DIR) bash cluster/local/down.sh
+
+vit-g-step: $(STAMP) ## ViT-g (1B) ZeRO-3 + NVMe optimizer offload steps on CPU -> benchmarks/results/vit_g_step.json (needs libaio-dev)
+	$(PY) -m benchmarks.vit_g_step --config jobs/configs/pretrain/vit_g_offload.toml --ranks $(or $(RANKS),2) --steps 3 --label zero3-bf16-nvme-optimizer-$(or $(RANKS),2)ranks
 
 clean-data: ## remove generated data (not runs/)
 	rm -rf $(DATA)

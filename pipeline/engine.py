@@ -65,6 +65,12 @@ class DeepSpeedConfig:
     stage3_max_reuse_distance: int = help_field(1_000_000_000, help="stage 3: keep a param gathered if reused within this")
     aio_block_size: int = help_field(1_048_576, help="nvme offload: async I/O block size in bytes")
     aio_queue_depth: int = help_field(8, help="nvme offload: async I/O queue depth")
+    sub_group_size: int = help_field(
+        50_000_000, help="stage 3: optimizer sub-group (elements) stepped / swapped at a time; "
+                         "nvme offload stages buffer_count buffers of this size in RAM")
+    offload_param_buffer_size: int = help_field(
+        0, help="nvme param offload: elements per swap buffer (5 buffers); 0 = sub_group_size + 1Mi "
+                "(must hold the largest sub-group and the largest parameter)")
 
     def __post_init__(self) -> None:
         if self.zero_stage not in (0, 1, 2, 3):
@@ -225,11 +231,15 @@ def _zero_section(cfg: DeepSpeedConfig) -> dict[str, Any]:
         zero.update(stage3_prefetch_bucket_size=cfg.stage3_prefetch_bucket_size,
                     stage3_param_persistence_threshold=cfg.stage3_param_persistence_threshold,
                     stage3_max_live_parameters=cfg.stage3_max_live_parameters,
-                    stage3_max_reuse_distance=cfg.stage3_max_reuse_distance)
+                    stage3_max_reuse_distance=cfg.stage3_max_reuse_distance,
+                    sub_group_size=cfg.sub_group_size)
     if cfg.offload_optimizer != "none":
         zero["offload_optimizer"] = _offload(cfg.offload_optimizer, cfg, buffers=4)
     if cfg.offload_param != "none":
         zero["offload_param"] = _offload(cfg.offload_param, cfg, buffers=5)
+        if cfg.offload_param == "nvme":
+            zero["offload_param"].update(
+                buffer_size=cfg.offload_param_buffer_size or cfg.sub_group_size + 2**20, max_in_cpu=0)
     return zero
 
 
