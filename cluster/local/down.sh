@@ -4,7 +4,7 @@
 # worker processes). SIGTERM first, so each node shuts its children down itself; after
 # TUBELET_CLUSTER_STOP_TIMEOUT_S (default 30) SIGKILL for anything of theirs still alive.
 # Then the state dir goes. Idempotent: with nothing recorded, or everything already gone, it
-# only tidies up. Never `ray stop`: that would stop every Ray on the machine.
+# only tidies up. Never the stop-everything CLI command: it would stop every Ray on the machine.
 set -uo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

@@ -7,7 +7,7 @@
 #
 # The pid recorded for each node IS its `ray start --block` process: it owns the node's GCS,
 # raylet, dashboard and agents, and takes them down when it gets SIGTERM. Nothing here uses
-# `ray stop` (it would stop every Ray on the machine, a user's or another test's included).
+# the stop-everything CLI command (it would stop every Ray on the machine, a user's or another test's included).
 #
 # Every port is set explicitly (defaults below, all overridable), so this cluster can run next
 # to a `ray.init()` embedded Ray or another cluster started with a different TUBELET_CLUSTER_PORT
