@@ -13,7 +13,7 @@ STAMP       := $(VENV)/.tubelet-installed
 DATA        ?= data
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-unit test-integration test-slow demo bench plan clean-data help cluster-up cluster-down pretrain finetune evaluate predict extract vit-g-step
+.PHONY: setup test test-unit test-integration test-slow demo bench plan clean-data help cluster-up cluster-down pretrain finetune evaluate predict extract vit-g-step submit status logs stop mlflow mlflow-stop
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -76,6 +76,35 @@ cluster-up: $(STAMP) ## local two-node Ray cluster (head + worker); then: source
 
 cluster-down: ## stop the processes cluster-up started (by pid) and remove its state dir
 	TUBELET_CLUSTER_DIR=$(CLUSTER_DIR) bash cluster/local/down.sh
+
+# Jobs on a cluster (RAY_ADDRESS, token auth: see cluster/README.md). SET="k=v k2=v2": no spaces inside a value.
+JOB     ?= pretrain
+SET     ?=
+submit: $(STAMP) ## submit a job to the cluster at RAY_ADDRESS and follow it: make submit JOB=pretrain CONFIG=pretrain/demo SET="train.steps=100"
+	$(PY) -m jobs.submit $(JOB) --config $(or $(CONFIG),$(JOB)/demo) $(foreach s,$(SET),--set '$(s)') $(if $(NO_FOLLOW),--no-follow)
+
+status: $(STAMP) ## jobs on the cluster, newest first; one job with JOB_ID=...
+	$(PY) -m jobs.submit $(if $(JOB_ID),status $(JOB_ID),list)
+
+logs: $(STAMP) ## a job's log: make logs JOB_ID=raysubmit_... [FOLLOW=1]
+	$(PY) -m jobs.submit logs $(JOB_ID) $(if $(FOLLOW),--follow)
+
+stop: $(STAMP) ## stop a job on the cluster: make stop JOB_ID=raysubmit_...
+	$(PY) -m jobs.submit stop $(JOB_ID)
+
+# MLflow tracking server (SQLite backend, proxied artifacts), bound to 127.0.0.1 unless MLFLOW_HOST says otherwise.
+MLFLOW_HOST      ?= 127.0.0.1
+MLFLOW_PORT      ?= 5000
+MLFLOW_BACKEND   ?= sqlite:///$(CURDIR)/runs/mlflow.db
+MLFLOW_ARTIFACTS ?= $(CURDIR)/runs/mlflow-artifacts
+MLFLOW_DIR       ?= .cluster/mlflow
+mlflow: $(STAMP) ## MLflow server on runs/mlflow.db (pid in .cluster/mlflow): make mlflow [MLFLOW_PORT=5000 MLFLOW_ARTIFACTS=s3://bucket/mlflow]
+	TUBELET_MLFLOW_DIR=$(MLFLOW_DIR) TUBELET_MLFLOW_HOST=$(MLFLOW_HOST) TUBELET_MLFLOW_PORT=$(MLFLOW_PORT) \
+	TUBELET_MLFLOW_BACKEND=$(MLFLOW_BACKEND) TUBELET_MLFLOW_ARTIFACTS=$(MLFLOW_ARTIFACTS) \
+	TUBELET_MLFLOW=$(VENV)/bin/mlflow bash cluster/mlflow/serve.sh
+
+mlflow-stop: ## stop the server make mlflow started (its process group, by the recorded pid)
+	TUBELET_MLFLOW_DIR=$(MLFLOW_DIR) bash cluster/mlflow/stop.sh
 
 vit-g-step: $(STAMP) ## ViT-g (1B) ZeRO-3 + NVMe optimizer offload steps on CPU -> benchmarks/results/vit_g_step.json (needs libaio-dev)
 	$(PY) -m benchmarks.vit_g_step --config jobs/configs/pretrain/vit_g_offload.toml --ranks $(or $(RANKS),2) --steps 3 --label zero3-bf16-nvme-optimizer-$(or $(RANKS),2)ranks

@@ -39,6 +39,9 @@ die() { echo "cluster-up: $*" >&2; exit 1; }
 
 [[ -n "$RAY_BIN" && -x "$RAY_BIN" ]] || die "no 'ray' executable (run 'make setup' or set TUBELET_RAY)"
 PY="$(dirname "$RAY_BIN")/python"; [[ -x "$PY" ]] || PY="$(command -v python3)"
+# The entrypoint of a submitted job (`python -m jobs.X`) runs with the nodes' PATH: the
+# environment that holds this ray (and the project) must come first in it.
+export PATH="$(cd "$(dirname "$RAY_BIN")" && pwd):$PATH"  # absolute: jobs run in other directories
 
 if [[ -f "$STATE_DIR/head.pid" ]] && kill -0 "$(cat "$STATE_DIR/head.pid")" 2>/dev/null; then
     die "a cluster is already running from $STATE_DIR (RAY_ADDRESS=$(cat "$STATE_DIR/address" 2>/dev/null)); run cluster/local/down.sh first"
