@@ -141,6 +141,8 @@ def load_official(model: nn.Module, state_dict: Mapping[str, Any]) -> LoadReport
     report.missing = sorted(result.missing_keys)
     if has_fc_norm and any(k.startswith("head.") for k in report.missing) and "head.weight" not in mapped:
         notes.append("head kept freshly initialised: the checkpoint has none")
+    if any(".adapter." in k for k in report.missing):
+        notes.append("adapters kept freshly initialised (zero up-projection): the checkpoint has none")
     report.notes = list(dict.fromkeys(notes))  # de-duplicated, in order
     return report
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from pipeline.models.hooks import ParamHooks
-from pipeline.models.layers import AttnImpl, init_linear_trunc_normal
+from pipeline.models.layers import AttnImpl, init_linear_trunc_normal, reset_adapters
 from pipeline.models.registry import ArchSpec
 from pipeline.models.vit import VideoViT
 
@@ -30,6 +30,7 @@ class Classifier(ParamHooks, nn.Module):
         self.head_drop = nn.Dropout(head_drop)
         self.head: nn.Module = nn.Identity()
         self.apply(init_linear_trunc_normal)
+        reset_adapters(self)
         self.reset_classifier(num_classes)
 
     def reset_classifier(self, num_classes: int) -> None:

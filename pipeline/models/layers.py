@@ -6,6 +6,7 @@ Parameter names match the official VideoMAE code (``proj``, ``qkv``, ``q_bias``,
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -144,11 +145,45 @@ class DropPath(nn.Module):
         return f"p={self.p}"
 
 
+class Adapter(nn.Module):
+    """AdaptFormer bottleneck (Chen et al. 2022): ``scale * up(relu(down(x)))``, run in parallel to the MLP.
+
+    The up-projection starts at zero, so a model with fresh adapters computes exactly what the
+    model without them did; adapter tuning then trains only these (and the head) on a frozen encoder.
+    """
+
+    def __init__(self, dim: int, bottleneck: int, scale: float = 0.1) -> None:
+        super().__init__()
+        self.scale = scale
+        self.down = nn.Linear(dim, bottleneck)
+        self.act = nn.ReLU()
+        self.up = nn.Linear(bottleneck, dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """AdaptFormer init (model-wide init functions run first, so models call this again after them)."""
+        nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.down.bias)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.act(self.down(x))) * self.scale
+
+
+def reset_adapters(model: nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, Adapter):
+            module.reset_parameters()
+
+
 class Block(nn.Module):
-    """Pre-norm transformer block with optional layer scale (``gamma_1``/``gamma_2``). ``[B, N, D]``."""
+    """Pre-norm transformer block with optional layer scale (``gamma_1``/``gamma_2``) and an optional
+    AdaptFormer adapter parallel to the MLP (``adapter_dim > 0``). ``[B, N, D]``."""
 
     def __init__(self, dim: int, num_heads: int, mlp_dim: int, qkv_bias: bool = True, drop_path: float = 0.0,
-                 layer_scale_init: float = 0.0, attn_impl: AttnImpl = "sdpa", norm_eps: float = 1e-6) -> None:
+                 layer_scale_init: float = 0.0, attn_impl: AttnImpl = "sdpa", norm_eps: float = 1e-6,
+                 adapter_dim: int = 0, adapter_scale: float = 0.1) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, num_heads, qkv_bias, attn_impl)
@@ -157,12 +192,14 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, mlp_dim)
         self.gamma_1 = nn.Parameter(torch.full((dim,), layer_scale_init)) if layer_scale_init > 0 else None
         self.gamma_2 = nn.Parameter(torch.full((dim,), layer_scale_init)) if layer_scale_init > 0 else None
+        self.adapter = Adapter(dim, adapter_dim, adapter_scale) if adapter_dim > 0 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.attn(self.norm1(x))
         x = x + self.drop_path(a if self.gamma_1 is None else self.gamma_1 * a)
         m = self.mlp(self.norm2(x))
-        return x + self.drop_path(m if self.gamma_2 is None else self.gamma_2 * m)
+        out = x + self.drop_path(m if self.gamma_2 is None else self.gamma_2 * m)
+        return out if self.adapter is None else out + self.adapter(x)
 
 
 def init_linear_xavier(module: nn.Module) -> None:

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from pipeline.models.hooks import ParamHooks
-from pipeline.models.layers import AttnImpl, Block, SinCosPosEmbed, drop_path_rates, init_linear_xavier
+from pipeline.models.layers import (AttnImpl, Block, SinCosPosEmbed, drop_path_rates, init_linear_xavier,
+                                    reset_adapters)
 from pipeline.models.registry import ArchSpec
 from pipeline.models.vit import VideoViT, gather_tokens, run_blocks
 
@@ -89,6 +90,7 @@ class PretrainModel(ParamHooks, nn.Module):
         self.decoder_pos = SinCosPosEmbed(spec.num_tokens, spec.decoder_dim)
         self.decoder = Decoder(spec, drop_path, layer_scale_init, attn_impl)
         self.apply(init_linear_xavier)
+        reset_adapters(self)
         nn.init.trunc_normal_(self.mask_token, std=0.02, a=-0.02, b=0.02)
 
     def set_attn_impl(self, impl: AttnImpl) -> None:

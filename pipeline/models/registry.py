@@ -33,6 +33,8 @@ class ArchSpec:
     in_chans: int = 3
     qkv_bias: bool = True
     norm_eps: float = 1e-6
+    adapter_dim: int = 0  # AdaptFormer bottleneck width per encoder block; 0 = no adapters
+    adapter_scale: float = 0.1
 
     def __post_init__(self) -> None:
         for dim, heads, what in ((self.embed_dim, self.num_heads, "encoder"),

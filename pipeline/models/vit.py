@@ -43,7 +43,7 @@ class VideoViT(nn.Module):
         self.pos_embed = SinCosPosEmbed(spec.num_tokens, spec.embed_dim)
         self.blocks = nn.ModuleList(
             Block(spec.embed_dim, spec.num_heads, spec.mlp_dim, spec.qkv_bias, dpr, layer_scale_init,
-                  attn_impl, spec.norm_eps)
+                  attn_impl, spec.norm_eps, spec.adapter_dim, spec.adapter_scale)
             for dpr in drop_path_rates(drop_path, spec.depth))
         self.norm = nn.LayerNorm(spec.embed_dim, eps=spec.norm_eps) if final_norm else nn.Identity()
         self.grad_checkpointing = False

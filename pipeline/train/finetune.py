@@ -62,6 +62,9 @@ def check_config(cfg: FinetuneConfig) -> None:
             raise DataError(f"{a} ({va}) must equal {b} ({vb})")
     if not cfg.data.shards:
         raise DataError("data.shards is not set (a folder or s3:// prefix written by jobs.shard)")
+    if (cfg.finetune.mode == "adapter") != (cfg.model.adapter_dim > 0):
+        raise DataError("finetune.mode=adapter and model.adapter_dim > 0 go together "
+                        f"(got mode={cfg.finetune.mode}, adapter_dim={cfg.model.adapter_dim})")
 
 
 def class_names(cfg: FinetuneConfig, index: ShardIndex | None = None) -> list[str]:
@@ -85,12 +88,22 @@ def _model_factory(cfg: FinetuneConfig):
         if init:  # whole weights in, before the engine copies its fp32 masters
             with eng.gathered(model):
                 load_file(model, init)
-        if cfg.finetune.mode == "linear_probe":
-            for p in model.encoder.parameters():  # frozen: param_groups leaves them out of the optimizer
-                p.requires_grad_(False)
+        freeze_for_mode(model, cfg.finetune.mode)
         return model
 
     return build
+
+
+def freeze_for_mode(model: torch.nn.Module, mode: str) -> None:
+    """Freeze the encoder for ``linear_probe`` and ``adapter`` tuning (adapters stay trainable).
+
+    Frozen parameters have ``requires_grad=False``, so :func:`~pipeline.models.param_groups`
+    leaves them out of the optimizer (no Adam state for them either: the point for big encoders).
+    """
+    if mode == "full":
+        return
+    for name, p in model.encoder.named_parameters():
+        p.requires_grad_(mode == "adapter" and ".adapter." in name)
 
 
 def _val_loader(cfg: FinetuneConfig, rank: int, world: int) -> EvalLoader | None:
@@ -230,4 +243,4 @@ def ckpt_fail(cfg: FinetuneConfig, step: int, rank: int) -> None:
     maybe_fail(cfg, step, rank)  # type: ignore[arg-type]  # reads only run.* and train.fail_at_step
 
 
-__all__ = ["check_config", "class_names", "finetune", "setup", "train_step", "validate"]
+__all__ = ["check_config", "class_names", "finetune", "freeze_for_mode", "setup", "train_step", "validate"]

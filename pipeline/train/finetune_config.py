@@ -24,8 +24,9 @@ from pipeline.train.mixup import MixupConfig
 class FinetuneSection:
     """What is trained, how it is validated, and what is kept (TOML section ``[finetune]``)."""
 
-    mode: Literal["full", "linear_probe"] = help_field(
-        "full", help="full: encoder + head; linear_probe: frozen encoder, train fc_norm + head")
+    mode: Literal["full", "linear_probe", "adapter"] = help_field(
+        "full", help="full: encoder + head; linear_probe: frozen encoder, train fc_norm + head; "
+                     "adapter: frozen encoder, train AdaptFormer adapters (model.adapter_dim) + fc_norm + head")
     val_split: str = help_field("val", help="split validated on during training ('' = none)")
     val_every: int = help_field(0, help="steps between validations; 0 = once per epoch (and always at the end)")
     val_num_clips: int = help_field(1, help="validation: temporal clips per video (full test: jobs.evaluate)")

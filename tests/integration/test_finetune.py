@@ -121,6 +121,38 @@ def test_linear_probe_trains_only_the_head(data: dict[str, Path], tmp_path: Path
     assert not torch.allclose(state["head.weight"], torch.zeros_like(state["head.weight"]), atol=1e-4)
 
 
+def test_adapter_tuning_trains_adapters_and_head_only(data: dict[str, Path], tmp_path: Path) -> None:
+    cfg = _ft(data, tmp_path, "adapter", f"model.init={data['pretrain_run']}", "finetune.mode=adapter",
+              "model.adapter_dim=8", "train.steps=4", "train.checkpoint_every=4", "finetune.val_split=",
+              "tracking.registered_model=", "mixup.prob=0", "model.drop_path=0")
+    assert finetune_job.run(cfg) == 0
+    state = torch.load(tmp_path / "runs" / "adapter" / "export" / "last" / "model.pt")
+    init = torch.load(data["pretrain_run"] / "export" / "pretrain_fp32.pt")
+    for key in ("encoder.blocks.0.attn.qkv.weight", "encoder.blocks.1.mlp.fc1.weight", "encoder.patch_embed.proj.weight"):
+        assert torch.equal(state[key], init[key]), f"{key} changed in adapter tuning"
+    for block in (0, 1):  # the zero-initialised up-projections have learned something
+        assert state[f"encoder.blocks.{block}.adapter.up.weight"].abs().sum() > 0
+    # The exported model folder rebuilds the adapter architecture from its card.
+    model, card = load_classifier(str(tmp_path / "runs" / "adapter" / "export" / "last"))
+    assert card.model["adapter_dim"] == 8 and model.encoder.blocks[0].adapter is not None
+
+
+def test_interrupted_finetune_resumes_without_lost_or_repeated_steps(data: dict[str, Path], tmp_path: Path) -> None:
+    steps = ["train.steps=6", "train.checkpoint_every=3", "finetune.val_every=3", "tracking.registered_model="]
+    with pytest.raises(Exception):
+        finetune_job.run(_ft(data, tmp_path, "resumed", *steps, "train.fail_at_step=3", "scaling.max_failures=0"))
+    assert finetune_job.run(_ft(data, tmp_path, "resumed", *steps)) == 0
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs(client.get_experiment_by_name("tubelet").experiment_id,
+                              filter_string="attributes.run_name = 'resumed'")
+    assert len(runs) == 1, "the resumed attempt continues the same MLflow run"
+    losses = [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")]
+    assert sorted(losses) == list(range(1, 7)), losses
+    assert sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "val_top1")) == [3, 6]
+    checkpoints = sorted(p for p in (tmp_path / "runs" / "resumed").glob("checkpoint_*") if p.is_dir())
+    assert json.loads((checkpoints[-1] / "loop.json").read_text())["step"] == 6
+
+
 def _one_line_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     assert job_main(FinetuneConfig, finetune_job.run, argv, prog="jobs.finetune") == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -209,3 +209,39 @@ def test_benchmark_quick_smoke(tmp_path):
     result = main(["--quick", "--out", str(tmp_path / "model_step.json")])
     assert (tmp_path / "model_step.json").is_file()
     assert {"ours_vs_eager_dual", "dual_vs_v1_ours"} <= set(result["ratios"][0])
+
+
+def test_adapters_start_as_identity_and_only_they_train_in_adapter_mode():
+    from pipeline.models.checkpoints import load_official
+    from pipeline.train.finetune import freeze_for_mode
+
+    torch.manual_seed(0)
+    plain = create_model("vit_tiny", "classify", num_frames=4, img_size=32, num_classes=3).eval()
+    adapted = create_model("vit_tiny", "classify", num_frames=4, img_size=32, num_classes=3, adapter_dim=8).eval()
+    report = load_official(adapted, plain.state_dict())
+    assert any(n.startswith("adapters kept freshly initialised") for n in report.notes)
+    assert {k for k in report.missing} == {k for k in adapted.state_dict() if ".adapter." in k}
+    video = torch.randn(2, 3, 4, 32, 32)
+    with torch.no_grad():  # zero up-projection: exactly the model without adapters
+        assert torch.equal(adapted(video), plain(video))
+    extra = sum(p.numel() for n, p in adapted.named_parameters() if ".adapter." in n)
+    assert extra == 2 * (96 * 8 + 8 + 8 * 96 + 96)  # depth 2 x (down + up)
+
+    freeze_for_mode(adapted, "adapter")
+    trainable = {n for n, p in adapted.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, _ in adapted.named_parameters()
+                         if ".adapter." in n or n.startswith(("fc_norm.", "head."))}
+    groups = param_groups(adapted, weight_decay=0.05, layer_decay=0.75)
+    assert sum(len(g["params"]) for g in groups) == len(trainable)  # frozen weights get no optimizer state
+    before = {n: p.detach().clone() for n, p in adapted.named_parameters()}
+    opt = torch.optim.SGD([p for p in adapted.parameters() if p.requires_grad], lr=1.0)
+    adapted.train()
+    for _ in range(2):  # the first step moves only the zero-initialised up-projection and the head
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(adapted(video), torch.tensor([0, 2])).backward()
+        opt.step()
+    changed = {n for n, p in adapted.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and changed <= trainable and any(".adapter.down." in n for n in changed)
+
+    freeze_for_mode(adapted, "linear_probe")
+    assert all(not p.requires_grad for p in adapted.encoder.parameters())
