@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from pipeline.config import help_field
@@ -21,6 +22,7 @@ from pipeline.models import ModelConfig, create_model_from_config
 from pipeline.models.flops import param_counts, pretrain_macs
 
 GIB = 1024**3
+CONFIGS = Path(__file__).resolve().parent / "configs"
 # bytes per parameter: (weights, gradients, optimizer states)
 _BYTES = {"bf16": (2, 2, 12), "fp32": (4, 4, 8)}
 
@@ -94,6 +96,46 @@ def format_plan(plan: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def config_rows(root: str | Path = CONFIGS) -> list[dict[str, Any]]:
+    """One row per shipped pre-training / fine-tuning config: its model, input, ZeRO stage,
+    precision, batch, GPUs and model-state memory per GPU (the estimate above, at the config's
+    own stage and world size; optimizer state offloaded to CPU/NVMe is not on the GPU)."""
+    from pipeline.config import load_config
+    from pipeline.train.config import PretrainConfig
+    from pipeline.train.finetune_config import FinetuneConfig
+
+    rows = []
+    for job, cls, task in (("pretrain", PretrainConfig, "pretrain"), ("finetune", FinetuneConfig, "classify")):
+        for path in sorted(Path(root, job).glob("*.toml")):
+            cfg = load_config(cls, path, [])
+            model = create_model_from_config(ModelConfig(**{**cfg.model.__dict__, "init": ""}), task, device="meta")
+            params = sum(p.numel() for p in model.parameters())
+            ds, world = cfg.deepspeed, cfg.scaling.num_workers
+            w, g, o = _BYTES["fp32" if ds.precision == "fp32" else "bf16"]
+            if ds.offload_optimizer != "none":
+                o = 0
+            shard = {0: (1, 1, 1), 1: (1, 1, world), 2: (1, world, world), 3: (world, world, world)}[ds.zero_stage]
+            states = params * (w / shard[0] + g / shard[1] + o / shard[2])
+            rows.append({"config": f"{job}/{path.stem}", "model": cfg.model.name,
+                         "input": f"{cfg.model.num_frames}x{cfg.model.img_size}", "params_m": params / 1e6,
+                         "zero_stage": ds.zero_stage, "precision": ds.precision,
+                         "offload": ds.offload_optimizer if ds.offload_optimizer != "none" else "-",
+                         "batch_per_gpu": cfg.data.batch_size, "gpus": world if cfg.scaling.use_gpu else 0,
+                         "workers": world, "model_states_gib": states / GIB})
+    return rows
+
+
+def config_table(root: str | Path = CONFIGS) -> str:
+    """The rows as the Markdown table in the README (``python -m jobs.plan --table``)."""
+    lines = ["| config | model | frames x px | params (M) | ZeRO | precision | optimizer offload | "
+             "batch / rank | ranks | model states / rank (GiB) |", "|---|---|---|---:|---:|---|---|---:|---:|---:|"]
+    for r in config_rows(root):
+        ranks = f"{r['gpus']} GPUs" if r["gpus"] else f"{r['workers']} CPU"
+        lines.append(f"| `{r['config']}` | {r['model']} | {r['input']} | {r['params_m']:.1f} | {r['zero_stage']} | "
+                     f"{r['precision']} | {r['offload']} | {r['batch_per_gpu']} | {ranks} | {r['model_states_gib']:.2f} |")
+    return "\n".join(lines)
+
+
 def run(cfg: PlanConfig, json_output: bool = False) -> int:
     plan = make_plan(cfg)
     print(json.dumps(plan, indent=2) if json_output else format_plan(plan))
@@ -101,6 +143,11 @@ def run(cfg: PlanConfig, json_output: bool = False) -> int:
 
 
 if __name__ == "__main__":
+    import sys
+
     from jobs._cli import job_main
 
+    if sys.argv[1:] == ["--table"]:  # the README's table of shipped configs
+        print(config_table())
+        raise SystemExit(0)
     raise SystemExit(job_main(PlanConfig, run, prog="jobs.plan", default_config="plan/default.toml"))

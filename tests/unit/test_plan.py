@@ -43,3 +43,17 @@ def test_table_and_bad_key(capsys):
     assert "ZeRO-3" in text and "dual" in text
     assert job_main(PlanConfig, run, ["--set", "plan.wrld_size=2"], default_config="plan/default.toml") == 2
     assert "world_size" in capsys.readouterr().err
+
+
+def test_readme_config_table_matches_the_shipped_configs():
+    from pathlib import Path
+
+    from jobs.plan import config_rows, config_table
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert config_table() in readme, "README table is stale: paste `python -m jobs.plan --table`"
+    rows = {r["config"]: r for r in config_rows()}
+    g = rows["pretrain/vit_g_hybrid"]  # 1025.5M params x 16 bytes / 64 GPUs under ZeRO-3
+    assert g["model_states_gib"] == pytest.approx(g["params_m"] * 1e6 * 16 / 64 / 1024**3)
+    offload = rows["pretrain/vit_g_offload"]  # optimizer state on NVMe: 2 + 2 bytes per param / 2 ranks
+    assert offload["model_states_gib"] == pytest.approx(offload["params_m"] * 1e6 * 4 / 2 / 1024**3)
