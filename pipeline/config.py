@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import tomllib
 import types
 import typing
@@ -34,6 +35,16 @@ T = TypeVar("T")
 
 # Field names whose values never leave the process: not saved, not logged (secrets).
 SECRET_MARKERS = ("secret", "password", "token", "access_key", "credential")
+# ``scheme://user:password@host``: the credentials part of a URL in any value.
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
+
+
+def _redact_urls(value: Any) -> Any:
+    if isinstance(value, str):
+        return _URL_CREDENTIALS.sub(r"\g<scheme>***@", value)
+    if isinstance(value, (list, tuple)):
+        return [_redact_urls(v) for v in value]
+    return value
 
 
 class ConfigError(TubeletError, ValueError):
@@ -257,7 +268,8 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
 
 
 def to_dict(cfg: Any, redact: bool = True) -> dict[str, Any]:
-    """The config as plain data; secret-looking fields are replaced by ``"***"`` when ``redact``."""
+    """The config as plain data; with ``redact``, secret-looking fields become ``"***"`` and so do
+    the credentials of URLs (``s3://key:secret@host`` -> ``s3://***@host``)."""
     out: dict[str, Any] = {}
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
@@ -265,6 +277,8 @@ def to_dict(cfg: Any, redact: bool = True) -> dict[str, Any]:
             out[f.name] = to_dict(value, redact)
         elif redact and value and any(m in f.name.lower() for m in SECRET_MARKERS):
             out[f.name] = "***"
+        elif redact and isinstance(value, (str, list, tuple)):
+            out[f.name] = _redact_urls(value)  # credentials inside URLs (tracking, storage)
         elif isinstance(value, tuple):
             out[f.name] = list(value)
         else:

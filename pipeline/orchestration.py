@@ -8,6 +8,7 @@ driver) is reused and left running.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ import ray
 log = logging.getLogger(__name__)
 
 # Environment a remote worker needs to reach the same storage and tracking server as the driver.
-# Values travel in the runtime env and are never logged.
+# Values travel in the runtime env; we never log them, but Ray's runtime-env agent does.
 FORWARDED_ENV = (
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
     "AWS_ENDPOINT_URL", "S3_ENDPOINT_URL", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_TOKEN",
@@ -27,8 +28,42 @@ FORWARDED_ENV = (
 )
 
 
+# FORWARDED_ENV as it was when ray_session started an embedded Ray: its workers inherit these.
+_inherited: dict[str, str] | None = None
+
+
 def forwarded_env() -> dict[str, str]:
-    return {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+    """What a worker must be given to see this process's storage/tracking env.
+
+    Ray writes runtime envs, values included, into its session logs on disk: nothing the
+    workers of an embedded Ray started here already inherited is put there (credentials).
+    """
+    env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+    if _inherited is not None:
+        env = {k: v for k, v in env.items() if _inherited.get(k) != v}
+    return env
+
+
+@contextmanager
+def _loopback_node() -> Iterator[None]:
+    """Start an embedded Ray whose servers listen on 127.0.0.1 only.
+
+    Ray binds GCS, raylet, workers and agents to the node IP, which it takes from the default
+    route (``_node_ip_address="127.0.0.1"`` is turned back into that IP). Its single-machine
+    mode (``ENABLE_RAY_CLUSTER`` off, as on macOS) makes the node IP loopback. An embedded Ray
+    serves this process only; ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1`` asks for the old binding.
+    """
+    from ray._private import ray_constants
+
+    if os.environ.get(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR):
+        yield  # configured explicitly: Ray decides
+        return
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False  # read by ray.init when it picks the node IP
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
 @contextmanager
@@ -37,9 +72,13 @@ def ray_session(address: str = "", num_cpus: int | None = None) -> Iterator[dict
     if ray.is_initialized():
         yield ray.cluster_resources()
         return
+    global _inherited
     address = address or os.environ.get("RAY_ADDRESS", "")
-    runtime_env = {"env_vars": forwarded_env()}
     if address:
+        # A submitted job's driver already has the job's env_vars, as will every worker; Ray
+        # refuses a ray.init that names any of those keys again (RAY_OVERRIDE_JOB_RUNTIME_ENV).
+        job_env = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("runtime_env") or {}
+        runtime_env = {"env_vars": {k: v for k, v in forwarded_env().items() if k not in job_env.get("env_vars", {})}}
         # Ray 2.60 clusters use token auth, but ray.init(address) never turns it on by itself.
         token_file = os.path.expanduser(os.environ.get("RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token"))
         if not os.environ.get("RAY_AUTH_MODE") and (os.environ.get("RAY_AUTH_TOKEN") or os.path.exists(token_file)):
@@ -48,12 +87,15 @@ def ray_session(address: str = "", num_cpus: int | None = None) -> Iterator[dict
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:
         # Logical CPUs may exceed the physical ones: Ray Train's controller needs a slot of its own.
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env,
-                 log_to_driver=True)
+        # Its processes are our children and inherit this environment: no runtime env needed.
+        _inherited = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+        with _loopback_node():
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
     try:
         yield ray.cluster_resources()
     finally:
         ray.shutdown()
+        _inherited = None
 
 
 class RayTrainSession:

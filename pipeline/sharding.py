@@ -17,18 +17,20 @@ import collections
 import hashlib
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from pipeline import io as sio
 from pipeline.config import help_field
 from pipeline.data.ingest import IngestOptions, ingest
 from pipeline.data.manifest import ManifestEntry, Reject, label_names, manifest_format, parse_manifest_lines
 from pipeline.data.shard_writer import (
-    INDEX_NAME, INDEX_VERSION, QUARANTINE_NAME, Sample, ShardState, TarShardWriter, read_state, sample_key,
-    shard_name, verify_shard, write_state,
+    INDEX_NAME, INDEX_VERSION, QUARANTINE_NAME, STATE_DIR, Sample, ShardState, TarShardWriter, read_state,
+    sample_key, shard_name, verify_shard, write_state,
 )
 from pipeline.errors import DataError, StorageError
 
@@ -299,6 +301,28 @@ class ShardPlan:
     todo: list[PlanItem]
 
 
+# ``.{name}.{8 random chars}.tmp``: TarShardWriter's and io.write_bytes' files before their rename.
+_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
+
+
+def remove_stale_temporaries(output: str) -> int:
+    """Delete the temporary files a killed earlier run left in a local output folder.
+
+    Files are published by renaming a temporary file; a run killed before the rename (SIGKILL,
+    OOM) leaves it behind. Two jobs never write one output at once (their shards would collide),
+    so any such file here is a leftover.
+    """
+    if sio.is_remote(output):
+        return 0
+    root = Path(output.removeprefix("file://"))
+    stale = [p for d in (root, root / STATE_DIR) for p in d.glob(".*.tmp") if _TEMPORARY.match(p.name) and p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    if stale:
+        log.info("removed %d temporary files left by an interrupted run", len(stale))
+    return len(stale)
+
+
 def prepare(cfg: ShardSection) -> ShardPlan:
     """Validate the config, read the manifest, and find what an earlier run already finished.
 
@@ -309,6 +333,7 @@ def prepare(cfg: ShardSection) -> ShardPlan:
     if cfg.verify not in ("sha256", "size"):
         raise DataError(f"shard.verify must be sha256 or size, got {cfg.verify!r}")
     sio.check_writable(cfg.output)
+    remove_stale_temporaries(cfg.output)
     items, rejects, labels = read_plan(cfg)
     fp = fingerprint(cfg, labels)
     kept, done = resume_point(cfg, items, fp)

@@ -52,6 +52,7 @@ class TrackingConfig:
     tracking_uri: str = help_field("", help="'' = $MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db")
     run_name: str = help_field("", help="MLflow run name ('' = MLflow's generated name)")
     parent_run_id: str = help_field("", help="make this run a child of that run (pipeline stages)")
+    run_id: str = help_field("", help="log into this existing run instead of creating one (set by jobs.pipeline)")
     system_metrics: bool = help_field(True, help="log CPU/memory/disk/network (and GPU) usage")
     system_metrics_interval: float = help_field(10.0, help="seconds between system-metric samples")
     log_every: int = help_field(10, help="log training metrics every N steps")
@@ -179,6 +180,9 @@ class NullTracker:
         pass
 
 
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+
+
 class MlflowTracker:
     """One MLflow run. ``start`` creates it (a child run when ``parent_run_id`` is set)."""
 
@@ -205,7 +209,10 @@ class MlflowTracker:
         if self.uri.startswith("sqlite:///"):  # artifacts next to the database, not in the cwd
             location = (Path(self.uri[len("sqlite:///"):]).resolve().parent / "artifacts").as_uri()
         try:
-            return self.client.create_experiment(self.cfg.experiment, artifact_location=location)
+            # The kind tag makes MLflow 3's UI open the experiment as model training (runs, charts),
+            # not as a GenAI experiment (traces).
+            return self.client.create_experiment(self.cfg.experiment, artifact_location=location,
+                                                 tags={EXPERIMENT_KIND_TAG: "custom_model_development"})
         except Exception:  # created meanwhile by another job
             experiment = self.client.get_experiment_by_name(self.cfg.experiment)
             if experiment is None:
@@ -217,14 +224,24 @@ class MlflowTracker:
         """Create the run; ``config`` (a job dataclass) gives the params, its hash and config.toml.
 
         ``resume_run_id`` continues an existing run (a resumed training job logs into the run it
-        started, so its charts have no gap and no twin).
+        started, so its charts have no gap and no twin). ``tracking.run_id`` names a run made
+        beforehand (jobs.pipeline creates each stage's child run): it wins over ``resume_run_id``,
+        and the run gets its params and config.toml on the first start that finds it without any.
         """
+        resume_run_id = self.cfg.run_id or resume_run_id
         if resume_run_id:
             try:
                 self.client.update_run(resume_run_id, status="RUNNING")
+                fresh = (config is not None or bool(params)) and not self.client.get_run(resume_run_id).data.params
             except Exception as exc:
                 raise TrackingError(f"cannot resume MLflow run {resume_run_id}: {str(exc).splitlines()[0]}") from None
             self._run_id = resume_run_id
+            if fresh:
+                self._log_params(safe_params({**(to_dict(config) if config is not None else {}), **(params or {})}))
+                if config is not None:
+                    self.log_text(redact_url(to_toml(config)), "config.toml")
+            if tags:  # e.g. the world size of this launch, which may differ from the last one
+                self.set_tags(tags)
             if self.cfg.system_metrics:
                 self._start_system_metrics()
             return self
@@ -327,9 +344,11 @@ def make_tracker(cfg: TrackingConfig, rank: int = 0) -> MlflowTracker | NullTrac
     return MlflowTracker(cfg)
 
 
-def child_config(cfg: TrackingConfig, parent_run_id: str, run_name: str = "") -> TrackingConfig:
-    """The section for a stage run nested under ``parent_run_id`` (jobs.pipeline)."""
-    return dataclasses.replace(cfg, parent_run_id=parent_run_id, run_name=run_name or cfg.run_name)
+def child_config(cfg: TrackingConfig, parent_run_id: str, run_name: str = "", run_id: str = "") -> TrackingConfig:
+    """The section for a stage run nested under ``parent_run_id`` (jobs.pipeline); ``run_id``: the
+    child run made beforehand, which the stage logs into."""
+    return dataclasses.replace(cfg, parent_run_id=parent_run_id, run_name=run_name or cfg.run_name,
+                               run_id=run_id or cfg.run_id)
 
 
 # --------------------------------------------------------------------------------------------

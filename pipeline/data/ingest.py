@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,12 +40,27 @@ class IngestOptions:
     allowed_roots: tuple[str, ...] = ()
 
 
+def _local_path(uri: str) -> Path:
+    """The file a local uri names (``file://localhost/x`` is ``/x``, as ``check_uri`` reads it)."""
+    rest = uri.removeprefix("file://")
+    return Path(rest[len("localhost"):] if uri.startswith("file://localhost/") else rest)
+
+
+def _outside_roots(uri: str, roots: tuple[str, ...]) -> str | None:
+    """``check_uri`` is syntactic: a symlink, or a relative path (resolved against the worker's
+    working directory), can still lead out of the allowed roots. Check where the file really is."""
+    if not roots or sio.is_remote(uri):
+        return None
+    real_roots = [r if sio.is_remote(r) else os.path.realpath(_local_path(r)) for r in roots]
+    return check_uri(os.path.realpath(_local_path(uri)), real_roots)
+
+
 def _load_source(uri: str) -> tuple[str | bytes, str]:
     """A local path (read in place) or the object's bytes, plus the source sha256."""
     if sio.is_remote(uri):
         data = sio.read_bytes(uri)
         return data, hashlib.sha256(data).hexdigest()
-    path = Path(uri.removeprefix("file://"))
+    path = _local_path(uri)
     if not path.is_file():
         raise VideoError("missing file")
     digest = hashlib.sha256()
@@ -91,7 +107,7 @@ def _convert(source: str | bytes, entry: ManifestEntry, opts: IngestOptions) -> 
 
 def ingest(entry: ManifestEntry, key: str, label: int | None, opts: IngestOptions) -> Sample | str:
     """The sample for ``entry``, or a one-line quarantine reason."""
-    reason = check_uri(entry.uri, list(opts.allowed_roots) or None)
+    reason = check_uri(entry.uri, list(opts.allowed_roots) or None) or _outside_roots(entry.uri, opts.allowed_roots)
     if reason:
         return reason
     try:

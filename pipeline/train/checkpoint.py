@@ -6,6 +6,12 @@ A checkpoint directory (staged per rank, merged by Ray Train into its storage)::
     ds/latest              DeepSpeed's pointer to <tag>
     loop.json              step, epoch, data position, world size, MLflow run id (rank 0)
     rng/rank<r>.pt         torch / numpy / python RNG states of rank r
+    files/rank<r>.json     every file rank r wrote, with its size, written last
+
+Ray Train copies each rank's files into storage one by one, in no fixed order and not
+atomically, so a kill mid-copy leaves a folder with some files missing or cut short. A
+checkpoint counts as complete only when every rank's file list is there and every listed file
+has its listed size (:func:`is_complete`); anything else is skipped on resume, never half-read.
 
 Everything needed to continue exactly is here: the lr is a function of the step, the data
 position is the loader's state, and augmentation/masks are seeded per sample.
@@ -28,10 +34,12 @@ import torch.distributed as dist
 
 from pipeline import engine as eng
 from pipeline import io as sio
+from pipeline.errors import StorageError
 
 log = logging.getLogger(__name__)
 
 LOOP_FILE = "loop.json"
+FILES_DIR = "files"  # per-rank lists of {relative path: bytes}
 
 
 def tag_of(step: int) -> str:
@@ -47,7 +55,22 @@ def save(engine: Any, directory: Path, step: int, loop_state: dict[str, Any], ra
     torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
                rng_dir / f"rank{rank}.pt")
     if rank == 0:
-        (directory / LOOP_FILE).write_text(json.dumps({**loop_state, "step": step, "tag": tag_of(step)}, indent=1))
+        loop = {**loop_state, "step": step, "tag": tag_of(step), "files": FILES_DIR}
+        (directory / LOOP_FILE).write_text(json.dumps(loop, indent=1))
+    if dist.is_initialized():
+        dist.barrier()  # ranks sharing one staging folder (LocalSession) list each other's whole files
+    _write_file_list(directory, rank)
+
+
+def _write_file_list(directory: Path, rank: int) -> None:
+    """``files/rank<r>.json``: every file now in ``directory`` with its size (the commit record)."""
+    files = {p.relative_to(directory).as_posix(): p.stat().st_size for p in sorted(directory.rglob("*"))
+             if p.is_file() and p.relative_to(directory).parts[0] != FILES_DIR}
+    target = directory / FILES_DIR / f"rank{rank}.json"
+    target.parent.mkdir(exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(json.dumps(files, indent=0, sort_keys=True))
+    tmp.replace(target)
 
 
 @dataclass
@@ -94,14 +117,22 @@ def restore_rng(path: Path | None) -> None:
 def is_complete(uri: str) -> bool:
     """Did every rank finish writing this checkpoint? (A kill mid-upload leaves a partial folder.)"""
     loop_uri = sio.join(uri, LOOP_FILE)
-    if not sio.exists(loop_uri):
-        return False
     try:
         loop = json.loads(sio.read_text(loop_uri))
-    except ValueError:
-        return False
-    needed = [sio.join(uri, "ds", "latest")] + [sio.join(uri, "rng", f"rank{r}.pt") for r in range(loop["world_size"])]
-    return all(sio.exists(u) for u in needed)
+        world = int(loop["world_size"])
+    except (StorageError, ValueError, KeyError, TypeError):
+        return False  # missing, or cut short mid-copy
+    if not loop.get("files"):  # written before file lists existed: the old, weaker check
+        needed = [sio.join(uri, "ds", "latest")] + [sio.join(uri, "rng", f"rank{r}.pt") for r in range(world)]
+        return all(sio.exists(u) for u in needed)
+    for rank in range(world):
+        try:
+            files = json.loads(sio.read_text(sio.join(uri, loop["files"], f"rank{rank}.json")))
+            if any(sio.size(sio.join(uri, name)) != size for name, size in files.items()):
+                return False
+        except (StorageError, ValueError, AttributeError):
+            return False
+    return True
 
 
 def latest_checkpoint(run_dir: str) -> str | None:

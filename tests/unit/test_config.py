@@ -102,9 +102,11 @@ def test_every_shipped_job_config_loads() -> None:
     from pipeline.train.config import PretrainConfig
     from pipeline.extract import ExtractConfig
     from pipeline.train.finetune_config import EvaluateConfig, FinetuneConfig
+    from pipeline.workflow_config import PipelineConfig
 
     classes = {"dataset": DatasetJobConfig, "plan": PlanConfig, "shard": ShardJobConfig, "pretrain": PretrainConfig,
-               "finetune": FinetuneConfig, "evaluate": EvaluateConfig, "extract": ExtractConfig}
+               "finetune": FinetuneConfig, "evaluate": EvaluateConfig, "extract": ExtractConfig,
+               "pipeline": PipelineConfig}
     root = Path(__file__).resolve().parents[2] / "jobs" / "configs"
     files = sorted(root.rglob("*.toml"))
     assert files

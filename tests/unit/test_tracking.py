@@ -95,6 +95,10 @@ def test_child_run_is_nested_under_its_parent(cfg):
         parent_id = parent.run_id
     assert _run(cfg, child_id).data.tags["mlflow.parentRunId"] == parent_id
     assert _run(cfg, parent_id).info.status == "FINISHED"
+    from mlflow import MlflowClient  # the UI opens the experiment as model training, not GenAI
+
+    experiment = MlflowClient(cfg.tracking_uri).get_experiment_by_name(cfg.experiment)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_failed_block_marks_the_run_failed(cfg):

@@ -1,0 +1,82 @@
+"""The MLflow UI for tests: a tracking server started by ``cluster/mlflow/serve.sh`` (what
+``make mlflow`` runs) on a free loopback port, and a headless-Chromium screenshot of an
+experiment's runs in chart view, with a parent run expanded to show its children.
+
+Chromium is Debian's (``make browser`` installs it); Playwright only drives it, nothing is
+downloaded. Tests skip with the reason when either is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = Path(os.environ.get("TUBELET_TEST_ARTIFACTS", REPO / "runs" / "test-artifacts"))
+
+
+def chromium() -> str:
+    """Path of Debian's chromium, or skip the calling test."""
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        pytest.skip("chromium is not installed (make browser installs Debian's, as root)")
+    pytest.importorskip("playwright.sync_api", reason="playwright is not installed (test extras)")
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def mlflow_server(backend_uri: str, state_dir: Path) -> Iterator[str]:
+    """``serve.sh`` on a free 127.0.0.1 port for ``backend_uri``; yields the URL, stops it by pid."""
+    env = {**os.environ, "TUBELET_MLFLOW_DIR": str(state_dir), "TUBELET_MLFLOW_PORT": str(_free_port()),
+           "TUBELET_MLFLOW_BACKEND": backend_uri, "TUBELET_MLFLOW_ARTIFACTS": str(state_dir / "artifacts"),
+           "TUBELET_MLFLOW_WORKERS": "1"}
+    subprocess.run(["bash", str(REPO / "cluster/mlflow/serve.sh")], env=env, check=True, capture_output=True,
+                   timeout=180)
+    try:
+        yield (state_dir / "url").read_text().strip()
+    finally:
+        subprocess.run(["bash", str(REPO / "cluster/mlflow/stop.sh")], env=env, check=False, capture_output=True,
+                       timeout=60)
+
+
+def screenshot_runs(url: str, experiment_id: str, parent: str, children: list[str], loss_run: str, out: Path) -> str:
+    """Open the experiment's runs in chart view, expand ``parent``, wait for every child row and the
+    ``loss`` chart with ``loss_run``'s curve, save a PNG at ``out``; returns the page text."""
+    from playwright.sync_api import sync_playwright
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium(),
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 950})
+            page.goto(f"{url}/#/experiments/{experiment_id}/runs?compareRunsMode=CHART")
+            page.get_by_text(parent, exact=True).first.wait_for(timeout=60_000)
+            # The run-name cell's expander button shows the nested (child) runs.
+            page.locator('[row-id] button[data-component-id*="runnamecellrenderer"]').first.click()
+            for child in children:
+                page.get_by_text(child, exact=True).first.wait_for(timeout=30_000)
+            # Charts are rendered lazily and sorted by name: filter to the loss chart(s).
+            page.get_by_placeholder("Search metric charts").fill("loss")
+            page.get_by_text(f"{loss_run} (loss)", exact=True).first.wait_for(timeout=30_000)
+            close = page.locator('button[aria-label="Close"]')  # the assistant side panel, if shown
+            if close.count():
+                close.first.click()
+            page.wait_for_timeout(1500)  # chart animation
+            page.screenshot(path=str(out))
+            return page.locator("body").inner_text()
+        finally:
+            browser.close()

@@ -1,0 +1,195 @@
+"""The pipeline's config, wiring, fingerprints and completion checks (no Ray, no training)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from jobs.pipeline import JOBS
+from pipeline.config import ConfigError, load_config
+from pipeline.workflow import (EXPORTS, StageError, changed_keys, check_evaluate, check_finetune, check_pretrain,
+                               compact_toml, fingerprint, load_state, mlflow_ui_command, save_state)
+from pipeline.workflow_config import PipelineConfig, Stage, given, plan_stages, stable_config
+
+REPO = Path(__file__).resolve().parents[2]
+URI = "sqlite:////tmp/never-opened.db"
+
+
+def _cfg(tmp_path: Path, *overrides: str) -> PipelineConfig:
+    return load_config(PipelineConfig, REPO / "jobs/configs/pipeline/demo.toml",
+                       [f"pipeline.output={tmp_path / 'runs'}", *overrides])
+
+
+def _stages(tmp_path: Path, *overrides: str) -> dict[str, Stage]:
+    return {s.name: s for s in plan_stages(_cfg(tmp_path, *overrides), JOBS, URI)}
+
+
+def test_stage_tables_are_unset_until_given(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, "pretrain.train.steps=7", "finetune.optim.betas=[0.9, 0.99]")
+    assert given(cfg.pretrain) == {"train.steps": 7}
+    assert given(cfg.finetune) == {"optim.betas": [0.9, 0.99]}
+    assert given(cfg.evaluate) == {} and cfg.pretrain.config == "pretrain/demo"
+    assert "[pretrain.train]\nsteps = 7" in compact_toml(cfg) and "[pretrain.model]" not in compact_toml(cfg)
+
+
+def test_bad_keys_and_stages_fail_in_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown key 'pretrain.train.stepz'.*valid keys: steps"):
+        _cfg(tmp_path, "pretrain.train.stepz=3")
+    with pytest.raises(ConfigError, match="expected int"):
+        _cfg(tmp_path, "pretrain.train.steps=many")
+    with pytest.raises(ConfigError, match="unknown stage 'train'"):
+        _cfg(tmp_path, 'pipeline.stages=["shard", "train"]')
+    with pytest.raises(ConfigError, match="pretrain.config: config not found: pretrain/nope"):
+        _stages(tmp_path, "pretrain.config=pretrain/nope")
+
+
+def test_wiring_links_each_stage_to_the_previous_one(tmp_path: Path) -> None:
+    s = _stages(tmp_path, "pretrain.train.steps=7", "baseline.train.steps=3")
+    root = str(tmp_path / "runs" / "demo")
+    shards = "data/shards/synthetic"  # pipeline/demo names it (where the stand-alone demo configs look)
+    assert s["shard"].cfg.shard.output == shards and s["shard"].cfg.shard.manifest == "data/synthetic/manifest.csv"
+    pt, ft, ev, bl = s["pretrain"].cfg, s["finetune"].cfg, s["evaluate"].cfg, s["baseline"].cfg
+    assert (pt.run.output, pt.run.name, pt.data.shards) == (root, "pretrain", shards)
+    assert pt.train.steps == 7 and pt.train.checkpoint_every == 30  # the given key on top of the base file's
+    assert ft.model.init == s["pretrain"].output == f"{root}/pretrain" and ft.data.shards == shards
+    assert ft.optim.layer_decay == 0.75  # the fine-tune recipe of finetune/demo.toml
+    assert ev.model.init == s["finetune"].output and ev.run.output == f"{root}/evaluate" and ev.data.shards == shards
+    assert bl.model.init == "" and bl.tracking.registered_model == "" and bl.train.steps == 3
+    assert bl.optim.layer_decay == 0.75 and s["baseline"].output == f"{root}/baseline"
+    for stage in (pt, ft, ev, bl):
+        assert stage.tracking.tracking_uri == URI and stage.tracking.experiment == "tubelet"
+    assert [x.selected for x in s.values()] == [True, True, True, True, True]  # demo: baseline on
+
+
+def test_a_given_key_wins_over_the_wiring_and_the_chain_follows(tmp_path: Path) -> None:
+    s = _stages(tmp_path, "shard.output=/data/shards", "pretrain.run.name=long", 'pipeline.stages=["pretrain"]',
+                "pipeline.baseline=false")
+    assert s["pretrain"].cfg.data.shards == "/data/shards" and s["finetune"].cfg.data.shards == "/data/shards"
+    assert s["finetune"].cfg.model.init.endswith("/demo/long")
+    assert [x.name for x in s.values() if x.selected] == ["pretrain"]
+
+
+def test_fingerprints_ignore_how_a_stage_runs_but_not_what_it_makes(tmp_path: Path) -> None:
+    base = _stages(tmp_path)["pretrain"]
+    volatile = _stages(tmp_path, "pretrain.train.fail_at_step=3", "pretrain.scaling.num_workers=1",
+                       "pretrain.tracking.system_metrics=false", "pretrain.train.log_every=1")["pretrain"]
+    changed = _stages(tmp_path, "pretrain.optim.blr=1e-3")["pretrain"]
+    fp = fingerprint(base, {"shard": "a"})
+    assert fingerprint(volatile, {"shard": "a"}) == fp
+    assert fingerprint(changed, {"shard": "a"}) != fp and fingerprint(base, {"shard": "b"}) != fp
+    assert changed_keys(stable_config(base.cfg), stable_config(changed.cfg)) == "optim.blr: 0.0015 -> 0.001"
+
+
+def _checkpoint(run_dir: Path, step: int, world: int = 2, stamp: str = "") -> Path:
+    """The files :func:`pipeline.train.checkpoint.is_complete` looks for."""
+    ckpt = run_dir / f"checkpoint_2026-01-01_00-00-{stamp or step:0>2}"
+    (ckpt / "ds").mkdir(parents=True)
+    (ckpt / "ds" / "latest").write_text(f"step{step:08d}")
+    (ckpt / "rng").mkdir()
+    for r in range(world):
+        (ckpt / "rng" / f"rank{r}.pt").write_bytes(b"x")
+    (ckpt / "loop.json").write_text(json.dumps({"step": step, "world_size": world, "tag": f"step{step:08d}"}))
+    return ckpt
+
+
+def test_pretrain_is_complete_with_its_final_checkpoint_and_export(tmp_path: Path) -> None:
+    stage = _stages(tmp_path, "pretrain.train.steps=8")["pretrain"]
+    run_dir = Path(stage.output)
+    assert not check_pretrain(stage).complete and "starts at step 0" in check_pretrain(stage).reason
+    _checkpoint(run_dir, 4)
+    partial = _checkpoint(run_dir, 6)
+    (partial / "rng" / "rank1.pt").unlink()  # a checkpoint cut short by a kill is not a resume point
+    found = check_pretrain(stage)
+    assert not found.complete and "resumes from its checkpoint at step 4/8" in found.reason
+    _checkpoint(run_dir, 8)
+    found = check_pretrain(stage)
+    assert not found.complete and found.finish is not None and "no export/pretrain_fp32.pt" in found.reason
+    (run_dir / "export").mkdir()
+    for name in EXPORTS:
+        (run_dir / "export" / name).write_bytes(b"w")
+    found = check_pretrain(stage)
+    assert found.complete and found.finish is None and "step 8/8" in found.reason
+
+
+def _card(folder: Path, step: int, top1: float = 0.5) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.pt").write_bytes(b"w")
+    (folder / "model.json").write_text(json.dumps({"model": {}, "class_names": [], "metrics": {"val_top1": top1},
+                                                   "source": {"step": step}}))
+
+
+def test_finetune_is_complete_with_last_weights_at_the_final_step(tmp_path: Path) -> None:
+    stage = _stages(tmp_path, "finetune.train.steps=6", "finetune.tracking.registered_model=")["finetune"]
+    export = Path(stage.output) / "export"
+    _checkpoint(Path(stage.output), 3)
+    assert "resumes from its checkpoint at step 3/6" in check_finetune(stage).reason
+    _card(export / "best", 3, 0.75)
+    _card(export / "last", 3)
+    assert not check_finetune(stage).complete
+    _card(export / "last", 6)
+    found = check_finetune(stage)
+    assert found.complete and "kept best (val top-1 0.750)" in found.reason
+
+
+def test_evaluate_is_complete_only_for_the_model_it_evaluated(tmp_path: Path) -> None:
+    stage = _stages(tmp_path)["evaluate"]
+    cfg, out = stage.cfg, Path(stage.cfg.run.output)
+    assert check_evaluate(stage).reason == "no report.json yet"
+    out.mkdir(parents=True)
+    # jobs.evaluate records absolute local paths (its Ray workers run elsewhere)
+    report = {"top1": 0.5, "top5": 1.0, "per_class": {}, "model": os.path.abspath(cfg.model.init),
+              "shards": os.path.abspath(cfg.data.shards),
+              "split": "test", "num_clips": 2, "num_crops": 3}
+    (out / "report.json").write_text(json.dumps({**report, "model": "/elsewhere"}))
+    assert "report.json has model '/elsewhere'" in check_evaluate(stage).reason
+    (out / "report.json").write_text(json.dumps({k: v for k, v in report.items() if k != "per_class"}))
+    assert check_evaluate(stage).reason == "report.json lacks per_class"
+    (out / "report.json").write_text(json.dumps(report))
+    assert check_evaluate(stage).complete
+    _card(Path(cfg.model.init) / "export" / "best", 60)  # the model changed after the report
+    future = time.time() + 60
+    os.utime(Path(cfg.model.init) / "export" / "best" / "model.pt", (future, future))
+    assert check_evaluate(stage).reason == "the model's weights are newer than report.json"
+
+
+def test_state_file_round_trip_and_ui_command(tmp_path: Path) -> None:
+    assert load_state(str(tmp_path)) == {"version": 1, "stages": {}}
+    save_state(str(tmp_path), {"version": 1, "stages": {"shard": {"run_id": "abc"}}, "parent_run_id": "p"})
+    assert load_state(str(tmp_path))["stages"]["shard"]["run_id"] == "abc"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # written by rename
+    (tmp_path / "pipeline_state.json").write_text("{not json")
+    assert load_state(str(tmp_path)) == {"version": 1, "stages": {}}  # unreadable: start over, never crash
+    cmd = mlflow_ui_command("sqlite:////x/runs/mlflow.db")
+    assert cmd.endswith("mlflow ui --backend-store-uri sqlite:////x/runs/mlflow.db --host 127.0.0.1 --port 5000")
+    assert mlflow_ui_command("http://u:p@host:5000") == "open http://***@host:5000"
+    assert issubclass(StageError, Exception)
+
+
+def test_a_stage_logs_into_the_child_run_made_for_it(tmp_path: Path) -> None:
+    """What the pipeline relies on in pipeline.tracking: ``tracking.run_id`` attaches to a run made
+    beforehand; its first start logs the params, a resumed start only sets RUNNING and the tags."""
+    from mlflow import MlflowClient
+
+    from pipeline.tracking import MlflowTracker, TrackingConfig, child_config
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    base = TrackingConfig(tracking_uri=uri, experiment="unit", system_metrics=False)
+    parent = MlflowTracker(base).start("pipeline")
+    child = MlflowTracker(child_config(base, parent.run_id or "", "pretrain")).start("pretrain", tags={"stage": "pretrain"})
+    child_id = child.run_id or ""
+    stage_cfg = _stages(tmp_path)["pretrain"].cfg
+    stage_cfg.tracking = child_config(base, parent.run_id or "", "pretrain", child_id)
+    with MlflowTracker(stage_cfg.tracking).start(config=stage_cfg, tags={"world_size": 2}) as first:
+        first.log_metrics({"loss": 1.0}, 1)
+    stage_cfg.train.steps = 99  # a resumed launch never rewrites params (MLflow refuses changed values)
+    with MlflowTracker(stage_cfg.tracking).start(config=stage_cfg, tags={"world_size": 1}) as again:
+        again.log_metrics({"loss": 0.5}, 2)
+    run = MlflowClient(uri).get_run(child_id)
+    assert run.data.tags["mlflow.parentRunId"] == parent.run_id and run.info.status == "FINISHED"
+    assert run.data.params["train.steps"] == "60" and run.data.tags["world_size"] == "1"
+    assert [m.step for m in MlflowClient(uri).get_metric_history(child_id, "loss")] == [1, 2]
+    assert len(MlflowClient(uri).search_runs([run.info.experiment_id])) == 2
