@@ -19,38 +19,22 @@ import json
 import logging
 import os
 import warnings
-from typing import Any
 
 from jobs._cli import job_main
 from pipeline import io as sio
 from pipeline.config import to_toml
 from pipeline.data.shards import ShardIndex
 from pipeline.models.checkpoints import CheckpointError, LoadReport
-from pipeline.orchestration import forwarded_env, ray_session, storage_for
+from pipeline.orchestration import fit
 from pipeline.registry import CARD, WEIGHTS, model_folder, register_model
 from pipeline.tracking import resolve_uri
-from pipeline.train.checkpoint import latest_checkpoint
-from pipeline.train.finetune import check_config, class_names
+from pipeline.train.finetune import check_config, class_names, finetune
 from pipeline.train.finetune_config import FinetuneConfig
 
 log = logging.getLogger("jobs.finetune")
 
 _INIT_CANDIDATES = ("pretrain_fp32.pt", "export/pretrain_fp32.pt", WEIGHTS, "export/best/model.pt",
                     "export/last/model.pt")
-
-
-def _worker(config: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker."""
-    import torch
-
-    from pipeline.orchestration import RayTrainSession
-    from pipeline.train.finetune import finetune
-
-    cfg: FinetuneConfig = config["cfg"]
-    torch.set_num_threads(cfg.scaling.torch_threads or cfg.scaling.cpus_per_worker)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    run_dir = sio.join(cfg.run.output, cfg.run.name)
-    finetune(cfg, RayTrainSession(find_checkpoint=lambda: latest_checkpoint(run_dir)))
 
 
 def resolve_init(spec: str, tracking_uri: str = "") -> str:
@@ -116,23 +100,6 @@ def prepare(cfg: FinetuneConfig) -> list[str]:
     return names
 
 
-def trainer(cfg: FinetuneConfig):
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    storage_path, storage_fs = storage_for(cfg.run.output)
-    return TorchTrainer(
-        _worker,
-        train_loop_config={"cfg": cfg},
-        scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
-                                     resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
-        run_config=RunConfig(name=cfg.run.name, storage_path=storage_path, storage_filesystem=storage_fs,
-                             worker_runtime_env={"env_vars": forwarded_env()},
-                             failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints)),
-    )
-
-
 def kept_folder(cfg: FinetuneConfig) -> str:
     """``export/best`` (or ``last`` when asked, or when there was no validation)."""
     export = sio.join(cfg.run.output, cfg.run.name, "export")
@@ -146,11 +113,7 @@ def run(cfg: FinetuneConfig) -> int:
     prepare(cfg)
     run_dir = sio.join(cfg.run.output, cfg.run.name)
     sio.write_text(sio.join(run_dir, "finetune.toml"), to_toml(cfg))
-    cpus = max(os.cpu_count() or 1, cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + 1)
-    with ray_session(num_cpus=cpus):
-        result = trainer(cfg).fit()
-        if result.error is not None:
-            raise result.error
+    fit(cfg, finetune)
     folder = kept_folder(cfg)
     card = json.loads(sio.read_text(sio.join(folder, CARD)))
     print(f"run: {run_dir}  model: {folder}  metrics: {card['metrics']}")

@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import ray
+
+from pipeline.errors import TubeletError
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +151,78 @@ class RayTrainSession:
         ray.train.report(clean, checkpoint=checkpoint)
         if checkpoint_dir:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)  # uploaded: the local copy is not needed
+
+
+def _train_worker(config: dict[str, Any]) -> None:
+    """Every Ray Train worker: threads, logging, then ``loop(cfg, session)``.
+
+    Relaunching a run by name, or restarting workers after a crash, continues from the run's
+    newest complete checkpoint in storage, looked up by the workers themselves: Ray Train V2
+    hands back no checkpoint of an earlier launch nor, here, after a worker-group restart.
+    """
+    import torch
+
+    from pipeline import io as sio
+    from pipeline.train.checkpoint import latest_checkpoint
+
+    cfg, loop = config["cfg"], config["loop"]
+    torch.set_num_threads(cfg.scaling.torch_threads or cfg.scaling.cpus_per_worker)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    run_dir = sio.join(cfg.run.output, cfg.run.name)
+    loop(cfg, RayTrainSession(find_checkpoint=lambda: latest_checkpoint(run_dir)))
+
+
+def worker_error(error: BaseException) -> TubeletError | None:
+    """The user-fixable error (bad data, bad checkpoint...) a worker failed with, if that is why
+    the run failed: raised as itself it becomes one line, not Ray Train's wrapped traceback."""
+    failures = getattr(error, "worker_failures", None) or {}
+    for exc in failures.values():
+        for candidate in (getattr(exc, "_base_exc", None), exc.__cause__, exc):
+            if not isinstance(candidate, TubeletError):
+                continue
+            if type(candidate).__module__.startswith("pipeline."):
+                return candidate
+            # Ray's dual class (RayTaskError + ours) carries the worker's traceback in its text.
+            ours = next(c for c in type(candidate).__mro__ if c.__module__.startswith("pipeline."))
+            lines = str(candidate).strip().splitlines()
+            return ours(lines[-1].split(": ", 1)[-1] if lines else ours.__name__)
+    return None
+
+
+def fit(cfg: Any, loop: Callable[[Any, Any], Any]) -> Any:
+    """Run ``loop(cfg, session)`` on ``cfg.scaling.num_workers`` Ray Train workers and return the
+    Result. ``cfg`` has the ``run``, ``scaling`` and ``train`` sections of the training jobs.
+
+    Inside :func:`ray_session` (embedded Ray, or the cluster at ``RAY_ADDRESS``); a worker's
+    :class:`TubeletError` is raised as itself, any other failure as Ray Train's error.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    storage_path, storage_fs = storage_for(cfg.run.output)
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config={"cfg": cfg, "loop": loop},
+        scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+                                     resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
+        run_config=RunConfig(name=cfg.run.name, storage_path=storage_path, storage_filesystem=storage_fs,
+                             # the driver's storage / tracking env, also when Ray was started by someone else
+                             worker_runtime_env={"env_vars": forwarded_env()},
+                             failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints)),
+    )
+    # Logical CPUs may exceed physical ones: Ray Train's controller needs a slot besides the workers.
+    cpus = max(os.cpu_count() or 1, cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + 1)
+    from ray.train import TrainingFailedError
+
+    with ray_session(num_cpus=cpus):
+        try:
+            result = trainer.fit()  # Ray Train V2 raises what V1 returned in result.error
+        except TrainingFailedError as exc:
+            raise worker_error(exc) or exc from None
+    if result.error is not None:
+        raise worker_error(result.error) or result.error
+    return result
 
 
 def storage_for(uri: str) -> tuple[str, Any]:

@@ -8,6 +8,7 @@ rank, worker or resumed process decodes it. Failures are not raised but returned
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections import deque
@@ -20,6 +21,7 @@ import torch
 from pipeline.data.shards import RawSample
 from pipeline.errors import DataError
 from pipeline.video.decode import open_video
+from pipeline.video.probe import DEFAULT_MAX_FRAMES, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, VideoInfo
 from pipeline.video.sampling import test_clip_indices, train_clip_indices
 from pipeline.video.transforms import TestTransform, TrainTransform
 
@@ -92,7 +94,8 @@ class SampleError:
 
 @dataclass
 class TrainViews:
-    """k augmented views of one decoded clip: ``video [k, C, T, S, S]`` float, ``frames [T]`` indices."""
+    """k augmented views of one decoded clip: ``video [k, T, C, S, S]`` uint8 crops (normalised
+    straight into the batch tensor by the collate step, ``TrainTransform.normalize``), ``frames [T]``."""
 
     key: str
     video: torch.Tensor
@@ -137,12 +140,38 @@ def sample_label(raw: RawSample, required: bool) -> int:
 
 
 def _video_bytes(raw: RawSample) -> bytes:
+    # A shard from elsewhere may name members "../x.mp4" or "/abs/x.mp4": such a key must not
+    # travel on (keys end up in feature tables and file names downstream).
+    if raw.key.startswith("/") or ".." in raw.key.split("/"):
+        raise ValueError(f"unsafe member name {raw.key!r} (absolute or '..' path)")
     data = raw.members.get("mp4")
     if data is None:
         raise ValueError(f"no .mp4 member (has: {', '.join(sorted(raw.members)) or 'nothing'})")
     if "json" in raw.members:
         json.loads(raw.members["json"])  # a garbage metadata member means a damaged sample
     return data
+
+
+_INFO_FIELDS = tuple(f.name for f in dataclasses.fields(VideoInfo))
+
+
+def stated_info(raw: RawSample) -> VideoInfo | None:
+    """The :class:`VideoInfo` that ``jobs.shard`` probed and stored in the ``.json`` member, or None.
+
+    Handing it to ``open_video`` saves the per-sample PyAV probe (a container open plus a frame
+    decode, ~10% of a sample's loading time); decord's frame count is still checked against it.
+    """
+    try:
+        meta = json.loads(raw.members["json"])
+        info = VideoInfo(**{k: meta[k] for k in _INFO_FIELDS})
+        w, h, n = int(info.width), int(info.height), int(info.num_frames)
+    except (KeyError, TypeError, ValueError):
+        return None  # a shard written elsewhere: open_video probes
+    # Stated sizes past the probe's bomb limits (or nonsense) are not trusted: the probe decides.
+    if not (0 < w <= DEFAULT_MAX_SIDE and 0 < h <= DEFAULT_MAX_SIDE and w * h <= DEFAULT_MAX_PIXELS
+            and 0 < n <= DEFAULT_MAX_FRAMES):
+        return None
+    return info
 
 
 def train_views(raw: RawSample, spec: ClipSpec, seed: int, epoch: int, require_label: bool) -> TrainViews | SampleError:
@@ -155,11 +184,11 @@ def train_views(raw: RawSample, spec: ClipSpec, seed: int, epoch: int, require_l
         label = sample_label(raw, require_label)
         data = _video_bytes(raw)
         rng = np.random.default_rng(seed_of(seed, epoch, raw.key, raw.pass_index, "frames"))
-        with open_video(data, spec.backend, threads=spec.threads) as reader:  # type: ignore[arg-type]
+        with open_video(data, spec.backend, info=stated_info(raw), threads=spec.threads) as reader:  # type: ignore[arg-type]
             idx = train_clip_indices(reader.num_frames, spec.num_frames, spec.stride, rng)
             frames = reader.get(idx)
         gens = [torch.Generator().manual_seed(seed_of(seed, epoch, raw.key, raw.pass_index, v)) for v in range(spec.views)]
-        video = torch.stack([spec.train(frames, g) for g in gens])
+        video = torch.stack([spec.train.crop(frames, g) for g in gens])
     except DataError:
         raise  # unlabelled shards cannot become labelled by skipping samples
     except Exception as exc:  # noqa: BLE001 - every per-sample failure is counted, not fatal
@@ -172,7 +201,7 @@ def test_views(raw: RawSample, spec: ClipSpec, require_label: bool) -> TestViews
     try:
         label = sample_label(raw, require_label)
         data = _video_bytes(raw)
-        with open_video(data, spec.backend, threads=spec.threads) as reader:  # type: ignore[arg-type]
+        with open_video(data, spec.backend, info=stated_info(raw), threads=spec.threads) as reader:  # type: ignore[arg-type]
             clips = test_clip_indices(reader.num_frames, spec.num_frames, spec.stride, spec.test_clips)
             frames = reader.get(np.concatenate(clips))  # one decode pass for every clip
         t = spec.num_frames

@@ -153,8 +153,12 @@ class _Batcher:
     def batch(self, position: tuple[int, int]) -> dict[str, Any]:
         """Collate the pending views: video ``[B, C, T, H, W]``, masks ``[B, N]``, labels ``[B]``."""
         plan, views = self.plan, self.pending
+        t, c, h, w = views[0][0].video.shape[1:]
+        video = torch.empty(len(views), c, t, h, w)
+        for slot, (tv, v) in zip(video, views):  # uint8 crops -> float, written once, in place
+            plan.spec.train.normalize(tv.video[v], out=slot)
         out: dict[str, Any] = {
-            "video": torch.stack([tv.video[v] for tv, v in views]),
+            "video": video,
             "keys": [tv.key for tv, _ in views],
             "label": torch.tensor([tv.label for tv, _ in views], dtype=torch.long),
             "frame_indices": torch.stack([tv.frames for tv, _ in views]),

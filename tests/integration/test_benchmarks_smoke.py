@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -14,3 +17,59 @@ def test_vit_g_step_script_runs_tiny_on_two_ranks() -> None:
     result = subprocess.run([sys.executable, "-m", "benchmarks.vit_g_step", "--tiny"], cwd=REPO,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+# ------------------------------------------------------------------------------------------------
+# make bench's benchmarks at smoke size: each writes its JSON with positive figures (no timings checked)
+
+FIGURE_FIELDS = {"name", "ratio", "ours", "baseline", "unit", "baseline_name"}
+RUN_FIELDS = {"benchmark", "date", "command", "machine", "load_avg_before", "figures"}
+
+
+def _bench(module: str, out: Path, *args: str) -> dict:
+    result = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", *args, "--out", str(out)], cwd=REPO,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    data = json.loads(out.read_text())
+    assert RUN_FIELDS <= set(data) and data["figures"]
+    for f in data["figures"]:
+        assert FIGURE_FIELDS <= set(f), f
+        assert f["ratio"] > 0 and f["ours"] > 0 and f["baseline"] > 0, f
+    return data
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("bench_results")
+
+
+def test_shard_and_data_benchmarks_quick(results: Path) -> None:
+    """Sharding 1 vs 2 Ray workers on 6 tiny videos; the loader vs the reference and raw decode on its shards."""
+    shards = results / "shards"
+    shard = _bench("bench_shard", results / "sharding.json", "--quick", "--keep", str(shards))
+    assert set(shard["medians"]) == {"1_worker", "2_workers"} and (shards / "index.json").exists()
+    data = _bench("bench_data", results / "data_loading.json", "--quick", "--shards", str(shards))
+    assert {"raw_decode", "ours_k1", "ours_k4", "reference", "reference_rep_k4"} == set(data["medians"])
+    assert len(data["figures"]) == 5
+
+
+def test_flops_benchmark_quick(results: Path) -> None:
+    data = _bench("bench_flops", results / "flops.json", "--quick")
+    assert data["medians"]["matmul"] > 0 and len(data["figures"]) == 2
+
+
+def test_zero_benchmark_quick(results: Path) -> None:
+    """ZeRO-3 on 2 gloo ranks: model-state bytes by role against jobs.plan's estimate."""
+    data = _bench("bench_zero", results / "zero_memory.json", "--quick")
+    held = data["stages"]["3"]["ranks"][0]["held_bytes"]
+    assert held["params"] > 0 and held["optimizer_states"] > 0 and held["model_states"] > 0
+
+
+def test_report_builds_the_table_and_plots(results: Path) -> None:
+    """The combined table from whatever JSON the tests above left (plus the recorded ViT-g step)."""
+    result = subprocess.run([sys.executable, "-m", "benchmarks.report", "--no-run", "--results-dir", str(results)],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = (results / "README.md").read_text()
+    assert "| benchmark | figure | ratio |" in table and "vit_g_step" in table
+    assert len(list(results.glob("*.png"))) >= 1

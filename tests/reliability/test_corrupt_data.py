@@ -79,9 +79,6 @@ def test_errors_below_the_bound_are_counted_and_skipped(broken_shards: Path, ray
     assert "data error: " in text and "undecodable" in text and "wrong_ext" in text
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "jobs/pretrain.py re-raises Ray Train's WorkerGroupError (a multi-line traceback, exit 1); it should raise "
-    "the worker's TubeletError: worker_failures[rank]._base_exc (see the reliability report)"))
 def test_past_the_bound_the_job_stops_with_one_line(broken_shards: Path, ray_local: None, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     rc = job_main(PretrainConfig, pretrain_run, _args(broken_shards, tmp_path, "strict",

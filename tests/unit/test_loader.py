@@ -7,6 +7,7 @@ Everything runs on tiny shards written in the test (64x48 videos, 4-frame 32x32 
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import random
 from pathlib import Path
@@ -123,6 +124,28 @@ def test_views_share_frames_but_not_crops(even):
         assert (b["frame_indices"] == b["frame_indices"][0]).all()
         differing += any(not torch.equal(b["video"][0], b["video"][v]) for v in range(1, 4))
     assert differing >= len(batches) - 1  # 4 identical random crops of one clip is very unlikely
+
+
+def test_shard_metadata_replaces_the_per_sample_probe(monkeypatch):
+    """A sample whose .json holds the probe jobs.shard stored is opened without probing it again (same
+    views as a probed one); a sample whose .json lacks fields is still probed."""
+    from pipeline.data import decoding
+    from pipeline.data.shards import RawSample
+    from pipeline.video import decode
+    from pipeline.video.probe import probe
+
+    s = sample("k", 0)
+    stored = json.dumps(probe(s["mp4"]).to_dict()).encode()
+    full = RawSample("k", {"mp4": s["mp4"], "json": stored, "cls": s["cls"]}, "x")
+    partial = RawSample("k", {"mp4": s["mp4"], "json": s["json"], "cls": s["cls"]}, "x")
+    spec = config(Path(".")).clip_spec()
+    probed = decoding.train_views(partial, spec, 0, 0, False)
+    calls = []
+    monkeypatch.setattr(decode, "probe", lambda *a, **k: calls.append(1) or probe(*a, **k))
+    stated = decoding.train_views(full, spec, 0, 0, False)
+    assert calls == [] and torch.equal(stated.video, probed.video) and stated.video.dtype == torch.uint8
+    decoding.train_views(partial, spec, 0, 0, False)
+    assert calls == [1]
 
 
 def test_deterministic_given_seed(even):
@@ -345,3 +368,20 @@ def test_s3_shards_stream_through_the_webdataset_opener(even, monkeypatch):
         assert_same_batches(local, remote)
     finally:
         server.stop()
+
+
+def test_stated_info_past_the_bomb_limits_is_not_trusted():
+    from pipeline.data.decoding import stated_info
+    from pipeline.data.shards import RawSample
+
+    good = {"num_frames": 16, "fps": 15.0, "duration": 1.07, "width": 64, "height": 48, "codec": "h264",
+            "pix_fmt": "yuv420p", "bit_rate": None, "size_bytes": 1000, "rotation": 0, "frames_from": "metadata"}
+
+    def sample(**over: object) -> RawSample:
+        return RawSample(key="k", members={"json": json.dumps({**good, **over}).encode()}, shard="s")
+
+    info = stated_info(sample())
+    assert info is not None and (info.width, info.height, info.num_frames) == (64, 48, 16)
+    for over in ({"width": 60000, "height": 60000}, {"num_frames": 10**9}, {"width": 0}):
+        assert stated_info(sample(**over)) is None, over  # the probe, with its limits, decides
+    assert stated_info(RawSample(key="k", members={"json": b"{}"}, shard="s")) is None
