@@ -142,7 +142,7 @@ def sample_label(raw: RawSample, required: bool) -> int:
 def _video_bytes(raw: RawSample) -> bytes:
     # A shard from elsewhere may name members "../x.mp4" or "/abs/x.mp4": such a key must not
     # travel on (keys end up in feature tables and file names downstream).
-    if raw.key.startswith("/") or ".." in raw.key.split("/"):
+    if raw.shard and (raw.key.startswith("/") or ".." in raw.key.split("/")):  # (a file given to predict is not)
         raise ValueError(f"unsafe member name {raw.key!r} (absolute or '..' path)")
     data = raw.members.get("mp4")
     if data is None:
