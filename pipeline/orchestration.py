@@ -196,26 +196,24 @@ def fit(cfg: Any, loop: Callable[[Any, Any], Any]) -> Any:
     Inside :func:`ray_session` (embedded Ray, or the cluster at ``RAY_ADDRESS``); a worker's
     :class:`TubeletError` is raised as itself, any other failure as Ray Train's error.
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
 
     storage_path, storage_fs = storage_for(cfg.run.output)
-    trainer = TorchTrainer(
-        _train_worker,
-        train_loop_config={"cfg": cfg, "loop": loop},
-        scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
-                                     resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
-        run_config=RunConfig(name=cfg.run.name, storage_path=storage_path, storage_filesystem=storage_fs,
-                             # the driver's storage / tracking env, also when Ray was started by someone else
-                             worker_runtime_env={"env_vars": forwarded_env()},
-                             failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints)),
-    )
     # Logical CPUs may exceed physical ones: Ray Train's controller needs a slot besides the workers.
     cpus = max(os.cpu_count() or 1, cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + 1)
-    from ray.train import TrainingFailedError
-
-    with ray_session(num_cpus=cpus):
+    with ray_session(num_cpus=cpus):  # before the trainer: it must not start a Ray of its own
+        trainer = TorchTrainer(
+            _train_worker,
+            train_loop_config={"cfg": cfg, "loop": loop},
+            scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+                                         resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
+            run_config=RunConfig(name=cfg.run.name, storage_path=storage_path, storage_filesystem=storage_fs,
+                                 # the driver's storage / tracking env, also when Ray was started by someone else
+                                 worker_runtime_env={"env_vars": forwarded_env()},
+                                 failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints)),
+        )
         try:
             result = trainer.fit()  # Ray Train V2 raises what V1 returned in result.error
         except TrainingFailedError as exc:
