@@ -30,10 +30,10 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 setup: $(STAMP) ## create .venv and install everything
 
 # Debian's chromium drives the MLflow UI screenshot test (tests/e2e); installed once, as root, with apt-get.
-browser: ## install Debian's chromium if missing (root + apt-get); without it the UI screenshot test is skipped
+browser: ## install Debian's chromium if missing (root + apt-get): the MLflow UI screenshot test needs it
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  { apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; }; } || \
-	  echo "browser: chromium is not installed (needs root and apt-get); the MLflow UI screenshot test will be skipped"
+	  { echo "browser: chromium is missing and could not be installed (needs root and apt-get); install Debian's chromium" >&2; exit 1; }
 
 test: $(STAMP) browser ## unit + integration tests (what CI runs)
 	$(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)

@@ -3,7 +3,7 @@
 experiment's runs in chart view, with a parent run expanded to show its children.
 
 Chromium is Debian's (``make browser`` installs it); Playwright only drives it, nothing is
-downloaded. Tests skip with the reason when either is missing.
+downloaded. A missing browser is a setup error (`make test` installs it first), not a skip.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ ARTIFACTS = Path(os.environ.get("TUBELET_TEST_ARTIFACTS", REPO / "runs" / "test-
 
 
 def chromium() -> str:
-    """Path of Debian's chromium, or skip the calling test."""
+    """Path of Debian's chromium; fails the calling test, naming the fix, when it is missing."""
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if not path:
-        pytest.skip("chromium is not installed (make browser installs Debian's, as root)")
-    pytest.importorskip("playwright.sync_api", reason="playwright is not installed (test extras)")
+        pytest.fail("chromium is not installed: run `make browser` (Debian's chromium, as root), "
+                    "or `make test`, which does it first")
     return path
 
 

@@ -243,7 +243,7 @@ def test_mlflow_ui_shows_the_pipeline_run_its_stage_runs_and_a_loss_chart(third:
     read in headless Chromium; the screenshot is kept under runs/test-artifacts/."""
     from tests.integration.mlflow_ui import ARTIFACTS, chromium, mlflow_server, screenshot_runs
 
-    chromium()  # skips with the reason when the browser is missing
+    chromium()  # fails with the fix (make browser) when the browser is missing
     root = third["root"]
     experiment = _client(root).get_experiment_by_name("pipeline-test")
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
