@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 
 setup: $(STAMP) ## create .venv and install everything
 
-# Debian's chromium drives the MLflow UI screenshot test (tests/e2e); installed once, as root, with apt-get.
+# Debian's chromium drives the MLflow UI screenshot test (tests/integration/test_pipeline_job.py); installed once, as root, with apt-get.
 browser: ## install Debian's chromium if missing (root + apt-get): the MLflow UI screenshot test needs it
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  { apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; }; } || \
