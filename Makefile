@@ -12,6 +12,10 @@ PIP         := $(PY) -m pip install -q -c requirements/constraints.txt
 STAMP       := $(VENV)/.tubelet-installed
 DATA        ?= data
 PYTEST_ARGS ?=
+# DeepSpeed JIT-builds its CPU ops (shm comm) on first use. Keep the build beside this venv: the
+# default ~/.cache/torch_extensions is shared by every venv on the machine, and a build killed in
+# one of them leaves a lock file that makes every later DeepSpeed start there wait forever.
+export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 
 .PHONY: setup browser test test-reliability test-unit test-integration test-slow demo bench plan clean-data help cluster-up cluster-down pretrain finetune evaluate predict extract vit-g-step submit status logs stop mlflow mlflow-stop
 

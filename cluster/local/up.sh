@@ -69,8 +69,13 @@ mkdir -p "$STATE_DIR" "$RAY_TMP"
 rm -f "$STATE_DIR"/*.pid
 echo "$ADDRESS" > "$STATE_DIR/address"
 
-common=(--node-ip-address 127.0.0.1 --temp-dir "$RAY_TMP" --disable-usage-stats --block
+common=(--node-ip-address 127.0.0.1 --disable-usage-stats --block
         --object-store-memory "$OBJECT_STORE_BYTES" --log-style record)
+# Each node gets its own temp dir, as on separate machines. With one shared dir both nodes share
+# one session dir, so one runtime_resources/working_dir_files: a node that sets up a job's
+# working dir after the other (a Ray Train worker placed on the second node) re-extracts it with
+# overwrite, deleting it under the driver running in it ("getcwd() failed", libraries not found).
+mkdir -p "$RAY_TMP/head" "$RAY_TMP/worker"
 
 # `setsid` gives each node its own process group, so a Ctrl-C in this shell does not reach it.
 setsid "$RAY_BIN" start --head --port "$HEAD_PORT" --num-cpus "$HEAD_CPUS" \
@@ -80,7 +85,7 @@ setsid "$RAY_BIN" start --head --port "$HEAD_PORT" --num-cpus "$HEAD_CPUS" \
     --runtime-env-agent-port $((PORT_BASE + 3)) --dashboard-agent-grpc-port $((PORT_BASE + 4)) \
     --dashboard-agent-listen-port $((PORT_BASE + 5)) --metrics-export-port $((PORT_BASE + 6)) \
     --min-worker-port $((PORT_BASE + 100)) --max-worker-port $((PORT_BASE + 199)) \
-    "${common[@]}" >"$STATE_DIR/head.log" 2>&1 </dev/null &
+    --temp-dir "$RAY_TMP/head" "${common[@]}" >"$STATE_DIR/head.log" 2>&1 </dev/null &
 echo $! > "$STATE_DIR/head.pid"
 
 wait_for() {  # wait_for <alive nodes> : poll the GCS until that many nodes are alive
@@ -119,7 +124,7 @@ setsid "$RAY_BIN" start --address "$ADDRESS" --num-cpus "$WORKER_CPUS" \
     --runtime-env-agent-port $((PORT_BASE + 13)) --dashboard-agent-grpc-port $((PORT_BASE + 14)) \
     --dashboard-agent-listen-port $((PORT_BASE + 15)) --metrics-export-port $((PORT_BASE + 16)) \
     --min-worker-port $((PORT_BASE + 200)) --max-worker-port $((PORT_BASE + 299)) \
-    "${common[@]}" >"$STATE_DIR/worker.log" 2>&1 </dev/null &
+    --temp-dir "$RAY_TMP/worker" "${common[@]}" >"$STATE_DIR/worker.log" 2>&1 </dev/null &
 echo $! > "$STATE_DIR/worker.pid"
 
 wait_for 2 || fail "cluster-up: the worker node did not join"

@@ -2,11 +2,12 @@
 
 One two-node cluster (cluster/local/up.sh, token auth on) and one MLflow server
 (cluster/mlflow/serve.sh) for the module, on ports picked free at start. Two tiny pre-trainings
-run side by side: one submitted with the `ray job submit` CLI, one with `python -m jobs.submit`
-(JobSubmissionClient, working dir = this checkout, env forwarded). Both must SUCCEED, leave a
-checkpoint and exported weights, and log their steps to the server. A wrong token is refused in
-one line. The server listens on 127.0.0.1 only and stop.sh takes down exactly its process group.
-Only what this module started is stopped, by pid.
+run one after the other: one submitted with the `ray job submit` CLI, one with `python -m
+jobs.submit` (JobSubmissionClient, working dir = this checkout, env forwarded). Both must SUCCEED,
+leave a checkpoint and exported weights, and log their steps to the server. A job's working dir,
+set up on both nodes, stays in place under its driver. A wrong token is refused in one line. The
+server listens on 127.0.0.1 only and stop.sh takes down exactly its process group. Only what this
+module started is stopped, by pid.
 """
 
 from __future__ import annotations
@@ -159,16 +160,11 @@ def _mlflow_steps(tracking: str, name: str) -> tuple[str, list[int]]:
     return runs[0].info.status, sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "loss"))
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "open: since 2026-12-01 the submitted job's driver starts in a working dir that is already gone "
-    "('getcwd() failed', then MKL cannot load libtorch_cpu.so); passed earlier the same day"))
 def test_pretrain_submitted_with_ray_cli_and_jobs_submit(services: dict, shards: Path, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     cluster, mlflow_server = services, services["mlflow"]
     output, tracking = tmp_path / "runs", mlflow_server["url"]
-    # 1. The stock CLI against the dashboard address. The two jobs run one after the other: both
-    #    upload the same working dir (one package URI), and Ray 2.60 was seen deleting the shared
-    #    extracted copy under the second job when the first ended ("getcwd() failed").
+    # 1. The stock CLI against the dashboard address.
     cli_id = f"tubelet-cli-{uuid.uuid4().hex[:8]}"
     runtime = {"excludes": list(EXCLUDES), "env_vars": {"MLFLOW_TRACKING_URI": tracking}}
     entry = ["python", "-m", "jobs.pretrain", "--config", "pretrain/demo",
@@ -210,6 +206,38 @@ def test_pretrain_submitted_with_ray_cli_and_jobs_submit(services: dict, shards:
         assert _mlflow_steps(tracking, name) == ("FINISHED", [1, 2])
     # Artifacts went through the server into its own folder (the job needed no store of its own).
     assert any((mlflow_server["root"] / "artifacts").rglob("config.toml"))
+
+
+# The driver pins a task on every other node, then checks that its own working dir is still the
+# directory it started in, and that the other node extracted the job's files into a folder of its
+# own. up.sh once gave both nodes one temp dir, so one session dir: the node that set the working
+# dir up second re-extracted it with overwrite, deleting it under the running driver (a race, so
+# the folder check is the deterministic half).
+_PROBE = """
+import os, ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+ray.init()
+start = os.stat(".").st_ino
+here = ray.get_runtime_context().get_node_id()
+others = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeID"] != here]
+cwd = ray.remote(num_cpus=0)(lambda: os.getcwd())
+dirs = ray.get([cwd.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote()
+                for n in others])
+print("probe:", len(others), "other node(s); driver dir kept:", os.stat(".").st_ino == start,
+      "; shared with another node:", os.getcwd() in dirs)
+"""
+
+
+def test_each_node_extracts_the_working_dir_into_its_own_folder(services: dict, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "probe.py").write_text(_PROBE)
+    monkeypatch.setenv("RAY_ADDRESS", services["dashboard"])
+    client = Cluster.connect()
+    job = client.client.submit_job(entrypoint="python probe.py", runtime_env={"working_dir": str(tmp_path)})
+    status = client.wait(job, timeout_s=180)
+    logs = client.logs(job)
+    assert status == "SUCCEEDED", logs[-3000:]
+    assert "probe: 1 other node(s); driver dir kept: True ; shared with another node: False" in logs, logs[-3000:]
 
 
 def test_a_wrong_token_is_refused_in_one_line(services: dict, monkeypatch: pytest.MonkeyPatch) -> None:
