@@ -54,6 +54,7 @@ class SyntheticSection:
     workers: int = help_field(1, help="processes rendering + encoding in parallel")
     crf: int = help_field(23, help="H.264 constant rate factor")
     noise: float = help_field(2.0, help="per-frame sensor noise (std, in 0-255 levels)")
+    texture: float = help_field(1.0, help="background texture amplitude (0 = flat backgrounds)")
 
 
 @dataclass
@@ -74,7 +75,8 @@ def build(cfg: DatasetJobConfig) -> BuildResult:
     d, s = cfg.dataset, cfg.synthetic
     if d.kind == "synthetic":
         entries = generate_synthetic(d.output, s.num_per_class, s.classes, s.frames, (s.height, s.width), s.fps,
-                                     s.seed, {"train": s.train, "val": s.val, "test": s.test}, s.workers, s.crf, s.noise)
+                                     s.seed, {"train": s.train, "val": s.val, "test": s.test}, s.workers, s.crf, s.noise,
+                                     s.texture)
         return builders.make_result(entries, [], [], s.classes)
     if d.kind == "sample":
         return builders.make_result(sample_manifest(), [], [], [])

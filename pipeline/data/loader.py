@@ -62,7 +62,7 @@ class DataConfig:
     """Training / evaluation data (TOML section ``[data]``)."""
 
     shards: str = help_field("", help="shard folder or s3:// prefix holding index.json (written by jobs.shard)")
-    split: str = help_field("train", help="split of the shard index to read")
+    split: str = help_field("train", help="split of the shard index to read ('unlabelled+train' = several)")
     num_frames: int = help_field(16, help="frames per clip (T)")
     sampling_rate: int = help_field(4, help="stride between sampled frames (4 for Kinetics, 2 for SSv2)")
     input_size: int = help_field(224, help="side of the square crop fed to the model")

@@ -75,11 +75,17 @@ class ShardIndex:
         return cls(uri=uri, shards=shards, labels=tuple(raw.get("labels") or ()), totals=dict(raw.get("totals") or {}))
 
     def split(self, name: str) -> list[ShardInfo]:
-        """The non-empty shards of split ``name``, in index order. DataError when there are none."""
-        chosen = [s for s in self.shards if s.split == name]
-        if not chosen:
-            splits = sorted({s.split for s in self.shards})
-            raise DataError(f"shard index {self.uri} has no {name!r} split (splits: {', '.join(splits) or 'none'})")
+        """The non-empty shards of split ``name``, in index order. DataError when there are none.
+
+        ``"unlabelled+train"`` is the union of several splits (pre-training on every clip that is
+        not held out); each named split must exist.
+        """
+        names = name.split("+")
+        splits = sorted({s.split for s in self.shards})
+        for one in names:
+            if one not in splits:
+                raise DataError(f"shard index {self.uri} has no {one!r} split (splits: {', '.join(splits) or 'none'})")
+        chosen = [s for s in self.shards if s.split in names]
         chosen = [s for s in chosen if s.samples > 0]
         if not chosen:
             raise DataError(f"split {name!r} of {self.uri} has no samples")

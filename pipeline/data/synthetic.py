@@ -1,8 +1,8 @@
 """A procedural, labelled MOTION dataset: the class is only visible over time.
 
 Each video shows 1-3 textured shapes (circle, square, triangle, cross; random colour, size,
-stripe pattern, orientation and position) over a random static textured background with a
-little per-frame sensor noise. The class says how *every* object moves:
+stripe pattern, orientation and position) over a random static textured background (``texture``
+scales it; 0 = flat) with a little per-frame sensor noise. The class says how *every* object moves:
 
     left / right / up / down   translation (random speed, +-15 degrees of heading jitter)
     cw / ccw                   rotation about the object's own centre (random angular speed)
@@ -62,6 +62,7 @@ class VideoSpec:
     seed: int
     crf: int
     noise: float
+    texture: float = 1.0
 
     @property
     def relpath(self) -> str:
@@ -83,12 +84,15 @@ def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.nd
     return top * (1 - fy) + bottom * fy
 
 
-def _background(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, float]:
-    """A static textured background and its mean brightness."""
+def _background(rng: np.random.Generator, h: int, w: int, texture: float = 1.0) -> tuple[np.ndarray, float]:
+    """A static textured background and its mean brightness; ``texture=0`` gives a flat tint.
+
+    The texture is drawn whatever its amplitude, so the objects drawn after it are the same.
+    """
     brightness = float(rng.choice([rng.uniform(30, 100), rng.uniform(155, 225)]))
     tint = rng.uniform(0.6, 1.0, 3).astype(np.float32)
-    texture = 40 * _smooth_noise(rng, h, w, int(rng.integers(3, 9))) + 12 * rng.uniform(-1, 1, (h, w, 3))
-    return (brightness * tint + texture).astype(np.float32), brightness
+    pattern = 40 * _smooth_noise(rng, h, w, int(rng.integers(3, 9))) + 12 * rng.uniform(-1, 1, (h, w, 3))
+    return (brightness * tint + texture * pattern).astype(np.float32), brightness
 
 
 def _sdf(shape: str, u: np.ndarray, v: np.ndarray, r: np.ndarray) -> np.ndarray:
@@ -153,13 +157,13 @@ def _draw_object(video: np.ndarray, rng: np.random.Generator, motion: tuple[int,
 
 
 def render_frames(rng: np.random.Generator, label: str, frames: int, height: int, width: int,
-                  noise: float = 2.0) -> np.ndarray:
+                  noise: float = 2.0, texture: float = 1.0) -> np.ndarray:
     """Frames uint8 ``[T, H, W, 3]`` of one video drawn from ``rng``.
 
     The label changes no random draw, only how the drawn objects move: given the same ``rng``
     state, every class renders the same first frame (a test checks this exactly).
     """
-    bg, brightness = _background(rng, height, width)
+    bg, brightness = _background(rng, height, width, texture)
     video = np.repeat(bg[None], frames, axis=0)
     for _ in range(int(rng.integers(1, 4))):
         _draw_object(video, rng, MOTIONS[label], brightness)
@@ -171,7 +175,7 @@ def render_frames(rng: np.random.Generator, label: str, frames: int, height: int
 def render_video(spec: VideoSpec) -> np.ndarray:
     """The frames of one synthetic video, uint8 ``[T, H, W, 3]``, from its own seeded RNG."""
     rng = np.random.default_rng(np.random.SeedSequence([spec.seed, list(MOTIONS).index(spec.label), spec.index]))
-    return render_frames(rng, spec.label, spec.frames, spec.height, spec.width, spec.noise)
+    return render_frames(rng, spec.label, spec.frames, spec.height, spec.width, spec.noise, spec.texture)
 
 
 def encode_video(spec: VideoSpec) -> bytes:
@@ -196,7 +200,8 @@ def split_counts(n: int, splits: Mapping[str, float]) -> dict[str, int]:
 
 def plan_synthetic(num_per_class: int, classes: Sequence[str] = DEFAULT_CLASSES, frames: int = 32,
                    size: tuple[int, int] = (112, 112), fps: float = 15.0, seed: int = 0,
-                   splits: Mapping[str, float] | None = None, crf: int = 23, noise: float = 2.0) -> list[VideoSpec]:
+                   splits: Mapping[str, float] | None = None, crf: int = 23, noise: float = 2.0,
+                   texture: float = 1.0) -> list[VideoSpec]:
     """The specs of every video, in a fixed order; nothing is rendered."""
     unknown = [c for c in classes if c not in MOTIONS]
     if unknown or not classes or len(set(classes)) != len(classes):
@@ -207,7 +212,9 @@ def plan_synthetic(num_per_class: int, classes: Sequence[str] = DEFAULT_CLASSES,
                         f"num_per_class >= 1 (got {num_per_class})")
     counts = split_counts(num_per_class, splits or DEFAULT_SPLITS)
     order = [name for name, k in counts.items() for _ in range(k)]
-    return [VideoSpec(label, i, order[i], frames, h, w, float(fps), seed, crf, float(noise))
+    if texture < 0:
+        raise DataError(f"synthetic background texture must be >= 0, got {texture}")
+    return [VideoSpec(label, i, order[i], frames, h, w, float(fps), seed, crf, float(noise), float(texture))
             for label in classes for i in range(num_per_class)]
 
 
@@ -243,7 +250,7 @@ def generate_synthetic(out_dir: str | os.PathLike[str], num_per_class: int = 20,
                        classes: Sequence[str] = DEFAULT_CLASSES, frames: int = 32,
                        size: tuple[int, int] = (112, 112), fps: float = 15.0, seed: int = 0,
                        splits: Mapping[str, float] | None = None, workers: int = 1, crf: int = 23,
-                       noise: float = 2.0) -> list[ManifestEntry]:
+                       noise: float = 2.0, texture: float = 1.0) -> list[ManifestEntry]:
     """Write ``{out_dir}/videos/{split}/{class}/{class}_{i}.mp4`` and ``{out_dir}/manifest.csv``.
 
     ``size`` is (height, width). Idempotent: a rerun with the same parameters re-hashes existing
@@ -251,7 +258,7 @@ def generate_synthetic(out_dir: str | os.PathLike[str], num_per_class: int = 20,
     file is never rewritten. Returns the manifest entries (absolute paths, sorted).
     """
     out = Path(out_dir).resolve()
-    specs = plan_synthetic(num_per_class, classes, frames, size, fps, seed, splits, crf, noise)
+    specs = plan_synthetic(num_per_class, classes, frames, size, fps, seed, splits, crf, noise, texture)
     params = {k: v for k, v in asdict(specs[0]).items() if k not in ("label", "index", "split")}
     params.update(classes=list(classes), num_per_class=num_per_class, splits=dict(splits or DEFAULT_SPLITS))
     known = _load_record(out, params)

@@ -22,10 +22,14 @@ class ModelConfig:
     grad_checkpointing: bool = help_field(False, help="recompute block activations in backward to save memory")
     num_classes: int = help_field(400, help="classifier outputs (fine-tuning only)")
     init: str = help_field("", help="weights to start from (official or ours, .pth/.pt); empty = random init")
+    patch_size: int = help_field(0, help="spatial patch side in pixels (0 = the size's own: 16, 14 for vit_g)")
+    normalize_target: bool = help_field(True, help="pre-training target: per-patch normalised pixels (official "
+                                                   "default) or raw pixels (false; for flat synthetic frames)")
     adapter_dim: int = help_field(0, help="AdaptFormer bottleneck width in every encoder block (0 = none; "
                                             "finetune.mode=adapter trains only these and the head)")
 
     def arch_overrides(self) -> dict[str, int]:
-        """The input-size and adapter fields, as :func:`~pipeline.models.registry.get_spec` overrides."""
-        return {"num_frames": self.num_frames, "img_size": self.img_size, "tubelet_size": self.tubelet_size,
-                "adapter_dim": self.adapter_dim}
+        """The input-size, patch and adapter fields, as :func:`~pipeline.models.registry.get_spec` overrides."""
+        out = {"num_frames": self.num_frames, "img_size": self.img_size, "tubelet_size": self.tubelet_size,
+               "adapter_dim": self.adapter_dim}
+        return {**out, "patch_size": self.patch_size} if self.patch_size else out

@@ -16,7 +16,7 @@ from pipeline.models.registry import ArchSpec, get_spec
 Task = Literal["pretrain", "classify"]
 
 _COMMON = {"drop_path", "layer_scale_init", "attn_impl"}
-_TASK_KWARGS = {"pretrain": _COMMON | {"embed_visible_only", "mean", "std"},
+_TASK_KWARGS = {"pretrain": _COMMON | {"embed_visible_only", "mean", "std", "normalize_target"},
                 "classify": _COMMON | {"num_classes", "head_drop", "init_scale"}}
 
 
@@ -52,6 +52,8 @@ def create_model_from_config(cfg: ModelConfig, task: Task = "pretrain", device: 
     """Model from a ``[model]`` section; loads ``cfg.init`` (official or our layout) when set."""
     if task == "classify":
         options.setdefault("num_classes", cfg.num_classes)
+    else:
+        options.setdefault("normalize_target", cfg.normalize_target)
     model = create_model(cfg.name, task, device=device, grad_checkpointing=cfg.grad_checkpointing,
                          drop_path=cfg.drop_path, layer_scale_init=cfg.layer_scale_init,
                          attn_impl=cfg.attn_impl, **cfg.arch_overrides(), **options)

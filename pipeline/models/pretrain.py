@@ -80,10 +80,12 @@ class PretrainModel(ParamHooks, nn.Module):
 
     def __init__(self, spec: ArchSpec, drop_path: float = 0.0, layer_scale_init: float = 0.0,
                  attn_impl: AttnImpl = "sdpa", embed_visible_only: bool = True,
-                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> None:
+                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
+                 normalize_target: bool = True) -> None:
         super().__init__()
         self.spec = spec
         self.mean, self.std = mean, std
+        self.normalize_target = normalize_target
         self.encoder = VideoViT(spec, drop_path, layer_scale_init, attn_impl, True, embed_visible_only)
         self.encoder_to_decoder = nn.Linear(spec.embed_dim, spec.decoder_dim, bias=False)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, spec.decoder_dim))
@@ -145,8 +147,12 @@ class PretrainModel(ParamHooks, nn.Module):
         return patches.gather(1, index[:, :, None, None].expand(-1, -1, *patches.shape[2:]))
 
     def targets(self, video: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """Per-patch, per-channel normalised targets ``[B, n, tubelet*p*p*C]`` (official layout)."""
+        """Targets ``[B, n, tubelet*p*p*C]`` (official layout): per-patch, per-channel normalised
+        pixels, or with ``normalize_target=False`` the raw 0-1 pixels (official ``--normlize_target False``).
+        """
         patches = self._pixel_patches(video, index)
+        if not self.normalize_target:
+            return patches.flatten(2)
         mean = patches.mean(dim=-2, keepdim=True)
         std = patches.var(dim=-2, unbiased=True, keepdim=True).sqrt()
         return ((patches - mean) / (std + TARGET_EPS)).flatten(2)
@@ -154,13 +160,15 @@ class PretrainModel(ParamHooks, nn.Module):
     def reconstruct(self, video: torch.Tensor, pred: torch.Tensor, keep_idx: torch.Tensor) -> torch.Tensor:
         """Pixel-space clip ``[B, C, T, H, W]`` (0-1 range): the input, with predicted patches pasted in.
 
-        Predictions are normalised per patch, so they are mapped back with the mean/std of the
-        true patch (as the official visualisation does).
+        Normalised predictions are mapped back with the mean/std of the true patch (as the
+        official visualisation does); raw-pixel predictions are pasted as they are.
         """
         s = self.spec
         patches = self._pixel_patches(video, keep_idx)  # [B, Nk, K, C]
-        mean, std = patches.mean(dim=-2, keepdim=True), patches.var(dim=-2, unbiased=True, keepdim=True).sqrt()
-        pixels = pred.float().view_as(patches) * (std + TARGET_EPS) + mean
+        pixels = pred.float().view_as(patches)
+        if self.normalize_target:
+            mean, std = patches.mean(dim=-2, keepdim=True), patches.var(dim=-2, unbiased=True, keepdim=True).sqrt()
+            pixels = pixels * (std + TARGET_EPS) + mean
         full = patchify(self._unnormalise(video), s.tubelet_size, s.patch_size)
         full = full.scatter(1, keep_idx[:, :, None, None].expand_as(pixels), pixels)
         return unpatchify(full, s.grid, s.tubelet_size, s.patch_size).clamp(0, 1)

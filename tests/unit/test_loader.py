@@ -80,6 +80,16 @@ def test_index_errors_are_clear(tmp_path, even):
         ShardIndex.load(str(tmp_path))
 
 
+def test_a_plus_joined_split_is_the_union_in_index_order(tmp_path):
+    write_index(tmp_path, [("u-0.tar", "unlabelled", 3), ("t-0.tar", "train", 2), ("v-0.tar", "val", 1),
+                           ("u-1.tar", "unlabelled", 4)])
+    index = ShardIndex.load(str(tmp_path))
+    assert [s.name for s in index.split("unlabelled+train")] == ["u-0.tar", "t-0.tar", "u-1.tar"]
+    assert index.num_samples("train+unlabelled") == 9 and index.num_samples("val") == 1
+    with pytest.raises(DataError, match=r"no 'test' split \(splits: train, unlabelled, val\)"):
+        index.split("train+test")
+
+
 def test_units_partition_and_balance():
     from pipeline.data.shards import ShardInfo
 

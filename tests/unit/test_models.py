@@ -245,3 +245,22 @@ def test_adapters_start_as_identity_and_only_they_train_in_adapter_mode():
 
     freeze_for_mode(adapted, "linear_probe")
     assert all(not p.requires_grad for p in adapted.encoder.parameters())
+
+
+def test_raw_pixel_targets_and_patch_size_from_the_model_section():
+    from pipeline.models import ModelConfig, create_model_from_config
+
+    cfg = ModelConfig(name="vit_tiny", num_frames=4, img_size=32, patch_size=8, normalize_target=False)
+    model = create_model_from_config(cfg, "pretrain")
+    assert model.spec.patch_size == 8 and model.spec.grid == (2, 4, 4) and not model.normalize_target
+    assert create_model_from_config(cfg, "classify").spec.patch_size == 8
+    assert create_model_from_config(ModelConfig(name="vit_tiny", num_frames=4, img_size=32)).spec.patch_size == 16
+    video = torch.rand(2, 3, 4, 32, 32)
+    norm_video = (video - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1)
+    keep = torch.arange(32).expand(2, -1)
+    targets = model.targets(norm_video, keep)  # raw 0-1 pixels, official layout
+    torch.testing.assert_close(targets, patchify(video, 2, 8).flatten(2), rtol=1e-5, atol=1e-5)
+    assert targets.min() >= -1e-5 and targets.max() <= 1 + 1e-5
+    torch.testing.assert_close(model.reconstruct(norm_video, targets, keep), video, rtol=1e-4, atol=1e-4)
+    enc = tube_mask(2, (2, 4, 4), 0.75, torch.Generator().manual_seed(0))
+    assert model(norm_video, enc).item() > 0

@@ -143,3 +143,19 @@ def test_motion_predicts_the_class(clips):
     )
     accuracy = (predicted == labels).mean()
     assert accuracy > 0.8, accuracy
+
+
+def test_texture_scales_only_the_background():
+    rng = lambda: np.random.default_rng(5)  # noqa: E731
+    default = render_frames(rng(), "right", 6, 48, 48)
+    assert np.array_equal(default, render_frames(rng(), "right", 6, 48, 48, texture=1.0))
+    flat, textured = (render_frames(rng(), "right", 6, 48, 48, noise=0.0, texture=t) for t in (0.0, 1.0))
+    # Flat: the background is one colour, so the most common colour covers most of the frame ...
+    colours, counts = np.unique(flat[0].reshape(-1, 3), axis=0, return_counts=True)
+    assert counts.max() > 0.4 * 48 * 48 and len(colours) < len(np.unique(textured[0].reshape(-1, 3), axis=0)) / 4
+    # ... and the objects are the same: they move identically over both backgrounds.
+    moved = lambda v: np.abs(np.diff(v.astype(np.int16), axis=0)).sum(-1) > 60  # noqa: E731
+    assert (moved(flat) == moved(textured)).mean() > 0.97
+    assert plan_synthetic(2, ("up",), 4, (32, 32), texture=0.0)[0].texture == 0.0
+    with pytest.raises(DataError, match="texture"):
+        plan_synthetic(2, ("up",), 4, (32, 32), texture=-1.0)
