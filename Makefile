@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 # one of them leaves a lock file that makes every later DeepSpeed start there wait forever.
 export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 
-.PHONY: setup browser test test-reliability test-unit test-integration test-slow demo bench plan clean-data help cluster-up cluster-down pretrain finetune evaluate predict extract vit-g-step submit status logs stop mlflow mlflow-stop
+.PHONY: setup browser bench-pretrain-value test test-reliability test-unit test-integration test-slow demo bench plan clean-data help cluster-up cluster-down pretrain finetune evaluate predict extract vit-g-step submit status logs stop mlflow mlflow-stop
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -56,6 +56,9 @@ demo: $(STAMP) ## datasets -> one pipeline job: shard -> pre-train -> fine-tune 
 	$(PY) -m jobs.dataset --config dataset/synthetic --set dataset.output=$(DATA)/synthetic
 	$(PY) -m jobs.shard --config shard/default --set shard.manifest=$(DATA)/sample/manifest.csv --set shard.output=$(DATA)/shards/sample
 	$(PY) -m jobs.pipeline --config pipeline/demo --set shard.manifest=$(DATA)/synthetic/manifest.csv --set shard.output=$(DATA)/shards/synthetic $(DEMO_ARGS)
+
+bench-pretrain-value: $(STAMP) ## does pre-training help? pre-trained vs random-init fine-tuning, same budget (~15 min): [FT_STEPS=150]
+	$(PY) -m benchmarks.bench_pretrain_value $(if $(FT_STEPS),--finetune-steps $(FT_STEPS) --tag ft$(FT_STEPS))
 
 plan: $(STAMP) ## parameters, FLOPs and memory per GPU: make plan MODEL=vit_g
 	$(PY) -m jobs.plan --set model.name=$(or $(MODEL),vit_b)

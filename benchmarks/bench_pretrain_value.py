@@ -2,15 +2,16 @@
 
 The real jobs, in-process (as the integration tests run them), on CPU:
 
-    generate_synthetic (6 motion classes, train/val/test)  ->  pipeline.sharding.shard
-    jobs.pretrain   on the train split (the MAE loss never reads labels; same shards, see below)
+    generate_synthetic (motion classes; unlabelled/train/val/test)  ->  pipeline.sharding.shard
+    jobs.pretrain   on the splits unlabelled+train (the MAE loss never reads labels)
     jobs.finetune   twice, identical budget and seed: model.init=<pre-training run> / random init
     jobs.evaluate   multi-view (clips x crops) on the val and test splits, for both
 
-Pre-training reads the *same* shard set as fine-tuning (split ``train`` only): the pre-training
-loader yields the ``.cls`` label alongside each clip but the MAE objective never uses it, so the
-encoder is pre-trained on the train clips as if unlabelled. Val/test videos are never seen by
-pre-training.
+Pre-training reads the same shard set as fine-tuning, splits ``unlabelled`` (videos that exist
+only for pre-training) and ``train``: the loader yields the ``.cls`` label alongside each clip but
+the MAE objective never uses it. Val/test videos are never seen by pre-training. The defaults are
+the configuration that shows the effect on 2 CPU cores (see ``results/pretrain_value.md``): the
+4 translation classes, 8 px patches, raw-pixel MAE targets.
 
 Every configuration run is appended to ``benchmarks/results/pretrain_value.json`` (nothing is
 dropped) and the Markdown table ``pretrain_value.md`` is rebuilt from all of them.
@@ -32,33 +33,40 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+HAND_WRITTEN = "<!-- hand-written notes below: kept when the table above is regenerated -->"
 RESULTS = REPO / "benchmarks" / "results"
-CLASSES = ["left", "right", "up", "down", "cw", "ccw"]
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--workdir", default="/tmp/tubelet-bench-pretrain-value")
     p.add_argument("--tag", default="default", help="name of this configuration in the results")
-    p.add_argument("--per-class", type=int, default=50, help="videos per class (all splits)")
+    p.add_argument("--classes", default="left,right,up,down", help="synthetic motion classes")
+    p.add_argument("--per-class", type=int, default=50, help="labelled videos per class (train/val/test 0.6/0.2/0.2)")
+    p.add_argument("--unlabelled-per-class", type=int, default=100, help="extra videos per class for pre-training only")
+    p.add_argument("--texture", type=float, default=1.0, help="background texture (1 = the dataset's default, 0 = flat)")
+    p.add_argument("--noise", type=float, default=2.0, help="per-frame sensor noise (0-255 levels)")
     p.add_argument("--video-size", type=int, default=64)
-    p.add_argument("--video-frames", type=int, default=16)
-    p.add_argument("--img-size", type=int, default=32, help="model / crop side")
+    p.add_argument("--video-frames", type=int, default=32)
+    p.add_argument("--img-size", type=int, default=64, help="model / crop side")
     p.add_argument("--num-frames", type=int, default=8, help="frames per clip")
-    p.add_argument("--sampling-rate", type=int, default=2)
+    p.add_argument("--sampling-rate", type=int, default=4)
     p.add_argument("--model", default="vit_tiny")
+    p.add_argument("--patch-size", type=int, default=8, help="0 = the model size's own (16)")
+    p.add_argument("--target", choices=("raw", "normalized"), default="raw", help="MAE target pixels")
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers")
     p.add_argument("--cpus-per-worker", type=int, default=2)
-    p.add_argument("--pretrain-steps", type=int, default=400)
+    p.add_argument("--pretrain-steps", type=int, default=1000)
     p.add_argument("--pretrain-batch", type=int, default=16)
     p.add_argument("--pretrain-lr", type=float, default=1.5e-3)
-    p.add_argument("--encoder-ratio", type=float, default=0.9)
+    p.add_argument("--encoder-ratio", type=float, default=0.75)
     p.add_argument("--decoder-ratio", type=float, default=0.5)
-    p.add_argument("--finetune-steps", type=int, default=200)
+    p.add_argument("--finetune-steps", type=int, default=150)
     p.add_argument("--finetune-batch", type=int, default=16)
     p.add_argument("--finetune-lr", type=float, default=1e-3)
-    p.add_argument("--layer-decay", type=float, default=0.75)
-    p.add_argument("--drop-path", type=float, default=0.1)
+    p.add_argument("--layer-decay", type=float, default=1.0)
+    p.add_argument("--drop-path", type=float, default=0.0)
+    p.add_argument("--repeated-aug", type=int, default=1, help="views per clip in a batch (both phases)")
     p.add_argument("--mixup", type=float, default=0.0, help="mixup/cutmix probability (0 = off)")
     p.add_argument("--eval-clips", type=int, default=2)
     p.add_argument("--eval-crops", type=int, default=2)
@@ -69,7 +77,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smoke test: tiny budgets, results not recorded")
     a = p.parse_args(argv)
     if a.quick:
-        a.per_class, a.pretrain_steps, a.finetune_steps, a.tag = 8, 4, 4, "quick"
+        a.per_class, a.unlabelled_per_class, a.pretrain_steps, a.finetune_steps, a.tag = 5, 5, 4, 4, "quick"
+        a.pretrain_batch = a.finetune_batch = 4
+    a.classes = a.classes.split(",")
     return a
 
 
@@ -97,14 +107,17 @@ def make_data(a: argparse.Namespace, work: Path) -> tuple[Path, dict[str, int]]:
         return out, json.loads((work / "split_counts.json").read_text())
     if out.exists():
         shutil.rmtree(out)
-    entries = generate_synthetic(work / "synthetic", num_per_class=a.per_class, classes=CLASSES,
-                                 frames=a.video_frames, size=(a.video_size, a.video_size),
-                                 splits={"train": 0.6, "val": 0.2, "test": 0.2}, seed=a.seed, workers=2)
+    total = a.per_class + a.unlabelled_per_class
+    splits = {"unlabelled": a.unlabelled_per_class / total, "train": 0.6 * a.per_class / total,
+              "val": 0.2 * a.per_class / total, "test": 0.2 * a.per_class / total}
+    entries = generate_synthetic(work / "synthetic", num_per_class=total, classes=a.classes,
+                                 frames=a.video_frames, size=(a.video_size, a.video_size), splits=splits,
+                                 seed=a.seed, workers=2, noise=a.noise, texture=a.texture)
     rows = ["uri,label,split"] + [f"{e.uri},{e.label},{e.split}" for e in entries]
     (work / "manifest.csv").write_text("\n".join(rows) + "\n")
     index, _ = shard(ShardSection(manifest=str(work / "manifest.csv"), output=str(out),
                                   max_short_side=a.video_size, max_samples_per_shard=32, progress=False))
-    counts = {s: sum(e.split == s for e in entries) for s in ("train", "val", "test")}
+    counts = {s: sum(e.split == s for e in entries) for s in splits}
     (work / "split_counts.json").write_text(json.dumps(counts))
     assert index["totals"]["samples"] == len(entries)
     return out, counts
@@ -112,14 +125,14 @@ def make_data(a: argparse.Namespace, work: Path) -> tuple[Path, dict[str, int]]:
 
 def _size(a: argparse.Namespace) -> list[str]:
     return [f"model.name={a.model}", f"model.num_frames={a.num_frames}", f"model.img_size={a.img_size}",
-            f"data.num_frames={a.num_frames}", f"data.input_size={a.img_size}",
+            f"model.patch_size={a.patch_size}", f"data.num_frames={a.num_frames}", f"data.input_size={a.img_size}",
             f"data.sampling_rate={a.sampling_rate}", "data.num_workers=0"]
 
 
 def _common(a: argparse.Namespace, work: Path) -> list[str]:
     return [f"tracking.tracking_uri=sqlite:///{work / 'mlflow.db'}", "tracking.system_metrics=false",
             f"scaling.num_workers={a.workers}", f"scaling.cpus_per_worker={a.cpus_per_worker}",
-            f"run.seed={a.seed}"]
+            f"run.seed={a.seed}", f"data.seed={a.seed}"]  # model init and data order / augmentation
 
 
 def pretrain(a: argparse.Namespace, work: Path, shards: Path, name: str) -> dict[str, Any]:
@@ -128,8 +141,9 @@ def pretrain(a: argparse.Namespace, work: Path, shards: Path, name: str) -> dict
     from pipeline.train.config import PretrainConfig
 
     cfg = load_config(PretrainConfig, REPO / "jobs/configs/pretrain/demo.toml", [
-        f"data.shards={shards}", "data.split=train", f"run.output={work / 'runs'}", f"run.name={name}", *_size(a),
-        f"data.batch_size={a.pretrain_batch}", "data.repeated_aug=2", f"optim.lr={a.pretrain_lr}",
+        f"data.shards={shards}", "data.split=unlabelled+train", f"run.output={work / 'runs'}", f"run.name={name}",
+        *_size(a), f"model.normalize_target={str(a.target == 'normalized').lower()}",
+        f"data.batch_size={a.pretrain_batch}", f"data.repeated_aug={a.repeated_aug}", f"optim.lr={a.pretrain_lr}",
         f"mask.encoder_ratio={a.encoder_ratio}", f"mask.decoder_ratio={a.decoder_ratio}",
         f"train.steps={a.pretrain_steps}", f"train.checkpoint_every={a.pretrain_steps}", "train.log_every=10",
         "train.image_every=0", *_common(a, work)])
@@ -144,6 +158,7 @@ def pretrain(a: argparse.Namespace, work: Path, shards: Path, name: str) -> dict
     return {"run": str(work / "runs" / name), "steps": a.pretrain_steps, "batch_per_rank": a.pretrain_batch,
             "workers": a.workers, "clips_seen": a.pretrain_steps * a.pretrain_batch * a.workers,
             "lr": a.pretrain_lr, "encoder_ratio": a.encoder_ratio, "decoder_ratio": a.decoder_ratio,
+            "target": a.target, "clips": "unlabelled+train",
             "loss_first": first, "loss_last": last, "loss_curve": {str(s): losses[s] for s in steps},
             "wall_s": round(wall, 1)}
 
@@ -158,7 +173,7 @@ def finetune(a: argparse.Namespace, work: Path, shards: Path, name: str, init: s
     cfg = load_config(FinetuneConfig, REPO / "jobs/configs/finetune/demo.toml", [
         f"data.shards={shards}", f"run.output={work / 'runs'}", f"run.name={name}", *_size(a),
         f"model.init={init}", f"model.drop_path={a.drop_path}", f"data.batch_size={a.finetune_batch}",
-        "data.repeated_aug=2", f"optim.lr={a.finetune_lr}", f"optim.layer_decay={a.layer_decay}",
+        f"data.repeated_aug={a.repeated_aug}", f"model.num_classes={len(a.classes)}", f"optim.lr={a.finetune_lr}", f"optim.layer_decay={a.layer_decay}",
         f"mixup.prob={a.mixup}", f"train.steps={a.finetune_steps}", f"train.checkpoint_every={a.finetune_steps}",
         "train.log_every=10", "tracking.registered_model=", *_common(a, work)])
     t0 = time.perf_counter()
@@ -198,7 +213,7 @@ def evaluate(a: argparse.Namespace, work: Path, shards: Path, name: str, split: 
 
 
 def to_markdown(entries: list[dict[str, Any]]) -> str:
-    lines = ["# Pre-training value: dual-masked MAE vs random init (synthetic motion, 6 classes)", "",
+    lines = ["# Pre-training value: dual-masked MAE vs random init (synthetic motion)", "",
              "Generated by `python -m benchmarks.bench_pretrain_value`; every configuration run is listed. "
              "Same fine-tuning budget and seed for both inits within a configuration. Top-1/top-5 are "
              "multi-view (clips x crops) accuracies from `jobs.evaluate`.", "",
@@ -215,16 +230,30 @@ def to_markdown(entries: list[dict[str, Any]]) -> str:
             ft_budget = (f"{ft['steps']} steps x {ft['batch_per_rank'] * ft['workers']} clips, lr {ft['lr']:g}, "
                          f"ld {ft['layer_decay']}, mixup {ft['mixup_prob']:g}")
             v, t = r["val"], r["test"]
-            lines.append(f"| {e['tag']} ({s['model']} {s['num_frames']}x{s['img_size']}) | {init} | "
+            arch = f"{s['model']} {s['num_frames']}x{s['img_size']} p{s.get('patch_size') or 16} {s.get('target', 'normalized')}"
+            lines.append(f"| {e['tag']} ({arch}) | {init} | "
                          f"{pt_budget if init == 'pretrained' else '-'} | {ft_budget} | {v['top1']:.3f} | "
                          f"{v['top5']:.3f} | {t['top1']:.3f} | {t['top5']:.3f} | "
                          f"{(str(pt['wall_s']) + 's / ') if init == 'pretrained' else '- / '}{ft['wall_s']}s |")
-    lines += ["", "Data: " + (entries[-1]["data"]["description"] if entries else ""), ""]
+    lines.append("")
     for e in entries:
-        lines.append(f"- **{e['tag']}**: test top-1 pretrained {e['results']['pretrained']['test']['top1']:.3f} vs "
+        lines.append(f"- **{e['tag']}** (data: {e['data']['description']}): test top-1 pretrained {e['results']['pretrained']['test']['top1']:.3f} vs "
                      f"random {e['results']['random']['test']['top1']:.3f} "
                      f"(delta {e['delta_test_top1']:+.3f}); total wall {e['wall_s']:.0f}s. {e.get('note', '')}")
     return "\n".join(lines) + "\n"
+
+
+def record(entry: dict[str, Any], results: Path) -> Path:
+    """Append ``entry`` to ``pretrain_value.json`` and rebuild the Markdown table from every entry;
+    the hand-written notes below :data:`HAND_WRITTEN` in the Markdown file are kept."""
+    path = results / "pretrain_value.json"
+    doc = json.loads(path.read_text()) if path.exists() else {"benchmark": "pretrain_value", "configs": []}
+    doc["configs"].append(entry)
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    md = results / "pretrain_value.md"
+    notes = md.read_text().partition(HAND_WRITTEN)[2] if md.exists() else ""
+    md.write_text(to_markdown(doc["configs"]) + (f"\n{HAND_WRITTEN}{notes}" if notes else ""))
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -259,8 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     entry = {
         "tag": a.tag, "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "wall_s": round(wall, 1),
         "settings": {k: v for k, v in vars(a).items() if k not in ("quick",)},
-        "data": {"description": f"{a.per_class} videos/class x {len(CLASSES)} classes ({', '.join(CLASSES)}), "
-                                f"{a.video_frames} frames {a.video_size}x{a.video_size}, split 0.6/0.2/0.2 -> {counts}",
+        "data": {"description": f"{len(a.classes)} classes ({', '.join(a.classes)}), {a.video_frames} frames "
+                                f"{a.video_size}x{a.video_size}, texture {a.texture:g}, noise {a.noise:g}; videos per split "
+                                f"{counts} (labelled split 0.6/0.2/0.2; 'unlabelled' only pre-trains)",
                  "counts": counts, "wall_s": round(data_wall, 1),
                  "pretrain_reads": "the same shard set, split 'train' only; the MAE loss never uses the label"},
         "pretrain": pt, "results": results,
@@ -272,11 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({k: entry[k] for k in ("tag", "wall_s", "delta_val_top1", "delta_test_top1")}))
     if a.quick:
         return 0
-    path = RESULTS / "pretrain_value.json"
-    doc = json.loads(path.read_text()) if path.exists() else {"benchmark": "pretrain_value", "configs": []}
-    doc["configs"].append(entry)
-    path.write_text(json.dumps(doc, indent=1) + "\n")
-    (RESULTS / "pretrain_value.md").write_text(to_markdown(doc["configs"]))
+    path = record(entry, RESULTS)
     print(f"[bench] wrote {path} and pretrain_value.md")
     return 0
 

@@ -6,14 +6,15 @@ linear-probes) the encoder and a random-init twin with the same budget and seed,
 train/val top-1 for both. It isolates the learning question from the pipeline: if it fails here,
 it is the budget/task, not the jobs. Knobs the jobs do not expose are ablations here:
 ``--grain/--smooth`` (background texture amplitudes, patched into the renderer) and
-``--raw-target`` (un-normalised pixel targets, the official ``--normlize_target False``).
+``--raw-target`` (``model.normalize_target = false``: raw 0-1 pixel targets, the official
+``--normlize_target False``; before that option existed this script regressed (x - 0.45) / 0.225).
 
     python -m benchmarks.pretrain_value_ablation --pt-steps 600 --raw-target --unlabelled 60 \
         --classes left,right,up,down --stride 4 --frames 32
 
 Findings are in ``benchmarks/results/pretrain_value.md``.
 """
-import sys, time, math, argparse
+import time, math, argparse
 import numpy as np, torch
 from pipeline.data.synthetic import plan_synthetic, render_video
 import pipeline.data.synthetic as syn
@@ -47,16 +48,12 @@ def main() -> None:
     p.add_argument("--raw-target", action="store_true")
     p.add_argument("--classes", default="left,right,up,down,cw,ccw")
     a = p.parse_args()
-    _orig_bg = syn._background
     def _bg(rng, h, w):
         brightness = float(rng.choice([rng.uniform(30, 100), rng.uniform(155, 225)]))
         tint = rng.uniform(0.6, 1.0, 3).astype(np.float32)
         texture = a.smooth * syn._smooth_noise(rng, h, w, int(rng.integers(3, 9))) + a.grain * rng.uniform(-1, 1, (h, w, 3))
         return (brightness * tint + texture).astype(np.float32), brightness
     syn._background = _bg
-    if a.raw_target:
-        from pipeline.models.pretrain import PretrainModel
-        PretrainModel.targets = lambda self, video, index: ((self._pixel_patches(video, index) - 0.45) / 0.225).flatten(2)
     torch.manual_seed(0); torch.set_num_threads(1)
     t0 = time.time()
     CL = ["left","right","up","down","cw","ccw"]
@@ -81,7 +78,7 @@ def main() -> None:
 
     enc_state = None
     if a.pt_steps:
-        pm = create_model(a.model, "pretrain", **over)
+        pm = create_model(a.model, "pretrain", normalize_target=not a.raw_target, **over)
         grid = token_grid(a.T, a.size, a.patch, 2)
         mc = MaskConfig(encoder_ratio=a.enc, decoder_ratio=a.dec, encoder_kind=a.kind)
         opt = torch.optim.AdamW(pm.parameters(), lr=a.pt_lr, betas=(0.9, 0.95), weight_decay=0.05)
