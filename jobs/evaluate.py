@@ -21,7 +21,7 @@ from pipeline import io as sio
 from pipeline.config import to_toml
 from pipeline.data.shards import ShardIndex
 from pipeline.errors import DataError
-from pipeline.orchestration import forwarded_env, ray_session
+from pipeline.orchestration import fit, scratch_storage
 from pipeline.registry import model_folder
 from pipeline.tracking import resolve_uri
 from pipeline.train.finetune_config import EvaluateConfig
@@ -29,14 +29,10 @@ from pipeline.train.finetune_config import EvaluateConfig
 log = logging.getLogger("jobs.evaluate")
 
 
-def _worker(config: dict[str, Any]) -> None:
-    import torch
-
+def _loop(cfg: EvaluateConfig, session: Any) -> None:
+    """Every Ray Train worker: its share of the split's views (rank 0 gathers and reports)."""
     from pipeline.train.evaluate import evaluate
 
-    cfg: EvaluateConfig = config["cfg"]
-    torch.set_num_threads(cfg.scaling.torch_threads or cfg.scaling.cpus_per_worker)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     evaluate(cfg)
 
 
@@ -66,22 +62,7 @@ def prepare(cfg: EvaluateConfig) -> None:
 def run(cfg: EvaluateConfig) -> int:
     prepare(cfg)
     sio.write_text(sio.join(cfg.run.output, "evaluate.toml"), to_toml(cfg))
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    cpus = max(os.cpu_count() or 1, cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + 1)
-    with ray_session(num_cpus=cpus):
-        trainer = TorchTrainer(
-            _worker, train_loop_config={"cfg": cfg},
-            scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
-                                         resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
-            run_config=RunConfig(name=cfg.run.name, storage_path=os.path.abspath(os.path.join(
-                                     cfg.run.output if not sio.is_remote(cfg.run.output) else "runs", ".ray")),
-                                 worker_runtime_env={"env_vars": forwarded_env()},
-                                 failure_config=FailureConfig(max_failures=cfg.scaling.max_failures)))
-        result = trainer.fit()
-        if result.error is not None:
-            raise result.error
+    fit(cfg, _loop, storage=scratch_storage(cfg.run.output))
     report = json.loads(sio.read_text(sio.join(cfg.run.output, "report.json")))
     print(f"top1 {report['top1']:.4f}  top5 {report.get('top5', float('nan')):.4f}  "
           f"{report['num_videos']} videos x {report['views_per_video']} views  -> {sio.join(cfg.run.output, 'report.json')}")

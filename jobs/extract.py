@@ -25,22 +25,18 @@ from pipeline.config import config_hash, to_toml
 from pipeline.data.shards import ShardIndex
 from pipeline.errors import DataError
 from pipeline.extract import MANIFEST, ExtractConfig, build_manifest, check_clip_shape, clear_parts, resolve_model
-from pipeline.orchestration import forwarded_env, ray_session
+from pipeline.orchestration import fit, scratch_storage
 from pipeline.tracking import make_tracker, resolve_uri
 
 log = logging.getLogger("jobs.extract")
 
 
-def _worker(config: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker: its share of the split, its own part file."""
+def _loop(cfg: ExtractConfig, session: Any) -> None:
+    """Every Ray Train worker: its share of the split, its own part file."""
     import ray.train
-    import torch
 
     from pipeline.extract import extract
 
-    cfg: ExtractConfig = config["cfg"]
-    torch.set_num_threads(cfg.scaling.torch_threads or cfg.scaling.cpus_per_worker)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     context = ray.train.get_context()
     extract(cfg, context.get_world_rank(), context.get_world_size())
 
@@ -73,22 +69,7 @@ def _run_workers(cfg: ExtractConfig) -> None:
             torch.set_num_threads(cfg.scaling.torch_threads)
         extract(cfg, 0, 1)
         return
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    cpus = max(os.cpu_count() or 1, cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + 1)
-    with ray_session(num_cpus=cpus):
-        trainer = TorchTrainer(
-            _worker, train_loop_config={"cfg": cfg},
-            scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
-                                         resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
-            run_config=RunConfig(name=cfg.run.name, storage_path=os.path.abspath(os.path.join(
-                                     cfg.run.output if not sio.is_remote(cfg.run.output) else "runs", ".ray")),
-                                 worker_runtime_env={"env_vars": forwarded_env()},
-                                 failure_config=FailureConfig(max_failures=cfg.scaling.max_failures)))
-        result = trainer.fit()
-        if result.error is not None:
-            raise result.error
+    fit(cfg, _loop, storage=scratch_storage(cfg.run.output))
 
 
 def run(cfg: ExtractConfig) -> int:

@@ -17,6 +17,7 @@ from typing import Any
 
 import ray
 
+from pipeline import io as sio
 from pipeline.errors import TubeletError
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,6 @@ class RayTrainSession:
             return
         import tempfile
 
-        from pipeline import io as sio
 
         with tempfile.TemporaryDirectory(prefix="tubelet-resume-") as tmp:
             fs, path = sio.filesystem(uri)
@@ -162,7 +162,6 @@ def _train_worker(config: dict[str, Any]) -> None:
     """
     import torch
 
-    from pipeline import io as sio
     from pipeline.train.checkpoint import latest_checkpoint
 
     cfg, loop = config["cfg"], config["loop"]
@@ -189,9 +188,11 @@ def worker_error(error: BaseException) -> TubeletError | None:
     return None
 
 
-def fit(cfg: Any, loop: Callable[[Any, Any], Any]) -> Any:
+def fit(cfg: Any, loop: Callable[[Any, Any], Any], storage: tuple[str, Any] | None = None) -> Any:
     """Run ``loop(cfg, session)`` on ``cfg.scaling.num_workers`` Ray Train workers and return the
-    Result. ``cfg`` has the ``run``, ``scaling`` and ``train`` sections of the training jobs.
+    Result. ``cfg`` has ``run`` and ``scaling`` sections (and ``train.keep_checkpoints`` when the
+    job checkpoints). ``storage``: Ray Train's ``(storage_path, filesystem)``; default: the run's
+    own output (:func:`storage_for`), where the training jobs keep their checkpoints.
 
     Inside :func:`ray_session` (embedded Ray, or the cluster at ``RAY_ADDRESS``); a worker's
     :class:`TubeletError` is raised as itself, any other failure as Ray Train's error.
@@ -199,7 +200,10 @@ def fit(cfg: Any, loop: Callable[[Any, Any], Any]) -> Any:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
 
-    storage_path, storage_fs = storage_for(cfg.run.output)
+    storage_path, storage_fs = storage or storage_for(cfg.run.output)
+    train = getattr(cfg, "train", None)
+    keep = CheckpointConfig(num_to_keep=train.keep_checkpoints) if hasattr(train, "keep_checkpoints") \
+        else CheckpointConfig()
     # Logical CPUs may exceed physical ones: Ray Train's controller needs a slot besides the workers.
     cpus = max(os.cpu_count() or 1, cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + 1)
     with ray_session(num_cpus=cpus):  # before the trainer: it must not start a Ray of its own
@@ -212,7 +216,7 @@ def fit(cfg: Any, loop: Callable[[Any, Any], Any]) -> Any:
                                  # the driver's storage / tracking env, also when Ray was started by someone else
                                  worker_runtime_env={"env_vars": forwarded_env()},
                                  failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
-                                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints)),
+                                 checkpoint_config=keep),
         )
         try:
             result = trainer.fit()  # Ray Train V2 raises what V1 returned in result.error
@@ -221,6 +225,12 @@ def fit(cfg: Any, loop: Callable[[Any, Any], Any]) -> Any:
     if result.error is not None:
         raise worker_error(result.error) or result.error
     return result
+
+
+def scratch_storage(output: str) -> tuple[str, None]:
+    """Ray Train's run folder for jobs that keep no checkpoints (evaluation, extraction):
+    ``<output>/.ray`` for a local output, ``runs/.ray`` when the output is remote."""
+    return os.path.abspath(os.path.join(output if not sio.is_remote(output) else "runs", ".ray")), None
 
 
 def storage_for(uri: str) -> tuple[str, Any]:

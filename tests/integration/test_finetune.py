@@ -3,8 +3,10 @@ ZeRO over gloo, MLflow (SQLite store + model registry), labelled synthetic motio
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -203,3 +205,33 @@ def test_zero3_validates_and_exports_whole_weights(data: dict[str, Path], tmp_pa
     model, card = load_classifier(str(tmp_path / "runs" / "z3"))  # a run folder: its export/best
     assert card.source["step"] == 4
     assert model.head.weight.shape == (4, model.spec.embed_dim)
+
+
+def test_evaluation_of_undecodable_videos_fails_in_one_line(data: dict[str, Path], tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    # The failure happens inside the Ray Train workers (decoding), not in the driver's checks.
+    broken = tmp_path / "broken"
+    shutil.copytree(data["shards"], broken)
+    index = json.loads((broken / "index.json").read_text())
+    for entry in (s for s in index["shards"] if s["split"] == "val"):
+        path = broken / entry["name"]
+        with tarfile.open(path) as src:
+            members = [(m, src.extractfile(m).read()) for m in src.getmembers() if m.isfile()]
+        with tarfile.open(path, "w") as dst:
+            for member, payload in members:
+                payload = b"not a video at all" if member.name.endswith(".mp4") else payload
+                member.size = len(payload)
+                dst.addfile(member, io.BytesIO(payload))
+        entry.update(bytes=path.stat().st_size, sha256="")
+    (broken / "index.json").write_text(json.dumps(index))
+    weights = tmp_path / "clf.pt"
+    torch.save({"model": create_model("vit_tiny", "classify", num_classes=len(CLASSES), num_frames=4,
+                                      img_size=32).state_dict()}, weights)
+    argv = ["--config", str(REPO / "jobs/configs/evaluate/demo.toml"), *[f"--set={s}" for s in SIZE],
+            f"--set=data.shards={broken}", "--set=data.split=val", f"--set=model.init={weights}",
+            "--set=model.name=vit_tiny", f"--set=model.num_classes={len(CLASSES)}",
+            f"--set=run.output={tmp_path / 'eval'}", "--set=tracking.enabled=false"]
+    assert job_main(EvaluateConfig, evaluate_job.run, argv, prog="jobs.evaluate") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("jobs.evaluate: error:"), err
+    assert "could be decoded" in err[0] or "decode" in err[0], err[0]
