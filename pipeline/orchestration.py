@@ -129,7 +129,6 @@ class RayTrainSession:
             return
         import tempfile
 
-
         with tempfile.TemporaryDirectory(prefix="tubelet-resume-") as tmp:
             fs, path = sio.filesystem(uri)
             sio.retrying(f"download {uri}", lambda: fs.get(path.rstrip("/") + "/", tmp, recursive=True))
