@@ -79,18 +79,27 @@ def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _cut_after_first_shard(ep: Endpoint, monkeypatch: pytest.MonkeyPatch, down_for: float | None) -> list:
     """Take the endpoint down right after the first shard and its state file are published (the
-    job's own ``write_state`` runs first); bring it back ``down_for`` seconds later."""
+    job's own ``write_state`` runs first); bring it back ``down_for`` seconds after the job's first
+    retry, so that the job meets the outage however slowly a loaded machine gets to its next write."""
     real = sharding.write_state
     timers: list[threading.Timer] = []
+    down = threading.Event()
 
     def write_state(output: str, state: Any) -> None:
         real(output, state)
-        if ep.up and not timers:
+        if ep.up and not down.is_set():
             ep.stop()
-            timers.append(threading.Timer(down_for or 0, ep.start if down_for is not None else lambda: None))
-            timers[0].start()
+            down.set()
+
+    class BackAfterFirstRetry(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if down_for is not None and down.is_set() and not timers and "transient error" in record.getMessage():
+                timers.append(threading.Timer(down_for, ep.start))
+                timers[0].start()
 
     monkeypatch.setattr(sharding, "write_state", write_state)
+    io_log = logging.getLogger("pipeline.io")
+    monkeypatch.setattr(io_log, "handlers", [*io_log.handlers, BackAfterFirstRetry(logging.WARNING)])
     return timers
 
 
@@ -114,6 +123,7 @@ def test_endpoint_back_on_the_same_port_the_job_finishes(endpoint: Endpoint, man
     caplog.set_level(logging.WARNING, logger="pipeline.io")
     timers = _cut_after_first_shard(endpoint, monkeypatch, down_for=2.0)
     index, report = shard(_cfg(manifest, prefix))
+    assert timers, "the job never met the outage: nothing was tested"
     timers[0].join(timeout=60)
     retries = [r.getMessage() for r in caplog.records if "transient error" in r.getMessage()]
     assert retries, "the job never met the outage: nothing was tested"
