@@ -200,9 +200,7 @@ def fit(cfg: Any, loop: Callable[[Any, Any], Any], storage: tuple[str, Any] | No
     from ray.train.torch import TorchTrainer
 
     storage_path, storage_fs = storage or storage_for(cfg.run.output)
-    train = getattr(cfg, "train", None)
-    keep = CheckpointConfig(num_to_keep=train.keep_checkpoints) if hasattr(train, "keep_checkpoints") \
-        else CheckpointConfig()
+    keep = getattr(getattr(cfg, "train", None), "keep_checkpoints", None)  # None: Ray Train keeps all
     # Logical CPUs may exceed physical ones: Ray Train's controller needs a slot besides the workers.
     cpus = max(os.cpu_count() or 1, cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + 1)
     with ray_session(num_cpus=cpus):  # before the trainer: it must not start a Ray of its own
@@ -215,7 +213,7 @@ def fit(cfg: Any, loop: Callable[[Any, Any], Any], storage: tuple[str, Any] | No
                                  # the driver's storage / tracking env, also when Ray was started by someone else
                                  worker_runtime_env={"env_vars": forwarded_env()},
                                  failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
-                                 checkpoint_config=keep),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=keep)),
         )
         try:
             result = trainer.fit()  # Ray Train V2 raises what V1 returned in result.error

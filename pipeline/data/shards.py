@@ -85,8 +85,7 @@ class ShardIndex:
         for one in names:
             if one not in splits:
                 raise DataError(f"shard index {self.uri} has no {one!r} split (splits: {', '.join(splits) or 'none'})")
-        chosen = [s for s in self.shards if s.split in names]
-        chosen = [s for s in chosen if s.samples > 0]
+        chosen = [s for s in self.shards if s.split in names and s.samples > 0]
         if not chosen:
             raise DataError(f"split {name!r} of {self.uri} has no samples")
         return chosen
