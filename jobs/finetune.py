@@ -26,15 +26,15 @@ from pipeline.config import to_toml
 from pipeline.data.shards import ShardIndex
 from pipeline.models.checkpoints import CheckpointError, LoadReport
 from pipeline.orchestration import fit
-from pipeline.registry import CARD, WEIGHTS, model_folder, register_model
+from pipeline.registry import CARD, WEIGHT_FILES, WEIGHTS, model_folder, register_model, weights_file
 from pipeline.tracking import resolve_uri
 from pipeline.train.finetune import check_config, class_names, finetune
 from pipeline.train.finetune_config import FinetuneConfig
 
 log = logging.getLogger("jobs.finetune")
 
-_INIT_CANDIDATES = ("pretrain_fp32.pt", "export/pretrain_fp32.pt", WEIGHTS, "export/best/model.pt",
-                    "export/last/model.pt")
+# A fine-tuning run folder's kept model comes after the pre-training exports.
+_INIT_FILES = (*WEIGHT_FILES, "export/best/model.pt", "export/last/model.pt")
 
 
 def resolve_init(spec: str, tracking_uri: str = "") -> str:
@@ -43,16 +43,7 @@ def resolve_init(spec: str, tracking_uri: str = "") -> str:
         return ""
     if spec.startswith("models:/"):
         return sio.join(model_folder(spec, tracking_uri or None) or "", WEIGHTS)
-    if sio.is_remote(spec):
-        raise CheckpointError(f"model.init {spec}: give a local file or folder (download remote weights first)")
-    if os.path.isfile(spec):
-        return os.path.abspath(spec)
-    if os.path.isdir(spec):
-        for name in _INIT_CANDIDATES:
-            if os.path.isfile(os.path.join(spec, name)):
-                return os.path.abspath(os.path.join(spec, name))
-        raise CheckpointError(f"model.init {spec}: a folder without weights (looked for {', '.join(_INIT_CANDIDATES)})")
-    raise CheckpointError(f"model.init {spec}: no such file or folder")
+    return weights_file(spec, _INIT_FILES)
 
 
 def check_init(cfg: FinetuneConfig) -> LoadReport | None:

@@ -38,7 +38,7 @@ from pipeline.data.loader import DataConfig, eval_loader
 from pipeline.errors import DataError
 from pipeline.models import create_model_from_config
 from pipeline.models.config import ModelConfig
-from pipeline.registry import CARD, WEIGHTS, load_classifier, model_folder, read_card
+from pipeline.registry import load_classifier, model_folder, read_card, weights_file
 from pipeline.tracking import TrackingConfig
 from pipeline.train.config import RunSection, ScalingSection
 
@@ -47,8 +47,6 @@ log = logging.getLogger(__name__)
 Mode = Literal["pooled", "per_clip"]
 FEATURES_DIR = "features"
 MANIFEST = "manifest.json"
-# What a pre-training run folder or an export folder holds (jobs.pretrain / jobs.finetune outputs).
-_WEIGHT_CANDIDATES = ("pretrain_fp32.pt", "export/pretrain_fp32.pt", WEIGHTS)
 
 
 @dataclass
@@ -218,17 +216,7 @@ def resolve_model(spec: str, tracking_uri: str = "") -> str:
     folder = model_folder(spec, tracking_uri or None)  # registry URIs are downloaded here, once
     if folder:
         return folder
-    if sio.is_remote(spec):
-        raise DataError(f"model.init {spec}: not a model folder; give a local weights file (download it first)")
-    if os.path.isfile(spec):
-        return os.path.abspath(spec)
-    if os.path.isdir(spec):
-        for name in _WEIGHT_CANDIDATES:
-            if os.path.isfile(os.path.join(spec, name)):
-                return os.path.abspath(os.path.join(spec, name))
-        raise DataError(f"model.init {spec}: a folder without weights (looked for {', '.join(_WEIGHT_CANDIDATES)}, "
-                        f"{CARD})")
-    raise DataError(f"model.init {spec}: no such file or folder")
+    return weights_file(spec)
 
 
 def model_arch(cfg: ExtractConfig) -> ModelConfig:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -128,6 +129,26 @@ def model_folder(spec: str, tracking: TrackingConfig | str | None = None) -> str
         if sio.exists(sio.join(candidate, CARD)):
             return candidate
     return None
+
+
+# What a pre-training run folder, an export folder or a model folder holds, in order of preference.
+WEIGHT_FILES = ("pretrain_fp32.pt", "export/pretrain_fp32.pt", WEIGHTS)
+
+
+def weights_file(spec: str, candidates: tuple[str, ...] = WEIGHT_FILES) -> str:
+    """The local weights file ``spec`` names: the file itself, or the first of ``candidates`` in the
+    folder ``spec``, as an absolute path. Raises CheckpointError (one line) for anything else."""
+    if sio.is_remote(spec):
+        raise CheckpointError(f"model.init {spec}: neither a model folder nor a local weights file "
+                              "(download remote weights first)")
+    if os.path.isfile(spec):
+        return os.path.abspath(spec)
+    if os.path.isdir(spec):
+        for name in candidates:
+            if os.path.isfile(os.path.join(spec, name)):
+                return os.path.abspath(os.path.join(spec, name))
+        raise CheckpointError(f"model.init {spec}: a folder without weights (looked for {', '.join(candidates)})")
+    raise CheckpointError(f"model.init {spec}: no such file or folder")
 
 
 def load_classifier(spec: str, model_cfg: ModelConfig | None = None,

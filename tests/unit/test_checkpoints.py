@@ -113,3 +113,32 @@ def test_load_file_and_loaded_model_runs(tmp_path):
 
     enc = tube_mask(1, model.spec.grid, 0.75)
     assert torch.isfinite(model(torch.randn(1, 3, 4, 64, 64), enc, running_cell_mask(1, model.spec.grid, 0.5)))
+
+
+def test_init_specs_resolve_to_one_weights_file_or_one_line_error(tmp_path):
+    """``model.init`` as a file, a pre-training run folder or a fine-tuning run folder; else one line."""
+    from jobs.finetune import resolve_init
+    from pipeline.extract import resolve_model
+    from pipeline.registry import weights_file
+
+    pretrain_run, finetune_run = tmp_path / "pretrain", tmp_path / "finetune"
+    (pretrain_run / "export").mkdir(parents=True)
+    (pretrain_run / "export" / "pretrain_fp32.pt").write_bytes(b"w")
+    (finetune_run / "export" / "last").mkdir(parents=True)
+    (finetune_run / "export" / "last" / "model.pt").write_bytes(b"w")
+    weights = pretrain_run / "export" / "pretrain_fp32.pt"
+
+    assert weights_file(str(weights)) == str(weights)
+    assert weights_file(str(pretrain_run)) == resolve_init(str(pretrain_run)) == str(weights)
+    assert resolve_model(str(pretrain_run)) == str(weights)
+    # A fine-tuning run without a model card: only fine-tuning looks into export/last for raw weights.
+    assert resolve_init(str(finetune_run)) == str(finetune_run / "export" / "last" / "model.pt")
+    assert resolve_init("") == resolve_model("") == ""
+    for spec, match in [(str(finetune_run / "export"), "a folder without weights"),
+                        (str(tmp_path / "nothing"), "no such file or folder"),
+                        ("s3://bucket/weights.pt", "download remote weights first")]:
+        # (resolve_model first looks for a model folder there, which needs S3: tests/integration.)
+        for resolve in (resolve_init, resolve_model) if not spec.startswith("s3://") else (resolve_init,):
+            with pytest.raises(CheckpointError, match=match) as info:
+                resolve(spec)
+            assert "\n" not in str(info.value) and spec in str(info.value)
