@@ -19,6 +19,18 @@ def test_vit_g_step_script_runs_tiny_on_two_ranks() -> None:
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+def test_pretrain_value_ablation_runs_tiny() -> None:
+    """The plain-PyTorch ablation: pre-trains, then fine-tunes both inits and prints their accuracies."""
+    result = subprocess.run([sys.executable, "-m", "benchmarks.pretrain_value_ablation", "--per-class", "4",
+                             "--unlabelled", "2", "--pt-steps", "2", "--steps", "2", "--bs", "4", "--depth", "1",
+                             "--classes", "cw,ccw", "--raw-target", "--grain", "0"], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("data {'train': (6, 3, 8, 64, 64), 'val': (2, 3, 8, 64, 64)} unlabelled (10,")
+    assert [line.split(":")[0] for line in lines if " val " in line] == ["pretrained", "random"]
+
+
 # ------------------------------------------------------------------------------------------------
 # make bench's benchmarks at smoke size: each writes its JSON with positive figures (no timings checked)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -23,12 +24,10 @@ from mlflow import MlflowClient
 
 from pipeline import io as sio
 from pipeline.data.synthetic import generate_synthetic
+from tests.local_cluster import cluster_env, running
 
 REPO = Path(__file__).resolve().parents[2]
 UP, DOWN = REPO / "cluster/local/up.sh", REPO / "cluster/local/down.sh"
-# Far from the scripts' defaults (6390 / 8275 / 23400): a user's `make cluster-up` keeps running.
-CLUSTER_PORT, DASHBOARD_PORT, PORT_BASE = 6597, 8597, 25600
-
 TINY = ["model.num_frames=4", "model.img_size=32", "data.num_frames=4", "data.input_size=32",
         "data.sampling_rate=2", "data.batch_size=4", "data.repeated_aug=2", "data.num_workers=0",
         "train.log_every=1", "train.image_every=0", "tracking.system_metrics=false",
@@ -41,15 +40,6 @@ def _manifest(root: Path) -> Path:
     manifest = root / "manifest.csv"
     manifest.write_text("\n".join(["uri,label,split"] + [f"{e.uri},{e.label},train" for e in entries]) + "\n")
     return manifest
-
-
-def _running(pid: int) -> bool:
-    """A zombie counts as stopped: it has exited and only waits to be reaped (pid 1 here may never)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"
 
 
 def _history(tracking_uri: str, name: str, metric: str = "loss") -> list[int]:
@@ -65,30 +55,26 @@ def _history(tracking_uri: str, name: str, metric: str = "loss") -> list[int]:
 
 @pytest.fixture()
 def local_cluster(tmp_path: Path) -> Iterator[dict]:
-    """The cluster of cluster/local/up.sh on test ports; always torn down by down.sh."""
+    """The cluster of cluster/local/up.sh on free ports; always torn down by down.sh."""
     state = tmp_path / "cluster-state"
-    env = dict(os.environ, TUBELET_CLUSTER_DIR=str(state), TUBELET_CLUSTER_PORT=str(CLUSTER_PORT),
-               TUBELET_CLUSTER_DASHBOARD_PORT=str(DASHBOARD_PORT), TUBELET_CLUSTER_PORT_BASE=str(PORT_BASE),
-               # one logical CPU per node: the two 1-CPU Ray Train workers must take one node each
-               TUBELET_CLUSTER_HEAD_CPUS="1", TUBELET_CLUSTER_WORKER_CPUS="1",
-               TUBELET_CLUSTER_TMP=f"/tmp/tubelet-ray-test-{CLUSTER_PORT}")
-    env.pop("RAY_ADDRESS", None)
+    env = cluster_env(state)
+    address = f"127.0.0.1:{env['TUBELET_CLUSTER_PORT']}"
     pids: list[int] = []
     try:
         up = subprocess.run(["bash", str(UP)], env=env, capture_output=True, text=True, timeout=180)
         pids = [int((state / f"{n}.pid").read_text()) for n in ("head", "worker") if (state / f"{n}.pid").exists()]
         assert up.returncode == 0, f"up.sh failed:\n{up.stdout}\n{up.stderr}"
-        assert f"RAY_ADDRESS=127.0.0.1:{CLUSTER_PORT}" in up.stdout
-        assert (state / "address").read_text().strip() == f"127.0.0.1:{CLUSTER_PORT}"
-        yield {"env": env, "state": state, "pids": pids, "address": f"127.0.0.1:{CLUSTER_PORT}"}
+        assert f"RAY_ADDRESS={address}" in up.stdout
+        assert (state / "address").read_text().strip() == address
+        yield {"env": env, "state": state, "pids": pids, "address": address}
     finally:
         down = subprocess.run(["bash", str(DOWN)], env=env, capture_output=True, text=True, timeout=120)
         print(down.stdout, down.stderr)
+        left = [p for p in pids if running(p)]
+        for pid in left:  # down.sh failed to stop them: do not leave them behind
+            os.kill(pid, 9)
+        shutil.rmtree(env["TUBELET_CLUSTER_TMP"], ignore_errors=True)  # the nodes' session files
         assert down.returncode == 0, down.stderr
-        left = [p for p in pids if _running(p)]
-        if left:  # down.sh failed to stop them: do not leave them behind
-            for pid in left:
-                os.kill(pid, 9)
         assert not left, f"down.sh left the node processes {left} running"
         assert not state.exists()
 
@@ -123,14 +109,14 @@ def test_pretrain_on_two_node_cluster(local_cluster: dict, tmp_path: Path) -> No
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
     log = job.stdout + job.stderr
     assert job.returncode == 0, log[-5000:]
-    assert f"Connecting to existing Ray cluster" in log, "the job did not join the cluster"
+    assert "Connecting to existing Ray cluster" in log, "the job did not join the cluster"
 
     run_dir = tmp_path / "runs" / "two-nodes"
     assert (run_dir / "export" / "pretrain_fp32.pt").stat().st_size > 0
     assert any(p.name.startswith("checkpoint_") for p in run_dir.iterdir()), sorted(os.listdir(run_dir))
     assert _history(f"sqlite:///{tmp_path / 'mlflow.db'}", "two-nodes") == [1, 2, 3, 4]
 
-    nodes = _train_worker_nodes(f"http://127.0.0.1:{DASHBOARD_PORT}", env)
+    nodes = _train_worker_nodes(f"http://127.0.0.1:{env['TUBELET_CLUSTER_DASHBOARD_PORT']}", env)
     assert len(nodes) == 2, f"the Ray Train workers ran on {len(nodes)} node(s): {nodes}"
 
 

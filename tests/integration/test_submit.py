@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import signal
 import socket
@@ -29,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.submission import EXCLUDES, Cluster
+from tests.local_cluster import cluster_env, free_port, running
 from tests.unit.shard_fixtures import make_shards
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,38 +43,6 @@ TINY = ["model.num_frames=4", "model.img_size=32", "data.num_frames=4", "data.in
         "tracking.system_metrics=false", "scaling.num_workers=1", "scaling.cpus_per_worker=1",
         "deepspeed.zero_stage=0"]
 SECRET = "wJalrXUtnFEMI-test-sentinel-9c1d"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("0.0.0.0", port))  # Ray's GCS and raylets bind all interfaces
-        except OSError:
-            return False
-    return True
-
-
-def _port_base() -> int:
-    """A base for up.sh's fixed port layout (base+0..16 nodes, base+100..299 workers), all free now."""
-    for _ in range(50):
-        base = random.randrange(20000, 32000 - 300, 10)
-        if all(_bindable(base + i) for i in [*range(17), *range(100, 300)]):
-            return base
-    raise RuntimeError("no free port range for the test cluster")
-
-
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"
 
 
 def _group(pgid: int) -> list[int]:
@@ -97,13 +65,9 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     Torn down by down.sh and stop.sh, which stop the recorded pids (process group) only.
     """
     root = tmp_path_factory.mktemp("submit")
-    gcs, dashboard, mlflow_port = _free_port(), _free_port(), _free_port()
+    ray_env = cluster_env(root / "cluster", TUBELET_RAY=str(BIN / "ray"), RAY_AUTH_MODE="token")
+    dashboard, mlflow_port = ray_env["TUBELET_CLUSTER_DASHBOARD_PORT"], free_port()
     base = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_API_SERVER"))}
-    ray_env = dict(base, TUBELET_CLUSTER_DIR=str(root / "cluster"), TUBELET_CLUSTER_PORT=str(gcs),
-                   TUBELET_CLUSTER_DASHBOARD_PORT=str(dashboard), TUBELET_CLUSTER_PORT_BASE=str(_port_base()),
-                   TUBELET_CLUSTER_HEAD_CPUS="1", TUBELET_CLUSTER_WORKER_CPUS="1",
-                   TUBELET_CLUSTER_TMP=f"/tmp/tubelet-ray-submit-{gcs}", TUBELET_RAY=str(BIN / "ray"),
-                   RAY_AUTH_MODE="token")
     mlflow_env = dict(base, TUBELET_MLFLOW_DIR=str(root / "mlflow"), TUBELET_MLFLOW_PORT=str(mlflow_port),
                       TUBELET_MLFLOW_BACKEND=f"sqlite:///{root / 'mlflow.db'}",
                       TUBELET_MLFLOW_ARTIFACTS=str(root / "artifacts"), TUBELET_MLFLOW_WORKERS="1",
@@ -130,7 +94,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     finally:
         down = subprocess.run(["bash", str(DOWN)], env=ray_env, capture_output=True, text=True, timeout=120)
         subprocess.run(["bash", str(STOP)], env=mlflow_env, capture_output=True, text=True, timeout=60)  # idempotent
-        left = [p for p in node_pids if _running(p)] + (_group(server_pid) if server_pid else [])
+        left = [p for p in node_pids if running(p)] + (_group(server_pid) if server_pid else [])
         for pid in left:  # a stop script failed: do not leave its processes behind
             os.kill(pid, signal.SIGKILL)
         shutil.rmtree(ray_env["TUBELET_CLUSTER_TMP"], ignore_errors=True)  # the nodes' session files
@@ -272,9 +236,9 @@ def test_mlflow_server_listens_on_loopback_and_stops_by_pid(services: dict) -> N
     stop = subprocess.run(["bash", str(STOP)], env=mlflow_server["env"], capture_output=True, text=True, timeout=60)
     assert stop.returncode == 0 and f"SIGTERM to process group {pid}" in stop.stdout, stop.stdout + stop.stderr
     deadline = time.monotonic() + 10
-    while any(_running(p) for p in group) and time.monotonic() < deadline:
+    while any(running(p) for p in group) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not [p for p in group if _running(p)], "stop.sh left server processes running"
+    assert not [p for p in group if running(p)], "stop.sh left server processes running"
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0, "the port still answers"
     assert not (mlflow_server["root"] / "mlflow" / "server.pid").exists()

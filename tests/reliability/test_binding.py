@@ -14,11 +14,11 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import psutil
 import pytest
 
+from tests.local_cluster import cluster_env
 from tests.reliability.conftest import REPO, kill_all, tree
 
 pytestmark = pytest.mark.reliability
@@ -74,17 +74,11 @@ def test_embedded_ray_listens_on_loopback_only() -> None:
 
 # --- cluster/local/up.sh ------------------------------------------------------------------------
 
-CLUSTER_PORT, DASHBOARD_PORT, PORT_BASE = 6631, 8631, 26300  # apart from test_pretrain_remote's
-
-
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[tuple[int, str, str, int]]]:
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """The nodes' listening sockets (``listeners``) and the ports asked for (``env``)."""
     state = tmp_path_factory.mktemp("cluster") / "state"
-    env = dict(os.environ, TUBELET_CLUSTER_DIR=str(state), TUBELET_CLUSTER_PORT=str(CLUSTER_PORT),
-               TUBELET_CLUSTER_DASHBOARD_PORT=str(DASHBOARD_PORT), TUBELET_CLUSTER_PORT_BASE=str(PORT_BASE),
-               TUBELET_CLUSTER_HEAD_CPUS="1", TUBELET_CLUSTER_WORKER_CPUS="1",
-               TUBELET_CLUSTER_TMP=f"/tmp/tubelet-ray-rel-{CLUSTER_PORT}")
-    env.pop("RAY_ADDRESS", None)
+    env = cluster_env(state)
     pids: list[int] = []
     seen: list[psutil.Process] = []
     try:
@@ -93,7 +87,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[tuple[int
         pids = [int((state / f"{n}.pid").read_text()) for n in ("head", "worker") if (state / f"{n}.pid").exists()]
         seen = [p for pid in pids for p in tree(pid)]
         assert up.returncode == 0, up.stdout + up.stderr
-        yield listeners(pids)
+        yield {"listeners": listeners(pids), "env": env}
     finally:
         subprocess.run(["bash", str(REPO / "cluster/local/down.sh")], env=env, capture_output=True, text=True,
                        timeout=120)
@@ -101,10 +95,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[tuple[int
         shutil.rmtree(env["TUBELET_CLUSTER_TMP"], ignore_errors=True)
 
 
-def test_cluster_dashboard_and_jobs_api_on_loopback_only(cluster: list[tuple[int, str, str, int]]) -> None:
-    dashboard = [f for f in cluster if f[3] == DASHBOARD_PORT]
+def test_cluster_dashboard_and_jobs_api_on_loopback_only(cluster: dict) -> None:
+    found, env = cluster["listeners"], cluster["env"]
+    dashboard = [f for f in found if f[3] == int(env["TUBELET_CLUSTER_DASHBOARD_PORT"])]
     assert dashboard and all(ip in LOOPBACK for _, _, ip, _ in dashboard), dashboard
-    assert any(f[3] == CLUSTER_PORT for f in cluster), "the GCS was not found among the listeners"
+    assert any(f[3] == int(env["TUBELET_CLUSTER_PORT"]) for f in found), "the GCS was not found among the listeners"
 
 
 @pytest.mark.xfail(strict=True, reason=(
@@ -112,6 +107,6 @@ def test_cluster_dashboard_and_jobs_api_on_loopback_only(cluster: list[tuple[int
     "worker node or driver joins (services.resolve_ip_for_localhost), and binds GCS/raylet to all interfaces; "
     "only its single-machine mode (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0) keeps loopback, and that mode refuses "
     "to add a second node. The cluster relies on token authentication (RAY_AUTH_MODE=token) instead."))
-def test_cluster_listens_on_loopback_only(cluster: list[tuple[int, str, str, int]]) -> None:
-    exposed = [f for f in cluster if f[2] not in LOOPBACK]
+def test_cluster_listens_on_loopback_only(cluster: dict) -> None:
+    exposed = [f for f in cluster["listeners"] if f[2] not in LOOPBACK]
     assert not exposed, f"listening beyond loopback: {exposed}"
