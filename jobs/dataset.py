@@ -51,6 +51,8 @@ class SyntheticSection:
     train: float = help_field(0.8, help="fraction of each class in the train split")
     val: float = help_field(0.1, help="fraction of each class in the val split")
     test: float = help_field(0.1, help="fraction of each class in the test split")
+    unlabelled: float = help_field(0.0, help="fraction of each class in the 'unlabelled' split: videos only "
+                                             "pre-training reads (data.split = \"unlabelled+train\")")
     workers: int = help_field(1, help="processes rendering + encoding in parallel")
     crf: int = help_field(23, help="H.264 constant rate factor")
     noise: float = help_field(2.0, help="per-frame sensor noise (std, in 0-255 levels)")
@@ -70,13 +72,17 @@ def _need(value: str | list[str], key: str, kind: str) -> None:
         raise DataError(f"dataset.{key} is required for kind={kind!r}")
 
 
+def _splits(s: SyntheticSection) -> dict[str, float]:
+    splits = {"unlabelled": s.unlabelled} if s.unlabelled else {}
+    return {**splits, "train": s.train, "val": s.val, "test": s.test}
+
+
 def build(cfg: DatasetJobConfig) -> BuildResult:
     """The manifest entries for ``cfg`` (generating the synthetic videos when kind=synthetic)."""
     d, s = cfg.dataset, cfg.synthetic
     if d.kind == "synthetic":
         entries = generate_synthetic(d.output, s.num_per_class, s.classes, s.frames, (s.height, s.width), s.fps,
-                                     s.seed, {"train": s.train, "val": s.val, "test": s.test}, s.workers, s.crf, s.noise,
-                                     s.texture)
+                                     s.seed, _splits(s), s.workers, s.crf, s.noise, s.texture)
         return builders.make_result(entries, [], [], s.classes)
     if d.kind == "sample":
         return builders.make_result(sample_manifest(), [], [], [])
@@ -115,10 +121,10 @@ def summary_lines(entries: list[ManifestEntry]) -> list[str]:
     by_split: dict[str, list[ManifestEntry]] = {}
     for e in entries:
         by_split.setdefault(e.split or "-", []).append(e)
-    lines = []
+    lines, width = [], max([6, *map(len, by_split)])
     for split, rows in sorted(by_split.items()):
         labels = Counter(e.label for e in rows if e.label is not None)
-        lines.append(f"{split:>6}: {len(rows):6d} videos, {len(labels):4d} labels"
+        lines.append(f"{split:>{width}}: {len(rows):6d} videos, {len(labels):4d} labels"
                      + (f", {min(labels.values())}-{max(labels.values())} per label" if labels else ""))
     return lines
 

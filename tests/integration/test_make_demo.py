@@ -36,3 +36,5 @@ def test_make_demo_end_to_end_shortened(tmp_path: Path) -> None:
     summary = json.loads((runs / "demo" / "summary.json").read_text())
     assert {s["outcome"] for s in summary["stages"]} == {"ran"}, summary["stages"]
     assert summary["mlflow"]["tracking_uri"] == f"sqlite:///{db}"
+    # The demo's dataset keeps videos for pre-training only; fine-tuning never sees them.
+    assert set(summary["shards"]["by_split"]) == {"unlabelled", "train", "val", "test"}

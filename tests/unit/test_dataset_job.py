@@ -6,6 +6,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import av
@@ -41,6 +42,18 @@ def test_synthetic_job_writes_manifest_config_and_summary(tmp_path, capsys):
     saved = load_config(DatasetJobConfig, out / "dataset.toml")
     assert saved.synthetic.classes == ["left", "right"] and saved.dataset.output == str(out)
     assert json.loads((out / "build_report.json").read_text())["stats"]["entries"] == 6
+
+
+def test_synthetic_unlabelled_split_for_pretraining_only(tmp_path, capsys):
+    out = tmp_path / "syn"
+    args = ["--config", "dataset/synthetic", "--set", f"dataset.output={out}", *[a for item in TINY_SYNTHETIC
+            for a in ("--set", item)], "--set", "synthetic.num_per_class=4", "--set", "synthetic.unlabelled=0.5",
+            "--set", "synthetic.train=0.25", "--set", "synthetic.val=0.25", "--set", "synthetic.test=0"]
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split(":")[0].strip() for ln in lines[:3]] == ["train", "unlabelled", "val"]
+    splits = Counter(e.split for e in read_manifest(out / "manifest.csv"))
+    assert splits == {"unlabelled": 4, "train": 2, "val": 2}
 
 
 def test_folder_and_ucf101_kinds_list_missing(tmp_path, capsys):
