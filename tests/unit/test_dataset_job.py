@@ -21,7 +21,7 @@ from pipeline.data.sample import sample_manifest, sample_videos
 REPO = Path(__file__).resolve().parents[2]
 TINY_SYNTHETIC = ["synthetic.num_per_class=3", "synthetic.classes=left,right", "synthetic.frames=4",
                   "synthetic.height=32", "synthetic.width=32", "synthetic.train=0.34", "synthetic.val=0.33",
-                  "synthetic.test=0.33"]
+                  "synthetic.test=0.33", "synthetic.unlabelled=0"]
 
 
 def main(argv: list[str]) -> int:

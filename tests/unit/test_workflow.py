@@ -19,9 +19,21 @@ REPO = Path(__file__).resolve().parents[2]
 URI = "sqlite:////tmp/never-opened.db"
 
 
+# The shipped demo's [pipeline] and [shard] tables, with empty stage tables: every stage config
+# below is its base file's (jobs/configs/<stage>/demo.toml) plus what a test gives.
+PLAIN = """
+[pipeline]
+name = "demo"
+baseline = true
+[shard]
+manifest = "data/synthetic/manifest.csv"
+output = "data/shards/synthetic"
+"""
+
+
 def _cfg(tmp_path: Path, *overrides: str) -> PipelineConfig:
-    return load_config(PipelineConfig, REPO / "jobs/configs/pipeline/demo.toml",
-                       [f"pipeline.output={tmp_path / 'runs'}", *overrides])
+    (tmp_path / "plain.toml").write_text(PLAIN)
+    return load_config(PipelineConfig, tmp_path / "plain.toml", [f"pipeline.output={tmp_path / 'runs'}", *overrides])
 
 
 def _stages(tmp_path: Path, *overrides: str) -> dict[str, Stage]:
@@ -34,6 +46,25 @@ def test_stage_tables_are_unset_until_given(tmp_path: Path) -> None:
     assert given(cfg.finetune) == {"optim.betas": [0.9, 0.99]}
     assert given(cfg.evaluate) == {} and cfg.pretrain.config == "pretrain/demo"
     assert "[pretrain.train]\nsteps = 7" in compact_toml(cfg) and "[pretrain.model]" not in compact_toml(cfg)
+
+
+def test_the_shipped_demo_pretrains_and_finetunes_one_architecture(tmp_path: Path) -> None:
+    """pipeline/demo.toml changes the stage recipes; the stages it chains must still fit together."""
+    cfg = load_config(PipelineConfig, REPO / "jobs/configs/pipeline/demo.toml", [f"pipeline.output={tmp_path}"])
+    s = {x.name: x for x in plan_stages(cfg, JOBS, URI)}
+    pt, ft, ev, bl = s["pretrain"].cfg, s["finetune"].cfg, s["evaluate"].cfg, s["baseline"].cfg
+    assert pt.data.split == "unlabelled+train" and ft.data.split == "train" and ev.data.split == "test"
+    assert ft.finetune.val_split == "val"
+    for key in ("name", "patch_size", "num_frames", "img_size"):
+        assert getattr(pt.model, key) == getattr(ft.model, key) == getattr(bl.model, key), key
+    for key in ("num_frames", "input_size", "sampling_rate"):
+        assert getattr(pt.data, key) == getattr(ft.data, key) == getattr(ev.data, key), key
+    assert pt.model.patch_size == 8 and pt.model.normalize_target is False
+    # Same budget and recipe for both inits; only the weights differ.
+    assert bl.model.init == "" and ft.model.init == s["pretrain"].output
+    differs = ("run.", "tracking.", "model.init")
+    recipe = {k: v for k, v in stable_config(ft).items() if not k.startswith(differs)}
+    assert recipe == {k: v for k, v in stable_config(bl).items() if not k.startswith(differs)}
 
 
 def test_bad_keys_and_stages_fail_in_one_line(tmp_path: Path) -> None:
@@ -50,7 +81,7 @@ def test_bad_keys_and_stages_fail_in_one_line(tmp_path: Path) -> None:
 def test_wiring_links_each_stage_to_the_previous_one(tmp_path: Path) -> None:
     s = _stages(tmp_path, "pretrain.train.steps=7", "baseline.train.steps=3")
     root = str(tmp_path / "runs" / "demo")
-    shards = "data/shards/synthetic"  # pipeline/demo names it (where the stand-alone demo configs look)
+    shards = "data/shards/synthetic"  # the pipeline file names it (where the stand-alone demo configs look)
     assert s["shard"].cfg.shard.output == shards and s["shard"].cfg.shard.manifest == "data/synthetic/manifest.csv"
     pt, ft, ev, bl = s["pretrain"].cfg, s["finetune"].cfg, s["evaluate"].cfg, s["baseline"].cfg
     assert (pt.run.output, pt.run.name, pt.data.shards) == (root, "pretrain", shards)
