@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import math
 import time
 from collections.abc import Iterator
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -71,15 +71,7 @@ def parse_args() -> argparse.Namespace:
 def background_amplitudes(smooth: float, grain: float) -> Iterator[None]:
     """Render backgrounds with these texture amplitudes (the renderer's are 40 and 12); same draws."""
     original = synthetic._background
-
-    def background(rng: np.random.Generator, h: int, w: int, texture: float = 1.0) -> tuple[np.ndarray, float]:
-        brightness = float(rng.choice([rng.uniform(30, 100), rng.uniform(155, 225)]))
-        tint = rng.uniform(0.6, 1.0, 3).astype(np.float32)
-        pattern = (smooth * synthetic._smooth_noise(rng, h, w, int(rng.integers(3, 9)))
-                   + grain * rng.uniform(-1, 1, (h, w, 3)))
-        return (brightness * tint + texture * pattern).astype(np.float32), brightness
-
-    synthetic._background = background
+    synthetic._background = functools.partial(original, blotch=smooth, grain=grain)
     try:
         yield
     finally:

@@ -37,11 +37,16 @@ def free_port_base() -> int:
     raise RuntimeError("no free port range for the test cluster")
 
 
+def clean_environ() -> dict[str, str]:
+    """This process's environment without a Ray address to join (the tests start their own)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_API_SERVER"))}
+
+
 def cluster_env(state: Path, **extra: str) -> dict[str, str]:
     """The environment for up.sh / down.sh: free ports, state under ``state``, 1 CPU per node (two
     1-CPU Ray Train workers take one node each), a Ray temp root of its own, no inherited address."""
     gcs = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_API_SERVER"))}
+    env = clean_environ()
     env.update(TUBELET_CLUSTER_DIR=str(state), TUBELET_CLUSTER_PORT=str(gcs),
                TUBELET_CLUSTER_DASHBOARD_PORT=str(free_port()), TUBELET_CLUSTER_PORT_BASE=str(free_port_base()),
                TUBELET_CLUSTER_HEAD_CPUS="1", TUBELET_CLUSTER_WORKER_CPUS="1",

@@ -84,14 +84,16 @@ def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.nd
     return top * (1 - fy) + bottom * fy
 
 
-def _background(rng: np.random.Generator, h: int, w: int, texture: float = 1.0) -> tuple[np.ndarray, float]:
+def _background(rng: np.random.Generator, h: int, w: int, texture: float = 1.0, blotch: float = 40.0,
+                grain: float = 12.0) -> tuple[np.ndarray, float]:
     """A static textured background and its mean brightness; ``texture=0`` gives a flat tint.
 
-    The texture is drawn whatever its amplitude, so the objects drawn after it are the same.
+    The texture (``blotch`` x smooth noise + ``grain`` x pixel noise, scaled by ``texture``) is drawn
+    whatever its amplitudes, so the objects drawn after it are the same.
     """
     brightness = float(rng.choice([rng.uniform(30, 100), rng.uniform(155, 225)]))
     tint = rng.uniform(0.6, 1.0, 3).astype(np.float32)
-    pattern = 40 * _smooth_noise(rng, h, w, int(rng.integers(3, 9))) + 12 * rng.uniform(-1, 1, (h, w, 3))
+    pattern = blotch * _smooth_noise(rng, h, w, int(rng.integers(3, 9))) + grain * rng.uniform(-1, 1, (h, w, 3))
     return (brightness * tint + texture * pattern).astype(np.float32), brightness
 
 

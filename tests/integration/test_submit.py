@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.submission import EXCLUDES, Cluster
-from tests.local_cluster import cluster_env, free_port, running
+from tests.local_cluster import clean_environ, cluster_env, free_port, running
 from tests.unit.shard_fixtures import make_shards
 
 REPO = Path(__file__).resolve().parents[2]
@@ -67,8 +67,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     root = tmp_path_factory.mktemp("submit")
     ray_env = cluster_env(root / "cluster", TUBELET_RAY=str(BIN / "ray"), RAY_AUTH_MODE="token")
     dashboard, mlflow_port = ray_env["TUBELET_CLUSTER_DASHBOARD_PORT"], free_port()
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_API_SERVER"))}
-    mlflow_env = dict(base, TUBELET_MLFLOW_DIR=str(root / "mlflow"), TUBELET_MLFLOW_PORT=str(mlflow_port),
+    mlflow_env = dict(clean_environ(), TUBELET_MLFLOW_DIR=str(root / "mlflow"), TUBELET_MLFLOW_PORT=str(mlflow_port),
                       TUBELET_MLFLOW_BACKEND=f"sqlite:///{root / 'mlflow.db'}",
                       TUBELET_MLFLOW_ARTIFACTS=str(root / "artifacts"), TUBELET_MLFLOW_WORKERS="1",
                       TUBELET_MLFLOW=str(BIN / "mlflow"))
