@@ -66,17 +66,21 @@ plan: $(STAMP) ## parameters, FLOPs and memory per GPU: make plan MODEL=vit_g
 bench: $(STAMP) ## benchmarks -> benchmarks/results/ (JSON, README.md table, PNG plots): make bench [ONLY=data,model,flops,zero,shard]
 	$(PY) -m benchmarks.report $(if $(ONLY),--only $(ONLY))
 
-pretrain: $(STAMP) ## pre-train on the synthetic shards (make demo first): make pretrain CONFIG=pretrain/demo
-	$(PY) -m jobs.pretrain --config $(or $(CONFIG),pretrain/demo)
+# Stand-alone stages. SET="k=v k2=v2" adds --set overrides (no spaces inside a value). The demo
+# pipeline pre-trains with 8 px patches at sampling rate 4 (jobs/configs/pipeline/demo.toml); a
+# fine-tuning from it says so: SET="model.patch_size=8 data.sampling_rate=4".
+SET     ?=
+pretrain: $(STAMP) ## pre-train on the synthetic shards (make demo first): make pretrain CONFIG=pretrain/demo [SET="train.steps=100"]
+	$(PY) -m jobs.pretrain --config $(or $(CONFIG),pretrain/demo) $(foreach s,$(SET),--set '$(s)')
 
-finetune: $(STAMP) ## fine-tune on labelled shards: make finetune INIT=runs/pipeline/demo/pretrain
-	$(PY) -m jobs.finetune --config $(or $(CONFIG),finetune/demo) $(if $(INIT),--set model.init=$(INIT))
+finetune: $(STAMP) ## fine-tune on labelled shards: make finetune INIT=runs/pipeline/demo/pretrain SET="model.patch_size=8 data.sampling_rate=4"
+	$(PY) -m jobs.finetune --config $(or $(CONFIG),finetune/demo) $(if $(INIT),--set model.init=$(INIT)) $(foreach s,$(SET),--set '$(s)')
 
-evaluate: $(STAMP) ## multi-view evaluation: make evaluate MODEL=runs/pipeline/demo/finetune
-	$(PY) -m jobs.evaluate --config $(or $(CONFIG),evaluate/demo) $(if $(MODEL),--set model.init=$(MODEL))
+evaluate: $(STAMP) ## multi-view evaluation: make evaluate MODEL=runs/pipeline/demo/finetune SET="data.sampling_rate=4"
+	$(PY) -m jobs.evaluate --config $(or $(CONFIG),evaluate/demo) $(if $(MODEL),--set model.init=$(MODEL)) $(foreach s,$(SET),--set '$(s)')
 
-extract: $(STAMP) ## encoder features of a shard set: make extract MODEL=runs/pipeline/demo/finetune
-	$(PY) -m jobs.extract --config $(or $(CONFIG),extract/demo) $(if $(MODEL),--set model.init=$(MODEL))
+extract: $(STAMP) ## encoder features of a shard set: make extract MODEL=runs/pipeline/demo/finetune SET="data.sampling_rate=4"
+	$(PY) -m jobs.extract --config $(or $(CONFIG),extract/demo) $(if $(MODEL),--set model.init=$(MODEL)) $(foreach s,$(SET),--set '$(s)')
 
 predict: $(STAMP) ## classify videos: make predict MODEL=models:/name@champion VIDEOS="a.mp4 b.mp4"
 	$(PY) -m jobs.predict --model $(MODEL) $(VIDEOS)
@@ -88,9 +92,8 @@ cluster-up: $(STAMP) ## local two-node Ray cluster (head + worker); then: source
 cluster-down: ## stop the processes cluster-up started (by pid) and remove its state dir
 	TUBELET_CLUSTER_DIR=$(CLUSTER_DIR) bash cluster/local/down.sh
 
-# Jobs on a cluster (RAY_ADDRESS, token auth: see cluster/README.md). SET="k=v k2=v2": no spaces inside a value.
+# Jobs on a cluster (RAY_ADDRESS, token auth: see cluster/README.md). SET as for the stand-alone stages.
 JOB     ?= pretrain
-SET     ?=
 submit: $(STAMP) ## submit a job to the cluster at RAY_ADDRESS and follow it: make submit JOB=pretrain CONFIG=pretrain/demo SET="train.steps=100"
 	$(PY) -m jobs.submit $(JOB) --config $(or $(CONFIG),$(JOB)/demo) $(foreach s,$(SET),--set '$(s)') $(if $(NO_FOLLOW),--no-follow)
 
