@@ -14,14 +14,20 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from jobs import evaluate, finetune, pretrain, shard
 from jobs._cli import job_main, resolve_config_path
+from jobs.registry import JOBS as REGISTRY
 from pipeline.workflow import run_pipeline
 from pipeline.workflow_config import Jobs, PipelineConfig, StageJob
 
-JOBS = Jobs(shard=StageJob(shard.ShardJobConfig, shard.run), pretrain=StageJob(pretrain.PretrainConfig, pretrain.run),
-            finetune=StageJob(finetune.FinetuneConfig, finetune.run),
-            evaluate=StageJob(evaluate.EvaluateConfig, evaluate.run), find_config=resolve_config_path)
+
+def _stage_job(name: str) -> StageJob:
+    """A stage's job as the registry has it: its config class and its ``run(cfg)``."""
+    job = REGISTRY[name]
+    return StageJob(job.config_class(), job.load().run)
+
+
+JOBS = Jobs(shard=_stage_job("shard"), pretrain=_stage_job("pretrain"), finetune=_stage_job("finetune"),
+            evaluate=_stage_job("evaluate"), find_config=resolve_config_path)
 
 
 def _num(value: Any, fmt: str = ".3f") -> str:

@@ -24,6 +24,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from jobs.registry import configurable
 from pipeline.errors import TubeletError
 
 PROG = "jobs.submit"
@@ -34,7 +35,7 @@ def submit_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=f"{PROG} JOB", description="submit python -m jobs.JOB to the cluster at RAY_ADDRESS",
         epilog=f"other commands: {PROG} list | status JOB_ID | logs JOB_ID [--follow] | stop JOB_ID")
-    p.add_argument("job", help="a job module of jobs/ (pretrain, finetune, shard, ...)")
+    p.add_argument("job", help=f"a job of jobs/registry.py that takes --config: {', '.join(configurable())}")
     p.add_argument("--config", required=True, help="a config under jobs/configs/JOB/ (pretrain/demo or demo)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config value; repeatable; checked here with the job's own loader")

@@ -15,3 +15,12 @@ class VideoError(TubeletError):
 
 class DataError(TubeletError):
     """Training/eval data is unusable: no shards, missing labels, too many decode errors."""
+
+
+def one_line(exc: BaseException, with_type: bool = False) -> str:
+    """The first non-empty line of an exception's message (libraries append paragraphs of advice);
+    ``with_type`` prefixes the class name. An empty message gives the class name alone."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {lines[0]}" if with_type else lines[0]

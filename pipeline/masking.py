@@ -1,4 +1,4 @@
-"""Token masks for VideoMAE pre-training, built on CPU in the data collate step.
+"""Token masks for VideoMAE pre-training, built on CPU per sample in the data pipeline (``pipeline.data.streams``).
 
 Every mask is a bool tensor ``[B, N]`` over the token grid ``(T', H', W')`` in t-major order
 (token index ``t * H'W' + h * W' + w``). ``True`` means *masked* for the encoder (the encoder
@@ -134,30 +134,3 @@ def token_grid(num_frames: int, img_size: int, patch_size: int, tubelet_size: in
         raise ValueError(f"{num_frames} frames x {img_size}px do not tile into tubelets "
                          f"of {tubelet_size} x {patch_size}px")
     return num_frames // tubelet_size, img_size // patch_size, img_size // patch_size
-
-
-class MaskCollator:
-    """Adds both masks to a batch in the data loader's collate step (V-JEPA style).
-
-    ``collator(clips)`` with a list of ``[C, T, H, W]`` clips (or a stacked ``[B, C, T, H, W]``)
-    returns ``(video, enc_mask, dec_mask)``. Seeded, so a given seed gives the same masks.
-    """
-
-    def __init__(self, cfg: MaskConfig, grid: Sequence[int], seed: int | None = None) -> None:
-        self.cfg = cfg
-        self.grid = _check_grid(grid)
-        if cfg.decoder_ratio:
-            running_cell_maps(self.grid, cfg.decoder_ratio)  # fail at construction, not mid-epoch
-        self.generator = torch.Generator()
-        if seed is not None:
-            self.generator.manual_seed(seed)
-        else:
-            self.generator.seed()
-
-    def masks(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(enc_mask, dec_mask)`` for ``batch`` samples."""
-        return make_masks(self.cfg, batch, self.grid, self.generator)
-
-    def __call__(self, clips: Sequence[torch.Tensor] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        video = clips if isinstance(clips, torch.Tensor) else torch.stack(list(clips))
-        return (video, *self.masks(video.shape[0]))

@@ -19,16 +19,14 @@ import ray
 
 from pipeline import io as sio
 from pipeline.errors import TubeletError
+from pipeline.job_env import JOB_ENV
 
 log = logging.getLogger(__name__)
 
-# Environment a remote worker needs to reach the same storage and tracking server as the driver.
-# Values travel in the runtime env; we never log them, but Ray's runtime-env agent does.
-FORWARDED_ENV = (
-    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
-    "AWS_ENDPOINT_URL", "S3_ENDPOINT_URL", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_TOKEN",
-    "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "TUBELET_IO_RETRIES",
-)
+# Environment a remote worker needs to reach the same storage and tracking server as the driver
+# (the list a submitter sends too). Values travel in the runtime env; we never log them, but
+# Ray's runtime-env agent does.
+FORWARDED_ENV = JOB_ENV
 
 
 # FORWARDED_ENV as it was when ray_session started an embedded Ray: its workers inherit these.

@@ -14,7 +14,9 @@ tracker talks through an ``MlflowClient`` bound to that URI, never through mlflo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import re
@@ -352,6 +354,52 @@ def child_config(cfg: TrackingConfig, parent_run_id: str, run_name: str = "", ru
 
 
 # --------------------------------------------------------------------------------------------
+# Runs looked up by id (jobs.pipeline's parent and stage runs): never raise, an unknown id is "no"
+
+
+@functools.lru_cache(maxsize=8)
+def _client(uri: str, registry_uri: str | None = None) -> Any:
+    from mlflow import MlflowClient
+
+    return MlflowClient(uri, registry_uri=registry_uri)
+
+
+def run_is_active(uri: str, run_id: str | None) -> bool:
+    """Is ``run_id`` a run of this store (not deleted)? Outputs may outlive a wiped MLflow database."""
+    if not run_id:
+        return False
+    try:
+        return _client(uri).get_run(run_id).info.lifecycle_stage == "active"
+    except Exception:  # noqa: BLE001 — MLflow raises its RestException for an unknown id
+        return False
+
+
+def close_run(uri: str, run_id: str, status: str) -> None:
+    """End a run another process left open (a killed worker cannot close its own); a FINISHED
+    run that its process already closed is left as it is."""
+    client = _client(uri)
+    with contextlib.suppress(Exception):
+        if client.get_run(run_id).info.status == "RUNNING" or status != "FINISHED":
+            client.set_terminated(run_id, status)
+
+
+def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    """``[(step, value), ...]`` of one metric of a run, by step; empty when there is none."""
+    try:
+        return sorted((m.step, m.value) for m in _client(uri).get_metric_history(run_id, key))
+    except Exception:  # noqa: BLE001
+        return []
+
+
+def is_registered(uri: str, name: str, run_id: str) -> bool:
+    """Does the model registry of ``uri`` hold a version of ``name`` made from ``run_id``?"""
+    try:
+        return bool(_client(uri, uri).search_model_versions(f"name='{name}' and run_id='{run_id}'"))
+    except Exception:  # noqa: BLE001 — no such registered model yet
+        return False
+
+
+# --------------------------------------------------------------------------------------------
 # Pictures
 
 
@@ -380,5 +428,5 @@ def reconstruction_grid(original: np.ndarray, masked: np.ndarray, recon: np.ndar
 
 
 __all__ = ["MlflowTracker", "NullTracker", "Tracker", "TrackingConfig", "TrackingError", "check_reachable",
-           "child_config", "git_commit", "make_tracker", "reconstruction_grid", "redact_url", "resolve_uri",
-           "safe_params"]
+           "child_config", "close_run", "git_commit", "is_registered", "make_tracker", "metric_history",
+           "reconstruction_grid", "redact_url", "resolve_uri", "run_is_active", "safe_params"]

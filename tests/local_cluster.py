@@ -1,4 +1,5 @@
-"""What the tests that start cluster/local/up.sh share: free ports, the environment, pid checks.
+"""Free ports for any test, and what the tests that start cluster/local/up.sh share: the
+environment, pid checks.
 
 Each test module starts its own two-node cluster (head + worker, one logical CPU each) on ports
 picked free at start, so modules and other work on the machine do not collide.

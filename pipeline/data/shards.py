@@ -25,7 +25,7 @@ from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
 from pipeline import io
 from pipeline.data.shard_writer import INDEX_NAME
-from pipeline.errors import DataError, StorageError
+from pipeline.errors import DataError, StorageError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -232,15 +232,10 @@ def read_unit(unit: Unit) -> Iterator[RawSample | ShardFault]:
                     got += 1
                     yield sample
     except Exception as exc:  # noqa: BLE001 - any failure of a shard is counted, not fatal
-        reason = f"unreadable after {got} of {unit.expected} samples: {type(exc).__name__}: {_one_line(exc)}"
+        reason = f"unreadable after {got} of {unit.expected} samples: {one_line(exc, with_type=True)[:200]}"
         yield ShardFault(unit.name, reason, max(0, unit.expected - got))
         return
     if got < unit.expected:
         yield ShardFault(unit.name, f"truncated: {got} of {unit.expected} samples", unit.expected - got)
     elif got > unit.expected:
         log.warning("shard %s holds %d samples, index says %d", unit.name, got, unit.expected)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:200]

@@ -10,7 +10,7 @@ FLOPs (2 per MAC) for a forward + backward step (3x forward), for achieved FLOP/
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from pipeline.models.registry import ArchSpec
 
@@ -68,9 +68,6 @@ class FlopCount:
     @property
     def total(self) -> int:
         return self.encoder + self.decoder
-
-    def as_dict(self) -> dict[str, int]:
-        return {**asdict(self), "total": self.total}
 
 
 def pretrain_macs(spec: ArchSpec, encoder_ratio: float = 0.9, decoder_ratio: float = 0.5,

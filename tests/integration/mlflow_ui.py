@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from tests.local_cluster import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("TUBELET_TEST_ARTIFACTS", REPO / "runs" / "test-artifacts"))
@@ -31,16 +32,10 @@ def chromium() -> str:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def mlflow_server(backend_uri: str, state_dir: Path) -> Iterator[str]:
     """``serve.sh`` on a free 127.0.0.1 port for ``backend_uri``; yields the URL, stops it by pid."""
-    env = {**os.environ, "TUBELET_MLFLOW_DIR": str(state_dir), "TUBELET_MLFLOW_PORT": str(_free_port()),
+    env = {**os.environ, "TUBELET_MLFLOW_DIR": str(state_dir), "TUBELET_MLFLOW_PORT": str(free_port()),
            "TUBELET_MLFLOW_BACKEND": backend_uri, "TUBELET_MLFLOW_ARTIFACTS": str(state_dir / "artifacts"),
            "TUBELET_MLFLOW_WORKERS": "1"}
     subprocess.run(["bash", str(REPO / "cluster/mlflow/serve.sh")], env=env, check=True, capture_output=True,

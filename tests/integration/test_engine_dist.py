@@ -7,7 +7,6 @@ and pytest's own process stays free of both. Results come back as files in ``tmp
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -15,15 +14,10 @@ import torch
 import torch.multiprocessing as mp
 
 from pipeline.engine import DeepSpeedConfig, OptimConfig
+from tests.local_cluster import free_port
 
 TINY = dict(num_frames=4, img_size=32)
 GRID = (2, 2, 2)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _model():
@@ -57,7 +51,7 @@ def _train(engine, schedule, batch, steps, start=0):
 
 
 def _spawn(fn, world: int, *args) -> None:
-    mp.start_processes(_entry, args=(world, _free_port(), fn, args), nprocs=world, start_method="spawn")
+    mp.start_processes(_entry, args=(world, free_port(), fn, args), nprocs=world, start_method="spawn")
 
 
 def _entry(rank: int, world: int, port: int, fn, args) -> None:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pipeline.masking import (MaskCollator, MaskConfig, decoder_mask, make_masks, random_mask,
+from pipeline.masking import (MaskConfig, decoder_mask, make_masks, random_mask,
                               running_cell_mask, running_cell_maps, token_grid, tube_mask)
 
 GRID = (8, 14, 14)
@@ -83,14 +83,13 @@ def test_decoder_mask_ratio_zero_is_v1():
     assert (decoder_mask(enc, GRID, 0.5, gen()).sum(1) == 8 * 98).all()
 
 
-def test_make_masks_and_collator_constant_shapes():
+def test_make_masks_constant_shapes_and_seeded():
     cfg = MaskConfig(encoder_ratio=0.75, encoder_kind="random", decoder_ratio=0.5)
     enc, dec = make_masks(cfg, 3, GRID, gen())
     assert (enc.sum(1) == int(0.75 * 1568)).all() and (dec.sum(1) == 784).all()
-    collate = MaskCollator(MaskConfig(), token_grid(16, 224, 16, 2), seed=0)
-    video, enc, dec = collate([torch.zeros(3, 16, 224, 224)] * 2)
-    assert video.shape == (2, 3, 16, 224, 224) and enc.shape == dec.shape == (2, 1568)
-    again = MaskCollator(MaskConfig(), (8, 14, 14), seed=0).masks(2)
+    enc, dec = make_masks(MaskConfig(), 2, token_grid(16, 224, 16, 2), torch.Generator().manual_seed(0))
+    assert enc.shape == dec.shape == (2, 1568)
+    again = make_masks(MaskConfig(), 2, (8, 14, 14), torch.Generator().manual_seed(0))
     assert torch.equal(again[0], enc) and torch.equal(again[1], dec)
     with pytest.raises(ValueError, match="even"):
-        MaskCollator(MaskConfig(), (8, 7, 7))
+        make_masks(MaskConfig(), 2, (8, 7, 7))

@@ -4,7 +4,6 @@ every mistake that must stop a submission on the laptop in one line (exit status
 from __future__ import annotations
 
 import shlex
-import socket
 import subprocess
 import sys
 import zipfile
@@ -18,16 +17,10 @@ from pipeline.submission import (EXCLUDES, JobSpec, RayAuth, SubmissionError, ch
                                  cluster_address, job_names, ray_auth, redacted, resolve_config, runtime_env,
                                  tracking_warnings)
 from pipeline.tracking import TrackingError
+from tests.local_cluster import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "wJalrXUtnFEMI-not-a-real-key-7f3a"
-
-
-def _free_port() -> int:
-    """A port on 127.0.0.1 that nobody listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture()
@@ -111,11 +104,13 @@ def test_runtime_env_forwards_storage_and_tracking_but_not_ray_auth() -> None:
 
 
 def test_a_job_gets_at_least_what_its_driver_passes_on_to_its_workers() -> None:
+    from pipeline.job_env import JOB_ENV
     from pipeline.orchestration import FORWARDED_ENV
-    from pipeline.submission import SUBMIT_ENV
 
-    assert set(FORWARDED_ENV) <= set(SUBMIT_ENV)
-    assert not [n for n in SUBMIT_ENV if n.startswith("RAY_")]
+    everything = {name: f"value-of-{name}" for name in (*JOB_ENV, "RAY_AUTH_TOKEN", "RAY_AUTH_MODE")}
+    sent = runtime_env(root=REPO, env=everything)["env_vars"]
+    assert set(FORWARDED_ENV) <= set(sent)
+    assert not [n for n in sent if n.startswith("RAY_")]
 
 
 def test_redacted_runtime_env_hides_secret_values_and_url_credentials() -> None:
@@ -169,7 +164,7 @@ def test_cluster_address_follows_ray(clean_env: pytest.MonkeyPatch) -> None:
 
 
 def test_an_address_nobody_listens_on_is_one_line() -> None:
-    port = _free_port()
+    port = free_port()
     for address in (f"http://127.0.0.1:{port}", f"127.0.0.1:{port}"):
         with pytest.raises(SubmissionError, match=f"no Ray cluster answers at {address} .*Connection refused"):
             check_address(address, timeout=2)
@@ -212,7 +207,7 @@ def test_submit_without_ray_address(clean_env: pytest.MonkeyPatch, capsys: pytes
 
 
 def test_submit_to_an_unreachable_cluster(clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    clean_env.setenv("RAY_ADDRESS", f"http://127.0.0.1:{_free_port()}")
+    clean_env.setenv("RAY_ADDRESS", f"http://127.0.0.1:{free_port()}")
     assert cli.main(["pretrain", "--config", "demo", *SHARED]) == 2
     assert "no Ray cluster answers at http://127.0.0.1:" in _one_error_line(capsys.readouterr().err)
     assert cli.main(["list"]) == 2
@@ -220,9 +215,9 @@ def test_submit_to_an_unreachable_cluster(clean_env: pytest.MonkeyPatch, capsys:
 
 
 def test_submit_while_the_tracking_server_is_down(clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    port = _free_port()
+    port = free_port()
     clean_env.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
-    clean_env.setenv("RAY_ADDRESS", f"http://127.0.0.1:{_free_port()}")
+    clean_env.setenv("RAY_ADDRESS", f"http://127.0.0.1:{free_port()}")
     assert cli.main(["pretrain", "--config", "demo", *SHARED]) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert f"MLflow tracking server http://127.0.0.1:{port} is unreachable" in line

@@ -1,0 +1,236 @@
+"""What each stage job's outputs must be, and how the runner treats them: :class:`StageKind`.
+
+The runner is the same for every stage; what differs between the jobs is here, one class each:
+
+- how its outputs are checked (:class:`Check`: complete or not, why, a last step that would
+  finish them without a relaunch, e.g. an export or a registration);
+- what its outputs are a function of (:meth:`StageKind.fingerprint`): a training stage's
+  stable config and upstream outputs; shards their own bytes, whatever config made them;
+- what happens to stale outputs: a checkpointed stage is never resumed or kept silently, a
+  report is simply made again;
+- what the runner logs for a job that logs nothing to MLflow itself (the shard job).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from pipeline import io as sio
+from pipeline.data.shard_writer import INDEX_NAME, QUARANTINE_NAME
+from pipeline.registry import CARD, WEIGHTS
+from pipeline.tracking import is_registered
+from pipeline.train.checkpoint import LOOP_FILE, latest_checkpoint
+from pipeline.workflow.state import fingerprint, read_json
+from pipeline.workflow_config import Stage
+
+if TYPE_CHECKING:
+    from pipeline.workflow.runs import Runs
+
+EXPORTS = ("pretrain_fp32.pt", "encoder_fp32.pt", "videomae_official.pt")
+REPORT_KEYS = ("top1", "top5", "per_class")
+
+
+@dataclass
+class Check:
+    """What a stage's outputs say: complete or not, why, and what would finish it without a rerun."""
+
+    complete: bool
+    reason: str
+    finish: Callable[[], None] | None = None  # a last step (export, registration) instead of a relaunch
+    identity: str = ""  # a digest of the outputs themselves (shards)
+
+
+def _checkpoint_step(run_dir: str) -> int | None:
+    ckpt = latest_checkpoint(run_dir)
+    return None if ckpt is None else int(read_json(sio.join(ckpt, LOOP_FILE))["step"])
+
+
+# --------------------------------------------------------------------------------------------
+# Completion checks
+
+
+def check_shard(stage: Stage) -> Check:
+    """Complete when every manifest row is in a shard that verifies or in quarantine.jsonl, and
+    index.json describes exactly those shards (the shard job's own resume logic decides)."""
+    from pipeline.sharding import prepare
+
+    cfg = stage.cfg.shard
+    plan = prepare(cfg)  # reads the manifest, verifies existing shards (shard.verify: sha256 | size)
+    index = read_json(sio.join(cfg.output, INDEX_NAME))
+    inputs = len(plan.items) + len(plan.rejects)
+    if index is None:
+        return Check(False, f"{len(plan.todo)} of {inputs} inputs to shard ({len(plan.kept)} shards kept)")
+    quarantine = sio.read_text(sio.join(cfg.output, QUARANTINE_NAME)) if sio.exists(
+        sio.join(cfg.output, QUARANTINE_NAME)) else ""
+    quarantined = {(q["line"], q["uri"]) for q in map(json.loads, quarantine.splitlines())}
+    # Rows quarantined after a split's last shard are in no shard state, only in quarantine.jsonl.
+    missing = [it for it in plan.todo if (it.line, it.entry.uri) not in quarantined]
+    listed = sorted(s["name"] for s in index.get("shards", []))
+    if missing or index.get("fingerprint") != plan.fingerprint or listed != sorted(s.name for s in plan.kept) \
+            or index.get("totals", {}).get("inputs") != inputs:
+        return Check(False, f"{len(missing)} of {inputs} inputs not in verified shards or the index is stale")
+    identity = hashlib.sha256(json.dumps([plan.fingerprint, plan.labels, [(s.name, s.sha256) for s in plan.kept]],
+                                         sort_keys=True).encode()).hexdigest()[:16]
+    totals = index["totals"]
+    return Check(True, f"{len(plan.kept)} shards verified ({cfg.verify}); inputs {inputs} = samples "
+                       f"{totals['samples']} + quarantined {totals['quarantined']}", identity=identity)
+
+
+def check_pretrain(stage: Stage) -> Check:
+    """Complete when the newest complete checkpoint is at ``train.steps`` and export/ holds the weights."""
+    cfg, run_dir = stage.cfg, stage.output
+    step = _checkpoint_step(run_dir)
+    if step is None:
+        return Check(False, "no checkpoint yet: starts at step 0")
+    if step < cfg.train.steps:
+        return Check(False, f"interrupted: resumes from its checkpoint at step {step}/{cfg.train.steps}")
+    export = sio.join(run_dir, "export")
+    missing = [f for f in EXPORTS if not sio.exists(sio.join(export, f))] if cfg.train.export else []
+    if not missing:
+        return Check(True, f"final checkpoint at step {step}/{cfg.train.steps}"
+                           + (f"; export/ has {', '.join(EXPORTS)}" if cfg.train.export else ""))
+    ckpt = latest_checkpoint(run_dir)
+    if sio.is_remote(ckpt):
+        return Check(False, f"final checkpoint at step {step} but no export/{missing[0]}: relaunching to export")
+
+    def export() -> None:
+        from pipeline.train.export import export_weights
+
+        export_weights(ckpt, cfg.model, export)
+
+    return Check(False, f"final checkpoint at step {step} but no export/{missing[0]}: exporting it", finish=export)
+
+
+def check_finetune(stage: Stage, run_id: str = "") -> Check:
+    """Complete when export/last is at ``train.steps``, the kept folder (best/last) has weights, and
+    the kept model is registered (when ``tracking.registered_model`` is set)."""
+    cfg, run_dir = stage.cfg, stage.output
+    export = sio.join(run_dir, "export")
+    last = read_json(sio.join(export, "last", CARD))
+    if last is None or int(last["source"]["step"]) < cfg.train.steps:
+        step = _checkpoint_step(run_dir)
+        if step is None:
+            return Check(False, "no checkpoint yet: starts at step 0")
+        return Check(False, f"interrupted: resumes from its checkpoint at step {step}/{cfg.train.steps}")
+    best = sio.join(export, "best")
+    kept = best if cfg.finetune.keep == "best" and sio.exists(sio.join(best, CARD)) else sio.join(export, "last")
+    if not sio.exists(sio.join(kept, WEIGHTS)):
+        return Check(False, f"no {WEIGHTS} in {kept}: relaunching to write it")
+    card = read_json(sio.join(kept, CARD))
+    top1 = card.get("metrics", {}).get("val_top1")
+    reason = f"trained {cfg.train.steps} steps; kept {kept.rsplit('/', 1)[-1]}" + (
+        f" (val top-1 {top1:.3f})" if top1 is not None else "")
+    name = cfg.tracking.registered_model
+    if name and run_id and not is_registered(cfg.tracking.tracking_uri, name, run_id):
+        from pipeline.registry import register_model
+
+        return Check(False, f"{reason}; not registered as {name} yet: registering",
+                     finish=lambda: register_model(cfg.tracking.tracking_uri, run_id, name,
+                                                   cfg.finetune.registered_alias, kept))
+    return Check(True, reason + (f"; registered as {name}" if name and run_id else ""))
+
+
+
+def check_evaluate(stage: Stage) -> Check:
+    """Complete when report.json has the metrics and was made from this model, these shards and views,
+    after the model's weights were last written."""
+    cfg = stage.cfg
+    report_uri = sio.join(cfg.run.output, "report.json")
+    report = read_json(report_uri)
+    if report is None:
+        return Check(False, "no report.json yet")
+    lacking = [k for k in REPORT_KEYS if k not in report]
+    if lacking:
+        return Check(False, f"report.json lacks {', '.join(lacking)}")
+    want = {"model": _abs(cfg.model.init), "shards": _abs(cfg.data.shards), "split": cfg.data.split,
+            "num_clips": cfg.data.test_num_clips, "num_crops": cfg.data.test_num_crops}
+    for key, value in want.items():
+        if report.get(key) != value:
+            return Check(False, f"report.json has {key} {report.get(key)!r}, this run wants {value!r}")
+    weights = [os.path.join(cfg.model.init, "export", w, WEIGHTS) for w in ("best", "last")]
+    newest = max((os.path.getmtime(w) for w in weights if os.path.exists(w)), default=0.0)
+    if not sio.is_remote(report_uri) and os.path.getmtime(report_uri) < newest:
+        return Check(False, "the model's weights are newer than report.json")
+    return Check(True, f"report.json of this model on {cfg.data.split}: top-1 {report['top1']:.3f}")
+
+
+def _abs(path: str) -> str:
+    return path if not path or sio.is_remote(path) or path.startswith("models:/") else os.path.abspath(path)
+
+
+# --------------------------------------------------------------------------------------------
+# The stage kinds
+
+
+class StageKind:
+    """What the runner needs to know about one stage job; the base is a training job's answer."""
+
+    judged_by_outputs = False  # identified by their own bytes (Check.identity), never stale
+    remade_when_stale = False  # stale outputs are simply made again (a report), never refused
+
+    def check(self, stage: Stage, run_id: str) -> Check:
+        raise NotImplementedError
+
+    def fingerprint(self, stage: Stage, upstream: dict[str, str], found: Check) -> str:
+        """What the stage's outputs are a function of ('' while that is not known yet)."""
+        return fingerprint(stage, upstream)
+
+    def after_run(self, stage: Stage, cfg: Any, runs: Runs, run_id: str, parent_id: str) -> None:
+        """Log into the stage's run what the job (run with ``cfg``) did not log itself."""
+
+
+class ShardKind(StageKind):
+    judged_by_outputs = True
+
+    def check(self, stage: Stage, run_id: str) -> Check:
+        return check_shard(stage)
+
+    def fingerprint(self, stage: Stage, upstream: dict[str, str], found: Check) -> str:
+        return fingerprint(stage, upstream, found.identity) if found.identity else ""
+
+    def after_run(self, stage: Stage, cfg: Any, runs: Runs, run_id: str, parent_id: str) -> None:
+        """The shard job logs nothing itself: its run gets the config, the counts and index.json."""
+        index = read_json(sio.join(cfg.shard.output, INDEX_NAME)) or {}
+        totals = index.get("totals", {})
+        metrics = {k: totals.get(k) for k in ("inputs", "samples", "quarantined", "shards", "bytes")}
+        for split, d in totals.get("by_split", {}).items():
+            metrics.update({f"{split}_samples": d["samples"], f"{split}_quarantined": d["quarantined"]})
+        runs.log_into(run_id, parent_id, cfg, stage.name, metrics, {"index.json": index}, {"shards": cfg.shard.output})
+
+
+class PretrainKind(StageKind):
+    def check(self, stage: Stage, run_id: str) -> Check:
+        return check_pretrain(stage)
+
+
+class FinetuneKind(StageKind):
+    def check(self, stage: Stage, run_id: str) -> Check:
+        return check_finetune(stage, run_id)
+
+
+class EvaluateKind(StageKind):
+    remade_when_stale = True
+
+    def check(self, stage: Stage, run_id: str) -> Check:
+        return check_evaluate(stage)
+
+
+KINDS: dict[str, StageKind] = {"shard": ShardKind(), "pretrain": PretrainKind(), "finetune": FinetuneKind(),
+                               "evaluate": EvaluateKind()}
+
+
+def kind_of(stage: Stage) -> StageKind:
+    """The kind of a stage's job (the baseline is a fine-tune)."""
+    return KINDS[stage.job]
+
+
+def check(stage: Stage, run_id: str = "") -> Check:
+    return kind_of(stage).check(stage, run_id)
+
+
+__all__ = ["Check", "EXPORTS", "KINDS", "StageKind", "check", "check_evaluate", "check_finetune", "check_pretrain",
+           "check_shard", "kind_of"]
