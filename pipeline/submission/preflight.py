@@ -43,7 +43,8 @@ class SubmissionError(TubeletError):
 
 
 # --------------------------------------------------------------------------------------------
-# What runs: a job of the registry and one of its configs
+# What runs: a job of the registry and one of its configs. What a submission ships and runs is
+# the jobs package, so this is the one library module that reads it (imported when asked).
 
 
 def jobs_dir() -> Path:
