@@ -17,13 +17,14 @@ PYTEST_ARGS ?=
 # one of them leaves a lock file that makes every later DeepSpeed start there wait forever.
 export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 
-.PHONY: setup jobs browser bench-pretrain-value test test-reliability test-unit test-integration test-slow demo bench plan clean-data help cluster-up cluster-down pretrain finetune evaluate predict extract vit-g-step submit status logs stop mlflow mlflow-stop
+.PHONY: setup browser bench-pretrain-value test test-reliability test-unit test-integration test-slow demo bench plan clean-data help cluster-up cluster-down pretrain finetune evaluate predict extract vit-g-step submit status logs stop mlflow mlflow-stop
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
 	@echo; echo "jobs (python -m jobs.NAME; make submit JOB=NAME):"; $(PYTHON) -m jobs --list
 
 # The list is jobs/registry.py, which imports nothing outside the standard library: no venv needed.
+.PHONY: jobs
 jobs: ## the jobs of jobs/ (name, config class, Ray Train, what it does), from jobs/registry.py
 	@$(PYTHON) -m jobs --list
 
