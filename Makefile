@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 # one of them leaves a lock file that makes every later DeepSpeed start there wait forever.
 export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 
-.PHONY: setup browser bench-pretrain-value test test-reliability test-unit test-integration test-slow demo bench plan clean-data help cluster-up cluster-down pretrain finetune evaluate predict extract vit-g-step submit status logs stop mlflow mlflow-stop
+.PHONY: gpu-smoke setup browser bench-pretrain-value test test-reliability test-unit test-integration test-slow demo bench plan clean-data help cluster-up cluster-down pretrain finetune evaluate predict extract vit-g-step submit status logs stop mlflow mlflow-stop
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -71,6 +71,10 @@ plan: $(STAMP) ## parameters, FLOPs and memory per GPU: make plan MODEL=vit_g
 
 bench: $(STAMP) ## benchmarks -> benchmarks/results/ (JSON, README.md table, PNG plots): make bench [ONLY=data,model,flops,zero,shard]
 	$(PY) -m benchmarks.report $(if $(ONLY),--only $(ONLY))
+
+# The GPU check (no GPU in CI: CI runs the same code with CPU=1, see tests/integration/test_gpu_smoke.py).
+gpu-smoke: $(STAMP) ## pre-train, fine-tune, evaluate, extract on this node's GPUs (ViT-S 16x224, bf16, ZeRO-2) -> benchmarks/results/gpu_smoke.json; CPU=1: tiny fp32 run on CPU
+	$(PY) -m benchmarks.gpu_smoke $(if $(CPU),--cpu) $(if $(GPUS),--gpus $(GPUS))
 
 # Stand-alone stages. SET="k=v k2=v2" adds --set overrides (no spaces inside a value). The demo
 # pipeline pre-trains with 8 px patches at sampling rate 4 (jobs/configs/pipeline/demo.toml); a

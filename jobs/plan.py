@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from pipeline.capacity import ClusterSection, cluster_plan, format_cluster_plan, paper_check
 from pipeline.config import help_field
 from pipeline.masking import MaskConfig
 from pipeline.models import ModelConfig, create_model_from_config
-from pipeline.models.flops import param_counts, pretrain_macs
+from pipeline.models.flops import param_counts, pretrain_macs, train_flops_per_clip
+from pipeline.models.registry import ArchSpec
 
 GIB = 1024**3
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -43,6 +45,7 @@ class PlanConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
     plan: PlanSection = field(default_factory=PlanSection)
+    cluster: ClusterSection = field(default_factory=ClusterSection)
 
 
 def zero_memory(params: int, world_size: int, precision: str) -> dict[str, float]:
@@ -76,6 +79,35 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
             "params": params, "flops_per_clip": flops,
             "train_tflops_per_step_per_gpu": 6 * chosen.total * p.batch_per_gpu / 1e12,
             "memory_gib_per_gpu": memory, "world_size": p.world_size, "precision": p.precision}
+
+
+SIZES = ("vit_s", "vit_b", "vit_l", "vit_h", "vit_g")
+
+
+def _pretrain_cost(cfg: PlanConfig, name: str) -> tuple[ArchSpec, int, float]:
+    """Spec, parameters (encoder + decoder) and fwd+bwd FLOPs per clip of size ``name`` at the
+    configured input and masks."""
+    model = ModelConfig(**{**cfg.model.__dict__, "init": "", "name": name})
+    if name != cfg.model.name:
+        model.patch_size = 0  # each size's own patch (14 for vit_g)
+    spec = create_model_from_config(model, device="meta").spec
+    params = param_counts(spec, layer_scale=cfg.model.layer_scale_init > 0)["total"]
+    m = cfg.mask
+    return spec, params, train_flops_per_clip(spec, m.encoder_ratio, m.decoder_ratio, m.encoder_kind)
+
+
+def make_cluster_plan(cfg: PlanConfig) -> dict[str, Any]:
+    """``--cluster``: the configured model on the configured cluster, every size's feeding, and
+    the VideoMAE V2 ViT-g paper check."""
+    spec, params, flops = _pretrain_cost(cfg, cfg.model.name)
+    plan = cluster_plan(spec, params, flops, cfg.cluster)
+    rows = []
+    for name in SIZES:
+        s, p, f = _pretrain_cost(cfg, name)
+        rows.append({"model": name, **cluster_plan(s, p, f, cfg.cluster)})
+    g_spec, _, g_flops = _pretrain_cost(cfg, "vit_g")
+    return {"model": cfg.model.name, "plan": plan, "sizes": rows,
+            "paper_check": paper_check(g_spec, g_flops, cfg.cluster.views_per_video)}
 
 
 def format_plan(plan: dict[str, Any]) -> str:
@@ -136,10 +168,19 @@ def config_table(root: str | Path = CONFIGS) -> str:
     return "\n".join(lines)
 
 
-def run(cfg: PlanConfig, json_output: bool = False) -> int:
+def run(cfg: PlanConfig, json_output: bool = False, cluster: bool = False) -> int:
+    if cluster:
+        out = make_cluster_plan(cfg)
+        text = format_cluster_plan(out["model"], out["plan"], out["sizes"], out["paper_check"])
+        print(json.dumps(out, indent=2) if json_output else text)
+        return 0
     plan = make_plan(cfg)
     print(json.dumps(plan, indent=2) if json_output else format_plan(plan))
     return 0
+
+
+def run_cluster(cfg: PlanConfig, json_output: bool = False) -> int:
+    return run(cfg, json_output, cluster=True)
 
 
 if __name__ == "__main__":
@@ -150,4 +191,7 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["--table"]:  # the README's table of shipped configs
         print(config_table())
         raise SystemExit(0)
-    raise SystemExit(job_main(PlanConfig, run, prog="jobs.plan", default_config="plan/default.toml"))
+    argv = sys.argv[1:]
+    job = run_cluster if "--cluster" in argv else run  # the capacity plan of a cluster run
+    argv = [a for a in argv if a != "--cluster"]
+    raise SystemExit(job_main(PlanConfig, job, argv, prog="jobs.plan", default_config="plan/default.toml"))

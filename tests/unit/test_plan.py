@@ -57,3 +57,57 @@ def test_readme_config_table_matches_the_shipped_configs():
     assert g["model_states_gib"] == pytest.approx(g["params_m"] * 1e6 * 16 / 64 / 1024**3)
     offload = rows["pretrain/vit_g_offload"]  # optimizer state on NVMe: 2 + 2 bytes per param / 2 ranks
     assert offload["model_states_gib"] == pytest.approx(offload["params_m"] * 1e6 * 4 / 2 / 1024**3)
+
+
+def test_cluster_plan_arithmetic_and_paper_check(capsys):
+    """The capacity plan of the VideoMAE V2 ViT-g run: hours = clips x FLOPs / (GPUs x peak x MFU),
+    the loader cores a GPU needs at the measured per-core rate, and checkpoint egress."""
+    from jobs.plan import run_cluster
+
+    argv = ["--json", "--set", "model.name=vit_g", "--set", "cluster.gpus=64", "--set", "cluster.mfu=0.5"]
+    assert job_main(PlanConfig, run_cluster, argv, prog="jobs.plan", default_config="plan/default.toml") == 0
+    out = json.loads(capsys.readouterr().out)
+    p = out["plan"]
+    clips = 1_350_000 * 1200 * 4
+    assert p["clips"] == clips
+    seconds = clips * p["train_gflops_per_clip"] * 1e9 / (64 * 312e12 * 0.5)
+    assert p["hours_at_mfu"] == pytest.approx(seconds / 3600)
+    assert p["loader_cores_per_gpu"] == pytest.approx(312e12 * 0.5 / (p["train_gflops_per_clip"] * 1e9) / 25.7)
+    # the paper's ~241 h on 64 A100 is within a factor 2 of our FLOP count at a plausible MFU
+    check = out["paper_check"]
+    assert 0.3 < check["implied_mfu"] < 0.8
+    # ViT-g checkpoint: 14 bytes per parameter; whole-checkpoint restore on 64 ranks moves 64x that
+    params = out["sizes"][-1]
+    assert params["model"] == "vit_g"
+    assert p["egress_whole_per_rank"] == pytest.approx(64 * p["checkpoint_gb"])
+    assert p["egress_own_files"] == pytest.approx(p["checkpoint_gb"])  # ZeRO-3: each rank its 1/64
+
+
+def test_cluster_plan_says_small_models_are_data_bound():
+    """ViT-S/B need far more loader cores per GPU than a 96-core, 8-GPU node has; ViT-g does not."""
+    from jobs.plan import make_cluster_plan
+
+    cfg = PlanConfig()
+    rows = {r["model"]: r for r in make_cluster_plan(cfg)["sizes"]}
+    assert rows["vit_s"]["data_bound"] and rows["vit_b"]["data_bound"]
+    assert not rows["vit_g"]["data_bound"]
+    assert rows["vit_b"]["mfu_reachable"] < cfg.cluster.mfu
+    assert rows["vit_g"]["mfu_reachable"] == pytest.approx(cfg.cluster.mfu)
+    cores = {n: r["loader_cores_per_gpu"] for n, r in rows.items()}
+    assert cores["vit_s"] > cores["vit_b"] > cores["vit_l"] > cores["vit_h"] > cores["vit_g"]
+
+
+def test_cluster_flag_through_the_command_line():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-m", "jobs.plan", "--cluster", "--set", "cluster.gpu=h100"],
+                          cwd=root, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(root)})
+    assert proc.returncode == 0, proc.stderr
+    assert "989 TFLOP/s" in proc.stdout and "VideoMAE V2 ViT-g check" in proc.stdout
+    bad = subprocess.run([sys.executable, "-m", "jobs.plan", "--cluster", "--set", "cluster.mfu=1.5"],
+                         cwd=root, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(root)})
+    assert bad.returncode == 2 and "cluster.mfu" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
