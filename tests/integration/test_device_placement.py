@@ -66,3 +66,33 @@ def test_evaluation_runs_on_the_training_device(data: dict[str, Path], tmp_path:
     with pytest.raises(_Placed) as placed:
         evaluate.evaluate(cfg)
     assert placed.value.args[0] == {"meta"}
+
+
+def test_loader_worker_processes_decode_on_one_thread(data: dict[str, Path], tmp_path: Path,  # noqa: F811
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The training process takes ``cpus_per_worker - data.num_workers`` threads because each loader
+    worker process runs on one: one torch thread (DataLoader's workers) and one decoder thread."""
+    import os
+
+    import pipeline.data.decoding as decoding
+    from pipeline.data.loader import eval_loader
+
+    record = tmp_path / "threads.txt"
+    real = decoding.open_video
+
+    def spy(*args, **kwargs):  # runs in the forked worker process: the record goes through a file
+        with record.open("a") as f:
+            f.write(f"{os.getpid()} {torch.get_num_threads()} {kwargs.get('threads')}\n")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(decoding, "open_video", spy)
+    cfg = extract_cfg(data, tmp_path / "features", "data.num_workers=1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        next(iter(eval_loader(cfg.data, 0, 1, require_labels=False)))
+    finally:
+        torch.set_num_threads(before)
+    rows = [line.split() for line in record.read_text().splitlines()]
+    assert rows and all(pid != str(os.getpid()) for pid, _, _ in rows), "decoded in the training process"
+    assert {(torch_threads, decoder) for _, torch_threads, decoder in rows} == {("1", "1")}, rows
