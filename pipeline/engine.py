@@ -55,6 +55,9 @@ class DeepSpeedConfig:
     grad_accum_dtype: AccumDtype = help_field(
         "fp32", help="dtype gradients accumulate in under bf16/fp16: fp32 | auto (the model dtype) | bf16; "
                      "ZeRO-0 always accumulates in the model dtype (DeepSpeed offers fp32 only with ZeRO 1-3)")
+    reduce_dtype: Literal["auto", "fp32"] = help_field(
+        "auto", help="dtype gradients are reduced across ranks in: auto (the model dtype: half the traffic "
+                     "under bf16) | fp32")
     offload_optimizer: Offload = help_field("none", help="optimizer state: none | cpu | nvme (nvme needs stage 3)")
     offload_param: Offload = help_field("none", help="parameters: none | cpu | nvme (stage 3 only)")
     nvme_path: str = help_field("", help="directory for nvme offload files (fast local disk)")
@@ -285,6 +288,8 @@ def deepspeed_config(ds_cfg: DeepSpeedConfig, optim_cfg: OptimConfig, micro_batc
     accum_dtype = grad_accum_dtype(ds_cfg)
     if accum_dtype:
         config["data_types"] = {"grad_accum_dtype": accum_dtype}
+    if ds_cfg.reduce_dtype == "fp32" and ds_cfg.precision != "fp32":
+        config["communication_data_type"] = "fp32"
     if ds_cfg.precision == "bf16":
         config["bf16"] = {"enabled": True}
     elif ds_cfg.precision == "fp16":

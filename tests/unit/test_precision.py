@@ -23,6 +23,15 @@ def test_bf16_accumulates_gradients_in_fp32_by_default(stage: int) -> None:
     assert _data_types(zero_stage=stage, precision="bf16", grad_accum_dtype="auto") is None
 
 
+def test_reduction_dtype_is_a_key() -> None:
+    def comm_dtype(**kwargs) -> str | None:
+        return deepspeed_config(DeepSpeedConfig(**kwargs), OptimConfig(), 2, 2, device="cpu").get("communication_data_type")
+
+    assert comm_dtype(precision="bf16") is None  # DeepSpeed's default: reduce in the model dtype
+    assert comm_dtype(precision="bf16", reduce_dtype="fp32") == "fp32"
+    assert comm_dtype(precision="fp32", reduce_dtype="fp32") is None
+
+
 def test_fp32_training_and_zero0_leave_deepspeeds_default() -> None:
     assert _data_types(zero_stage=2, precision="fp32") is None
     # DeepSpeed 0.19 has no fp32 accumulation for ZeRO-0 bf16 (it raises on the mix): documented, not passed
