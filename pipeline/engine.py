@@ -35,6 +35,7 @@ from pipeline.errors import TubeletError
 from pipeline.models.hooks import param_groups
 
 Precision = Literal["bf16", "fp32", "fp16"]
+AccumDtype = Literal["fp32", "auto", "bf16"]
 Offload = Literal["none", "cpu", "nvme"]
 ModelOrFactory = nn.Module | Callable[[], nn.Module]
 
@@ -51,6 +52,12 @@ class DeepSpeedConfig:
     precision: Precision = help_field("bf16", help="bf16 | fp32 | fp16 (fp16 with dynamic loss scaling, GPU only)")
     grad_clip: float = help_field(0.0, help="global grad-norm clip; 0 = off (official default; V2's ViT-g script uses 0.02)")
     gradient_accumulation_steps: int = help_field(1, help="micro-batches per optimizer step")
+    grad_accum_dtype: AccumDtype = help_field(
+        "fp32", help="dtype gradients accumulate in under bf16/fp16: fp32 | auto (the model dtype) | bf16; "
+                     "ZeRO-0 always accumulates in the model dtype (DeepSpeed offers fp32 only with ZeRO 1-3)")
+    reduce_dtype: Literal["auto", "fp32"] = help_field(
+        "auto", help="dtype gradients are reduced across ranks in: auto (the model dtype: half the traffic "
+                     "under bf16) | fp32")
     offload_optimizer: Offload = help_field("none", help="optimizer state: none | cpu | nvme (nvme needs stage 3)")
     offload_param: Offload = help_field("none", help="parameters: none | cpu | nvme (stage 3 only)")
     nvme_path: str = help_field("", help="directory for nvme offload files (fast local disk)")
@@ -77,6 +84,8 @@ class DeepSpeedConfig:
             raise ValueError(f"zero_stage {self.zero_stage}: choose 0, 1, 2 or 3")
         if self.gradient_accumulation_steps < 1:
             raise ValueError("gradient_accumulation_steps must be >= 1")
+        if self.grad_accum_dtype == "bf16" and self.precision != "bf16":
+            raise ValueError(f"grad_accum_dtype=bf16 needs precision=bf16 (got {self.precision}); use fp32 or auto")
         if self.offload_param != "none" and self.zero_stage != 3:
             raise ValueError(f"offload_param={self.offload_param} needs zero_stage 3, not {self.zero_stage}")
         if self.offload_optimizer != "none" and self.zero_stage == 0:
@@ -276,6 +285,11 @@ def deepspeed_config(ds_cfg: DeepSpeedConfig, optim_cfg: OptimConfig, micro_batc
         "steps_per_print": 2**31 - 1,  # progress is the trainer's job
         "wall_clock_breakdown": False,
     }
+    accum_dtype = grad_accum_dtype(ds_cfg)
+    if accum_dtype:
+        config["data_types"] = {"grad_accum_dtype": accum_dtype}
+    if ds_cfg.reduce_dtype == "fp32" and ds_cfg.precision != "fp32":
+        config["communication_data_type"] = "fp32"
     if ds_cfg.precision == "bf16":
         config["bf16"] = {"enabled": True}
     elif ds_cfg.precision == "fp16":
@@ -285,6 +299,21 @@ def deepspeed_config(ds_cfg: DeepSpeedConfig, optim_cfg: OptimConfig, micro_batc
         config["aio"] = {"block_size": ds_cfg.aio_block_size, "queue_depth": ds_cfg.aio_queue_depth,
                          "single_submit": False, "overlap_events": True, "thread_count": 1}
     return config
+
+
+def grad_accum_dtype(cfg: DeepSpeedConfig) -> str | None:
+    """DeepSpeed's ``data_types.grad_accum_dtype`` for ``cfg`` (None: leave DeepSpeed's default, the model dtype).
+
+    Under bf16, DeepSpeed 0.19 accumulates in fp32 with ZeRO-1 (its BF16_Optimizer: fp32 gradient
+    buffers, partitioned fp32 masters), ZeRO-2 and ZeRO-3 (fp32 gradient partitions). ZeRO-0 has
+    no such path (DeepSpeed raises on the mix), so there the key is not passed: ZeRO-0 bf16 keeps
+    fp32 masters but accumulates and reduces its gradients in bf16.
+    """
+    if cfg.precision == "fp32" or cfg.grad_accum_dtype == "auto":
+        return None
+    if cfg.zero_stage == 0:
+        return None
+    return cfg.grad_accum_dtype
 
 
 # --------------------------------------------------------------------------------------------
@@ -405,6 +434,7 @@ def to_universal(directory: str | Path, tag: str, out_dir: str | Path, workers: 
 
 
 __all__ = ["DeepSpeedConfig", "EngineError", "LrSchedule", "OptimConfig", "build_engine", "build_model",
-           "compute_dtype", "consolidate_fp32", "gathered", "deepspeed_config", "device_type", "global_batch", "grad_norm",
+           "compute_dtype", "consolidate_fp32", "gathered", "deepspeed_config", "device_type", "global_batch",
+           "grad_accum_dtype", "grad_norm",
            "init_distributed", "load_checkpoint", "lr_at", "peak_lr", "save_checkpoint", "set_lr", "to_universal",
            "warmup_steps"]

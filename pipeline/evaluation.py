@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
+
+from pipeline.train import comm
 
 
 def aggregate_views(logits: torch.Tensor) -> torch.Tensor:
@@ -107,22 +108,16 @@ class EvalResult:
 
 @torch.no_grad()
 def video_scores(model: nn.Module, video: torch.Tensor, dtype: torch.dtype = torch.float32,
-                 chunk: int = 0) -> torch.Tensor:
-    """``video [B, V, C, T, H, W]`` -> per-video probabilities ``[B, K]`` (views in chunks of ``chunk``)."""
+                 chunk: int = 0, device: torch.device | None = None) -> torch.Tensor:
+    """``video [B, V, C, T, H, W]`` -> per-video probabilities ``[B, K]`` on the CPU (views in chunks
+    of ``chunk``). Inputs go to ``device`` (default: the model's) here and nowhere else."""
     b, v = video.shape[:2]
-    device = next(model.parameters()).device
+    device = device or next(model.parameters()).device
     flat = video.flatten(0, 1)
     chunk = chunk or flat.shape[0]
-    logits = torch.cat([model(flat[i:i + chunk].to(device, dtype)).float().cpu() for i in range(0, len(flat), chunk)])
-    return aggregate_views(logits.view(b, v, -1))
-
-
-def _any_rank(flag: bool) -> bool:
-    if not dist.is_initialized():
-        return flag
-    t = torch.tensor([int(flag)])
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    logits = torch.cat([model(flat[i:i + chunk].to(device, dtype, non_blocking=True)).float()
+                        for i in range(0, len(flat), chunk)])
+    return aggregate_views(logits.view(b, v, -1)).cpu()
 
 
 @torch.no_grad()
@@ -135,28 +130,25 @@ def evaluate_pass(model: nn.Module, batches: Iterable[dict[str, Any]], dtype: to
     """
     was_training = model.training
     model.eval()
+    device = comm.training_device()
     keys, probs, labels, views, shape = [], [], [], 0, None
     it = iter(batches)
     while True:
         batch = next(it, None)
-        if lockstep and not _any_rank(batch is not None):
+        if lockstep and not comm.any_rank(batch is not None):
             break
         if batch is None:
             if not lockstep:
                 break
-            video_scores(model, torch.zeros(shape), dtype, chunk)  # keeps the collective forward in step
+            video_scores(model, torch.zeros(shape), dtype, chunk, device)  # keeps the collective forward in step
             continue
         shape, views = (1, *batch["video"].shape[1:]), batch["video"].shape[1]
-        probs.append(video_scores(model, batch["video"], dtype, chunk))
+        probs.append(video_scores(model, batch["video"], dtype, chunk, device))
         labels.append(batch["label"].long())
         keys.extend(batch["keys"])
     model.train(was_training)
     local = (keys, torch.cat(probs) if probs else None, torch.cat(labels) if labels else None, views)
-    parts = [local]
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        parts = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, local)
-    return _merge(parts)
+    return _merge(comm.gather_objects(local))
 
 
 def _merge(parts: list[Any]) -> EvalResult:

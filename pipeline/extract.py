@@ -40,6 +40,7 @@ from pipeline.models import create_model_from_config
 from pipeline.models.config import ModelConfig
 from pipeline.registry import load_classifier, model_folder, read_card, weights_file
 from pipeline.tracking import TrackingConfig
+from pipeline.train import comm
 from pipeline.train.config import RunSection, ScalingSection
 
 log = logging.getLogger(__name__)
@@ -113,14 +114,15 @@ def pool_views(features: torch.Tensor, num_clips: int, num_crops: int, mode: Mod
 @torch.no_grad()
 def view_features(model: nn.Module, video: torch.Tensor, dtype: torch.dtype = torch.float32,
                   chunk: int = 0) -> torch.Tensor:
-    """``video [B, V, C, T, H, W]`` -> float32 ``[B, V, D]`` (``model.forward_features`` per view)."""
+    """``video [B, V, C, T, H, W]`` -> float32 ``[B, V, D]`` on the CPU (``model.forward_features`` per
+    view). Inputs go to the model's device here and nowhere else."""
     b, v = video.shape[:2]
     device = next(model.parameters()).device
     flat = video.flatten(0, 1)
     chunk = chunk or flat.shape[0]
-    parts = [model.forward_features(flat[i:i + chunk].to(device, dtype)).float().cpu()
+    parts = [model.forward_features(flat[i:i + chunk].to(device, dtype, non_blocking=True)).float()
              for i in range(0, len(flat), chunk)]
-    return torch.cat(parts).view(b, v, -1)
+    return torch.cat(parts).view(b, v, -1).cpu()
 
 
 def extract_pass(model: nn.Module, batches: Iterable[dict[str, Any]], num_clips: int, num_crops: int,
@@ -254,7 +256,7 @@ def extract(cfg: ExtractConfig, rank: int = 0, world: int = 1) -> dict[str, Any]
     """Extract this rank's share and write its part + counts; returns the counts."""
     t0 = time.monotonic()
     model, described = load_encoder(cfg)
-    device = torch.device("cuda") if cfg.scaling.use_gpu and torch.cuda.is_available() else torch.device("cpu")
+    device = comm.training_device() if cfg.scaling.use_gpu else torch.device("cpu")  # this rank's own GPU
     dtype = torch.bfloat16 if cfg.extract.precision == "bf16" else torch.float32
     model.to(device, dtype)
     loader = eval_loader(cfg.data, rank, world, require_labels=False)

@@ -153,6 +153,11 @@ class RayTrainSession:
 def _train_worker(config: dict[str, Any]) -> None:
     """Every Ray Train worker: threads, logging, then ``loop(cfg, session)``.
 
+    The worker's CPUs are shared with its loader processes (each single-threaded: PyTorch's
+    DataLoader sets one thread per worker process), so the training process takes what they
+    leave: ``cpus_per_worker - data.num_workers`` threads, at least one, unless
+    ``scaling.torch_threads`` says otherwise.
+
     Relaunching a run by name, or restarting workers after a crash, continues from the run's
     newest complete checkpoint in storage, looked up by the workers themselves: Ray Train V2
     hands back no checkpoint of an earlier launch nor, here, after a worker-group restart.
@@ -162,7 +167,8 @@ def _train_worker(config: dict[str, Any]) -> None:
     from pipeline.train.checkpoint import latest_checkpoint
 
     cfg, loop = config["cfg"], config["loop"]
-    torch.set_num_threads(cfg.scaling.torch_threads or cfg.scaling.cpus_per_worker)
+    loaders = getattr(getattr(cfg, "data", None), "num_workers", 0)
+    torch.set_num_threads(cfg.scaling.torch_threads or max(1, cfg.scaling.cpus_per_worker - loaders))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     run_dir = sio.join(cfg.run.output, cfg.run.name)
     loop(cfg, RayTrainSession(find_checkpoint=lambda: latest_checkpoint(run_dir)))

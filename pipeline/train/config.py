@@ -27,7 +27,15 @@ class TrainSection:
     image_every: int = help_field(50, help="steps between reconstruction pictures (0 = never)")
     keep_checkpoints: int = help_field(2, help="checkpoints kept in Ray Train storage")
     export: bool = help_field(True, help="write consolidated fp32 weights (ours + official layout) at the end")
+    max_nonfinite: int = help_field(
+        5, help="non-finite (NaN/inf) losses in a row that stop the job; each one skips its micro-batch")
     fail_at_step: int = help_field(-1, help="testing: crash rank 0 once after this step (-1 = never)")
+    fault_nonfinite_step: int = help_field(-1, help="testing: from this step on, the last rank's loss is inf (-1 = never)")
+    fault_nonfinite_count: int = help_field(0, help="testing: how many inf losses fault_nonfinite_step injects")
+
+    def __post_init__(self) -> None:
+        if self.max_nonfinite < 1:
+            raise ValueError(f"train.max_nonfinite must be >= 1, got {self.max_nonfinite}")
 
 
 @dataclass
@@ -36,7 +44,8 @@ class ScalingSection:
     use_gpu: bool = help_field(False, help="one GPU per worker")
     cpus_per_worker: int = help_field(1, help="CPUs reserved per worker")
     max_failures: int = help_field(1, help="worker crashes survived by restarting from the last checkpoint")
-    torch_threads: int = help_field(0, help="intra-op threads per worker (0 = CPUs per worker)")
+    torch_threads: int = help_field(
+        0, help="intra-op threads per worker (0 = CPUs per worker minus data.num_workers loader processes, at least 1)")
 
 
 @dataclass

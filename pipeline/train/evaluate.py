@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from pipeline import io as sio
 from pipeline.config import config_hash
@@ -26,15 +25,10 @@ from pipeline.errors import DataError
 from pipeline.evaluation import confusion_picture, evaluate_pass
 from pipeline.registry import load_classifier
 from pipeline.tracking import make_tracker
+from pipeline.train import comm
 from pipeline.train.finetune_config import EvaluateConfig
 
 log = logging.getLogger(__name__)
-
-
-def _rank_world() -> tuple[int, int]:
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def check_inputs(cfg: EvaluateConfig, card_data: dict[str, Any]) -> None:
@@ -48,7 +42,7 @@ def check_inputs(cfg: EvaluateConfig, card_data: dict[str, Any]) -> None:
 
 def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     """Score the split, gather, write the report (rank 0); returns the report on every rank."""
-    rank, world = _rank_world()
+    rank, world = comm.rank_world()
     model, card = load_classifier(cfg.model.init, cfg.model, cfg.tracking.tracking_uri or None)
     check_inputs(cfg, card.data)
     index = ShardIndex.load(cfg.data.shards)
@@ -58,7 +52,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     if index.labels and card.class_names and list(index.labels) != card.class_names:
         raise DataError(f"the shards' labels {list(index.labels)[:5]} differ from the model's {card.class_names[:5]}")
     dtype = torch.bfloat16 if cfg.eval.precision == "bf16" else torch.float32
-    model.to(dtype)
+    model.to(comm.training_device(), dtype)  # the GPU this rank reserved, not the CPU the weights loaded on
     tracker = make_tracker(cfg.tracking, rank)
     tracker.start(run_name=cfg.run.name, config=cfg, tags={"stage": "evaluate", "model": cfg.model.init,
                                                            "config_hash": config_hash(cfg)})

@@ -26,15 +26,52 @@ log = logging.getLogger(__name__)
 
 
 def consolidated_state(checkpoint_dir: str | Path) -> dict[str, torch.Tensor]:
-    """Full fp32 state dict of the model in a checkpoint folder (any ZeRO stage)."""
+    """Full fp32 state dict of the model in a checkpoint folder: the optimizer's fp32 master weights
+    for ZeRO 1-3 in any precision (bf16 ZeRO-1/2 shards are ``bf16_zero_pp_rank_*``), the module
+    itself for ZeRO-0."""
     root = Path(checkpoint_dir)
     tag = json.loads((root / LOOP_FILE).read_text())["tag"]
     ds = root / "ds"
-    if any((ds / tag).glob("*optim_states.pt")) and any((ds / tag).glob("zero_pp_rank_*")):
+    shards = sorted((ds / tag).glob("*zero_pp_rank_*_optim_states.pt"), key=_dp_rank)
+    model_states = ds / tag / "mp_rank_00_model_states.pt"
+    if shards and _is_bf16_optimizer(shards[0]):  # bf16 ZeRO-1 with fp32 accumulation: BF16_Optimizer's layout
+        state = _bf16_optimizer_masters(shards, torch.load(model_states, map_location="cpu", weights_only=False))
+    elif shards:
         state = eng.consolidate_fp32(ds, tag)
-    else:  # ZeRO-0: the model states file holds the whole module
-        state = torch.load(ds / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+    else:  # ZeRO-0: the model states file holds the whole module (fp32 unless trained in bf16/fp16)
+        module = torch.load(model_states, map_location="cpu", weights_only=False)["module"]
+        low = sorted(k for k, v in module.items() if v.is_floating_point() and v.dtype != torch.float32)
+        if low:
+            log.warning("ZeRO-0 %s checkpoint: the export holds its %s weights (DeepSpeed keeps ZeRO-0's fp32 "
+                        "masters unnamed); train with zero_stage >= 1 for fp32 master exports",
+                        tag, module[low[0]].dtype)
+        state = module
     return {k: v.float().contiguous() for k, v in state.items()}
+
+
+def _dp_rank(path: Path) -> int:
+    return int(path.name.split("zero_pp_rank_")[1].split("_")[0])
+
+
+def _is_bf16_optimizer(shard: Path) -> bool:
+    optim = torch.load(shard, map_location="cpu", weights_only=False, mmap=True)["optimizer_state_dict"]
+    return "param_slice_mappings" in optim and "zero_stage" not in optim
+
+
+def _bf16_optimizer_masters(shards: list[Path], model_states: dict) -> dict[str, torch.Tensor]:
+    """Whole fp32 masters from BF16_Optimizer shards: each rank's flat fp32 partition per group,
+    with ``param_slice_mappings`` naming the slice of every parameter it holds."""
+    pieces: dict[str, list[torch.Tensor]] = {}
+    for shard in shards:  # in rank order: a parameter's slices concatenate in that order
+        optim = torch.load(shard, map_location="cpu", weights_only=False)["optimizer_state_dict"]
+        for flat, mapping in zip(optim["single_partition_of_fp32_groups"], optim["param_slice_mappings"]):
+            for name, frag in mapping.items():
+                pieces.setdefault(name, []).append(flat.narrow(0, frag.start, frag.numel))
+    module = model_states["module"]
+    state = {k: v for k, v in module.items() if k not in pieces}  # buffers and frozen parameters
+    for name, parts in pieces.items():
+        state[name] = torch.cat(parts).view(module[name].shape)
+    return state
 
 
 def export_weights(checkpoint_dir: str | Path, model_cfg: ModelConfig, output: str) -> dict[str, str]:

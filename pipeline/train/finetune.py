@@ -33,10 +33,12 @@ from pipeline.models.registry import get_spec
 from pipeline.registry import ModelCard, write_model_folder
 from pipeline.tracking import make_tracker
 from pipeline.train import checkpoint as ckpt
+from pipeline.train import comm
 from pipeline.train.finetune_config import FinetuneConfig
 from pipeline.train.meter import Meter, format_eta
 from pipeline.train.mixup import Mixup, soft_target_cross_entropy
-from pipeline.train.pretrain import data_metrics, reduce_mean
+from pipeline.train.numerics import NonFiniteFault, NonFiniteGuard
+from pipeline.train.pretrain import data_metrics, fault, guard
 from pipeline.train.session import Session
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,8 @@ class Setup:
     step: int
     run_id: str
     best: dict[str, float]  # {"top1", "step"} of the best validation so far
+    guard: NonFiniteGuard
+    fault: NonFiniteFault
 
 
 def check_config(cfg: FinetuneConfig) -> None:
@@ -135,23 +139,32 @@ def setup(cfg: FinetuneConfig, session: Session, rank: int, world: int) -> Setup
     clips = cfg.data.batch_size * world * cfg.deepspeed.gradient_accumulation_steps
     # forward + backward = 3 forward passes of 2 FLOPs per MAC (a frozen encoder in a linear probe does less)
     meter = Meter(clips, spec.num_tokens, 6.0 * classify_macs(spec, cfg.model.num_classes), cfg.train.steps)
-    return Setup(engine, schedule, loader, _val_loader(cfg, rank, world), meter, step, run_id, best)
+    return Setup(engine, schedule, loader, _val_loader(cfg, rank, world), meter, step, run_id, best,
+                 guard(cfg, step if restore is not None else -1), fault(cfg, rank, world))  # type: ignore[arg-type]
 
 
 def train_step(s: Setup, batches: Any, mixer: Mixup, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step; returns the mean soft-target loss and the (unmixed) train top-1 of the last micro-batch."""
-    losses, correct = [], torch.zeros(())
-    for _ in range(s.engine.gradient_accumulation_steps()):
+    """One optimizer step over finite micro-batches; returns the mean soft-target loss and the train
+    top-1 (against the mixed target's top class) of the last one, both on the training device.
+
+    A micro-batch whose loss is not finite on some rank is skipped by every rank (see pre-training).
+    """
+    losses: list[torch.Tensor] = []
+    correct = torch.zeros(())
+    while len(losses) < s.engine.gradient_accumulation_steps():
         t0 = time.monotonic()
         batch = next(batches)
         s.meter.data_wait(time.monotonic() - t0)
         video, target = mixer(batch["video"], batch["label"])
         logits = s.engine(video.to(s.engine.device, dtype, non_blocking=True))
-        loss = soft_target_cross_entropy(logits, target.to(logits.device))
+        target = target.to(logits.device)
+        loss = s.fault(soft_target_cross_entropy(logits, target), s.step + 1)
+        if s.guard.skip(loss, s.step + 1):
+            continue
         s.engine.backward(loss)
         s.engine.step()
         losses.append(loss.detach().float())
-        correct = (logits.detach().argmax(-1).cpu() == target.argmax(-1).cpu()).float().mean()
+        correct = (logits.detach().argmax(-1) == target.argmax(-1)).float().mean()
     s.meter.step()
     return torch.stack(losses).mean(), correct
 
@@ -205,9 +218,10 @@ def finetune(cfg: FinetuneConfig, session: Session) -> dict[str, Any]:
             s.step += 1
             lr = s.schedule.apply(s.engine, s.step)
             if _due(s.step, cfg.train.log_every, cfg.train.steps):
-                metrics = {"loss": reduce_mean(loss), "train_top1": reduce_mean(acc), "lr": s.schedule(s.step - 1),
+                metrics = {**comm.mean_floats({"loss": loss, "train_top1": acc}), "lr": s.schedule(s.step - 1),
                            "grad_norm": eng.grad_norm(s.engine), "epoch": s.step / s.loader.steps_per_epoch,
-                           **s.meter.window(s.step), **data_metrics(s.loader)}
+                           "nonfinite_skipped": s.guard.skipped, **s.meter.window(s.step, comm.host_syncs()),
+                           **data_metrics(s.loader)}
                 tracker.log_metrics(metrics, s.step)
                 if rank == 0:
                     log.info("step %d/%d  loss %.4f  lr %.2e  %.1f clips/s  eta %s", s.step, cfg.train.steps,
@@ -226,6 +240,7 @@ def finetune(cfg: FinetuneConfig, session: Session) -> dict[str, Any]:
                 loop = {"data": s.loader.state_dict(), "world_size": world, "run_id": s.run_id, "lr": lr, "best": s.best}
                 ckpt.save(s.engine, staging, s.step, loop, rank)
                 session.report({**metrics, "step": s.step, "best_top1": s.best["top1"]}, staging)
+                s.guard.last_checkpoint = s.step
             ckpt_fail(cfg, s.step, rank)
         save_weights(cfg, s, names, "last", rank, metrics)
         tracker.log_metrics({"best_val_top1": s.best["top1"], "best_step": s.best["step"]}, s.step)

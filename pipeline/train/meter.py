@@ -17,6 +17,7 @@ class Meter:
     _start: float = field(default_factory=time.monotonic)
     _data_time: float = 0.0
     _steps: int = 0
+    _syncs: int = 0  # host-sync counter at the window's start
 
     def data_wait(self, seconds: float) -> None:
         self._data_time += seconds
@@ -24,7 +25,9 @@ class Meter:
     def step(self) -> None:
         self._steps += 1
 
-    def window(self, step: int) -> dict[str, float]:
+    def window(self, step: int, host_syncs: int | None = None) -> dict[str, float]:
+        """Rates since the last window; ``host_syncs`` (the process's running count of collective
+        results read on the host, :func:`pipeline.train.comm.host_syncs`) adds ``host_syncs_per_step``."""
         now = time.monotonic()
         elapsed = max(now - self._start, 1e-9)
         clips = self._steps * self.clips_per_step
@@ -36,6 +39,9 @@ class Meter:
             "step_time_s": elapsed / max(self._steps, 1),
         }
         out["eta_s"] = out["step_time_s"] * max(self.total_steps - step, 0)
+        if host_syncs is not None:
+            out["host_syncs_per_step"] = (host_syncs - self._syncs) / max(self._steps, 1)
+            self._syncs = host_syncs
         self._start, self._data_time, self._steps = now, 0.0, 0
         return out
 

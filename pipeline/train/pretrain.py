@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from pipeline import engine as eng
 from pipeline.config import config_hash, to_dict
@@ -30,8 +29,10 @@ from pipeline.models.flops import token_counts, train_flops_per_clip
 from pipeline.models.registry import get_spec
 from pipeline.tracking import make_tracker, reconstruction_grid
 from pipeline.train import checkpoint as ckpt
+from pipeline.train import comm
 from pipeline.train.config import PretrainConfig
 from pipeline.train.meter import Meter, format_eta
+from pipeline.train.numerics import NonFiniteFault, NonFiniteGuard
 from pipeline.train.session import Session
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ class Setup:
     meter: Meter
     step: int
     run_id: str
+    guard: NonFiniteGuard
+    fault: NonFiniteFault
 
 
 def check_config(cfg: PretrainConfig) -> None:
@@ -98,7 +101,16 @@ def setup(cfg: PretrainConfig, session: Session, rank: int, world: int) -> Setup
             ckpt.restore_rng(restore.rng_file)  # continues each rank's stream exactly
             step, run_id = int(restore.loop["step"]), restore.loop.get("run_id", "")
             log.info("resumed at step %d (epoch %d, data step %d)", step, loader.epoch, loader.step)
-    return Setup(engine, schedule, loader, _meter(cfg, world, cfg.train.steps), step, run_id)
+    return Setup(engine, schedule, loader, _meter(cfg, world, cfg.train.steps), step, run_id,
+                 guard(cfg, step if restore is not None else -1), fault(cfg, rank, world))
+
+
+def guard(cfg: PretrainConfig, last_checkpoint: int) -> NonFiniteGuard:
+    return NonFiniteGuard(cfg.train.max_nonfinite, f"{cfg.run.output.rstrip('/')}/{cfg.run.name}", last_checkpoint)
+
+
+def fault(cfg: PretrainConfig, rank: int, world: int) -> NonFiniteFault:
+    return NonFiniteFault(cfg.train.fault_nonfinite_step, cfg.train.fault_nonfinite_count, rank == world - 1)
 
 
 def _to_device(batch: dict[str, Any], engine: Any, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
@@ -107,13 +119,20 @@ def _to_device(batch: dict[str, Any], engine: Any, dtype: torch.dtype) -> tuple[
 
 
 def train_step(s: Setup, batches: Any, dtype: torch.dtype) -> tuple[torch.Tensor, dict[str, Any]]:
-    """One optimizer step over ``gradient_accumulation_steps`` micro-batches; returns the mean loss."""
-    losses, last = [], {}
-    for _ in range(s.engine.gradient_accumulation_steps()):
+    """One optimizer step over ``gradient_accumulation_steps`` finite micro-batches; returns the mean loss.
+
+    A micro-batch whose loss is not finite on some rank is skipped by every rank (no backward, no
+    ``engine.step()``) and replaced by the next batch; ``s.guard`` counts and limits these.
+    """
+    losses: list[torch.Tensor] = []
+    last: dict[str, Any] = {}
+    while len(losses) < s.engine.gradient_accumulation_steps():
         t0 = time.monotonic()
         last = next(batches)
         s.meter.data_wait(time.monotonic() - t0)
-        loss = s.engine(*_to_device(last, s.engine, dtype))
+        loss = s.fault(s.engine(*_to_device(last, s.engine, dtype)), s.step + 1)
+        if s.guard.skip(loss, s.step + 1):
+            continue
         s.engine.backward(loss)
         s.engine.step()
         losses.append(loss.detach().float())
@@ -127,12 +146,12 @@ def data_metrics(loader: TrainLoader) -> dict[str, int]:
             "data_shard_errors": stats.shard_errors, "data_samples_lost": stats.samples_lost}
 
 
-def reduce_mean(value: torch.Tensor) -> float:
-    if dist.is_initialized():
-        value = value.clone()
-        dist.all_reduce(value)
-        value /= dist.get_world_size()
-    return float(value)
+def picture_due(cfg: PretrainConfig, step: int, rank: int) -> bool:
+    """Whether this rank draws the reconstruction picture at ``step``: rank 0 only (the only rank
+    that logs it), except under ZeRO-3 where the forward gathers parameters from every rank."""
+    if not cfg.train.image_every or step % cfg.train.image_every:
+        return False
+    return rank == 0 or cfg.deepspeed.zero_stage == 3
 
 
 @torch.no_grad()
@@ -184,20 +203,22 @@ def pretrain(cfg: PretrainConfig, session: Session) -> dict[str, Any]:
             s.step += 1
             lr = s.schedule.apply(s.engine, s.step)  # the lr of the next step
             if s.step % cfg.train.log_every == 0 or s.step == cfg.train.steps:
-                metrics = {"loss": reduce_mean(loss), "lr": s.schedule(s.step - 1), "grad_norm": eng.grad_norm(s.engine),
-                           **s.meter.window(s.step), **data_metrics(s.loader)}
+                metrics = {**comm.mean_floats({"loss": loss}), "lr": s.schedule(s.step - 1),
+                           "grad_norm": eng.grad_norm(s.engine), "nonfinite_skipped": s.guard.skipped,
+                           **s.meter.window(s.step, comm.host_syncs()), **data_metrics(s.loader)}
                 tracker.log_metrics(metrics, s.step)
                 if rank == 0:
                     log.info("step %d/%d  loss %.4f  lr %.2e  %.1f clips/s  data %.0f%%  eta %s", s.step,
                              cfg.train.steps, metrics["loss"], metrics["lr"], metrics["clips_per_s"],
                              100 * metrics["data_wait_frac"], format_eta(metrics["eta_s"]))
-            if cfg.train.image_every and s.step % cfg.train.image_every == 0:
+            if picture_due(cfg, s.step, rank):
                 tracker.log_image(reconstruction_picture(s.engine, batch, dtype), "reconstruction", s.step)
             if s.step % cfg.train.checkpoint_every == 0 or s.step == cfg.train.steps:
                 staging = session.staging_dir(s.step)
                 loop = {"data": s.loader.state_dict(), "world_size": world, "run_id": run_id, "lr": lr}
                 ckpt.save(s.engine, staging, s.step, loop, rank)
                 session.report({**metrics, "step": s.step}, staging)
+                s.guard.last_checkpoint = s.step
                 tracker.set_tags({"last_checkpoint_step": s.step,
                                   "checkpoints": f"{cfg.run.output.rstrip('/')}/{cfg.run.name}"})
             maybe_fail(cfg, s.step, rank)
