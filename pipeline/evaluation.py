@@ -21,6 +21,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from pipeline.train.batch import model_input
+
 
 def aggregate_views(logits: torch.Tensor) -> torch.Tensor:
     """``logits [N, V, K]`` -> ``[N, K]`` probabilities: softmax per view, averaged over the V views."""
@@ -108,12 +110,13 @@ class EvalResult:
 @torch.no_grad()
 def video_scores(model: nn.Module, video: torch.Tensor, dtype: torch.dtype = torch.float32,
                  chunk: int = 0) -> torch.Tensor:
-    """``video [B, V, C, T, H, W]`` -> per-video probabilities ``[B, K]`` (views in chunks of ``chunk``)."""
+    """uint8 ``video [B, V, C, T, H, W]`` -> per-video probabilities ``[B, K]`` (views in chunks of ``chunk``)."""
     b, v = video.shape[:2]
     device = next(model.parameters()).device
     flat = video.flatten(0, 1)
     chunk = chunk or flat.shape[0]
-    logits = torch.cat([model(flat[i:i + chunk].to(device, dtype)).float().cpu() for i in range(0, len(flat), chunk)])
+    logits = torch.cat([model(model_input(flat[i:i + chunk], device, dtype)[0]).float().cpu()
+                        for i in range(0, len(flat), chunk)])
     return aggregate_views(logits.view(b, v, -1))
 
 
@@ -144,7 +147,7 @@ def evaluate_pass(model: nn.Module, batches: Iterable[dict[str, Any]], dtype: to
         if batch is None:
             if not lockstep:
                 break
-            video_scores(model, torch.zeros(shape), dtype, chunk)  # keeps the collective forward in step
+            video_scores(model, torch.zeros(shape, dtype=torch.uint8), dtype, chunk)  # keeps the collective forward in step
             continue
         shape, views = (1, *batch["video"].shape[1:]), batch["video"].shape[1]
         probs.append(video_scores(model, batch["video"], dtype, chunk))

@@ -40,6 +40,7 @@ from pipeline.models import create_model_from_config
 from pipeline.models.config import ModelConfig
 from pipeline.registry import load_classifier, model_folder, read_card, weights_file
 from pipeline.tracking import TrackingConfig
+from pipeline.train.batch import model_input
 from pipeline.train.config import RunSection, ScalingSection
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ def view_features(model: nn.Module, video: torch.Tensor, dtype: torch.dtype = to
     device = next(model.parameters()).device
     flat = video.flatten(0, 1)
     chunk = chunk or flat.shape[0]
-    parts = [model.forward_features(flat[i:i + chunk].to(device, dtype)).float().cpu()
+    parts = [model.forward_features(model_input(flat[i:i + chunk], device, dtype)[0]).float().cpu()
              for i in range(0, len(flat), chunk)]
     return torch.cat(parts).view(b, v, -1)
 

@@ -112,7 +112,7 @@ def test_pretrain_batch_shapes_and_masks(even):
     root, _ = even
     loader = pretrain_loader(config(root, batch_size=6, repeated_aug=3), MaskConfig(), GRID)
     batch = next(iter(loader))
-    assert batch["video"].shape == (6, 3, 4, 32, 32) and batch["video"].dtype == torch.float32
+    assert batch["video"].shape == (6, 3, 4, 32, 32) and batch["video"].dtype == torch.uint8
     assert batch["label"].dtype == torch.long and batch["label"].shape == (6,)
     assert batch["frame_indices"].shape == (6, 4)
     enc, dec = batch["enc_mask"], batch["dec_mask"]
