@@ -1,6 +1,8 @@
 """Plan a pre-training run: parameters, FLOPs per clip and model-state memory per GPU.
 
     python -m jobs.plan --set model.name=vit_g --set plan.world_size=64 [--json]
+    python -m jobs.plan --table   # the shipped configs: model states per GPU
+    python -m jobs.plan --shm     # the shipped configs: /dev/shm their loaders need per node
 
 Model-state memory follows the ZeRO paper (Rajbhandari et al. 2020) for P parameters on N
 GPUs with mixed-precision Adam (bytes/param: 2 param + 2 grad + 12 optimizer = fp32 master,
@@ -168,6 +170,90 @@ def config_table(root: str | Path = CONFIGS) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------------------------
+# Shared memory (/dev/shm) the loaders of a shipped config keep in flight per node
+
+GPUS_PER_NODE = 8  # the GPU node of cluster/kuberay/*.yaml and cluster/launcher/aws.yaml (8 x A100)
+_SHM_JOBS = ("pretrain", "finetune", "evaluate", "extract")
+
+
+def train_clip_bytes(data: Any, tokens: int = 0, video_bytes_per_value: int = 1) -> int:
+    """Bytes of one clip in a training batch: video ``[C, T, S, S]`` (uint8: 1 byte a value; the
+    float32 hand-off it replaced: 4), frame indices ``[T]`` and label (int64), and with
+    ``tokens`` the two bool masks (pre-training)."""
+    return video_bytes_per_value * 3 * data.num_frames * data.input_size**2 + 8 * data.num_frames + 8 + 2 * tokens
+
+
+def eval_video_bytes(data: Any, views: int, video_bytes_per_value: int = 1) -> int:
+    """Bytes of one video in an evaluation batch: ``views`` clips ``[C, T, S, S]`` and its label."""
+    return video_bytes_per_value * views * 3 * data.num_frames * data.input_size**2 + 8
+
+
+def loader_shm_bytes(data: Any, item_bytes: int) -> int:
+    """What one loader holds in ``/dev/shm``: each of ``num_workers`` workers has up to
+    ``prefetch_factor`` batches of ``batch_size`` items ready (torch's bound on outstanding
+    batches), plus the one being pinned or consumed. In-process loading (0 workers) uses none."""
+    if data.num_workers == 0:
+        return 0
+    return (data.num_workers * data.prefetch_factor + 1) * data.batch_size * item_bytes
+
+
+def rank_shm_bytes(job: str, cfg: Any, video_bytes_per_value: int = 1) -> int:
+    """``/dev/shm`` bytes one rank of ``cfg`` (a ``jobs.<job>`` config) needs at its peak.
+
+    Fine-tuning validates while its training loader's workers keep their prefetched batches:
+    both loaders count.
+    """
+    from pipeline.models.registry import get_spec
+
+    data = cfg.data
+    if job == "pretrain":
+        tokens = get_spec(cfg.model.name, **cfg.model.arch_overrides()).num_tokens
+        return loader_shm_bytes(data, train_clip_bytes(data, tokens, video_bytes_per_value))
+    if job == "finetune":
+        need = loader_shm_bytes(data, train_clip_bytes(data, 0, video_bytes_per_value))
+        if cfg.finetune.val_split:
+            views = cfg.finetune.val_num_clips * cfg.finetune.val_num_crops
+            need += loader_shm_bytes(data, eval_video_bytes(data, views, video_bytes_per_value))
+        return need
+    return loader_shm_bytes(data, eval_video_bytes(data, data.test_num_clips * data.test_num_crops,
+                                                   video_bytes_per_value))
+
+
+def shm_rows(gpus_per_node: int = GPUS_PER_NODE, root: str | Path = CONFIGS) -> list[dict[str, Any]]:
+    """Per shipped config: ranks on one node (GPU configs: up to ``gpus_per_node``; CPU configs run
+    all ranks on one machine) and the ``/dev/shm`` GiB per rank and per node, uint8 hand-off (and,
+    for comparison, the float32 one it replaced)."""
+    from pipeline.config import load_config
+    from pipeline.submission import config_class
+
+    rows = []
+    for job in _SHM_JOBS:
+        for path in sorted(Path(root, job).glob("*.toml")):
+            cfg = load_config(config_class(job), path, [])
+            ranks = cfg.scaling.num_workers
+            per_node = min(ranks, gpus_per_node) if cfg.scaling.use_gpu else ranks
+            rank, rank_f32 = rank_shm_bytes(job, cfg), rank_shm_bytes(job, cfg, video_bytes_per_value=4)
+            rows.append({"config": f"{job}/{path.stem}", "gpu": cfg.scaling.use_gpu, "ranks_per_node": per_node,
+                         "loader_workers": cfg.data.num_workers, "prefetch_factor": cfg.data.prefetch_factor,
+                         "batch_size": cfg.data.batch_size, "shm_gib_per_rank": rank / GIB,
+                         "shm_gib_per_node": per_node * rank / GIB,
+                         "shm_gib_per_node_float32": per_node * rank_f32 / GIB})
+    return rows
+
+
+def shm_table(gpus_per_node: int = GPUS_PER_NODE) -> str:
+    """``python -m jobs.plan --shm``: the rows as a Markdown table."""
+    lines = [f"/dev/shm per node ({gpus_per_node}-GPU nodes), uint8 hand-off (float32 hand-off before it):", "",
+             "| config | ranks / node | workers x prefetch x batch | GiB / rank | GiB / node | float32: GiB / node |",
+             "|---|---:|---|---:|---:|---:|"]
+    for r in shm_rows(gpus_per_node):
+        lines.append(f"| `{r['config']}` | {r['ranks_per_node']} | {r['loader_workers']} x {r['prefetch_factor']} x "
+                     f"{r['batch_size']} | {r['shm_gib_per_rank']:.2f} | {r['shm_gib_per_node']:.1f} | "
+                     f"{r['shm_gib_per_node_float32']:.1f} |")
+    return "\n".join(lines)
+
+
 def run(cfg: PlanConfig, json_output: bool = False, cluster: bool = False) -> int:
     if cluster:
         out = make_cluster_plan(cfg)
@@ -190,6 +276,9 @@ if __name__ == "__main__":
 
     if sys.argv[1:] == ["--table"]:  # the README's table of shipped configs
         print(config_table())
+        raise SystemExit(0)
+    if sys.argv[1:] == ["--shm"]:  # shared memory per node of the shipped configs
+        print(shm_table())
         raise SystemExit(0)
     argv = sys.argv[1:]
     job = run_cluster if "--cluster" in argv else run  # the capacity plan of a cluster run

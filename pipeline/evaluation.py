@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from pipeline.train import comm
+from pipeline.train.batch import model_input
 
 
 def aggregate_views(logits: torch.Tensor) -> torch.Tensor:
@@ -109,13 +110,14 @@ class EvalResult:
 @torch.no_grad()
 def video_scores(model: nn.Module, video: torch.Tensor, dtype: torch.dtype = torch.float32,
                  chunk: int = 0, device: torch.device | None = None) -> torch.Tensor:
-    """``video [B, V, C, T, H, W]`` -> per-video probabilities ``[B, K]`` on the CPU (views in chunks
-    of ``chunk``). Inputs go to ``device`` (default: the model's) here and nowhere else."""
+    """uint8 ``video [B, V, C, T, H, W]`` -> per-video probabilities ``[B, K]`` on the CPU (views in
+    chunks of ``chunk``). Inputs go to ``device`` (default: the model's) and are normalised there,
+    here and nowhere else."""
     b, v = video.shape[:2]
     device = device or next(model.parameters()).device
     flat = video.flatten(0, 1)
     chunk = chunk or flat.shape[0]
-    logits = torch.cat([model(flat[i:i + chunk].to(device, dtype, non_blocking=True)).float()
+    logits = torch.cat([model(model_input(flat[i:i + chunk], device, dtype)[0]).float()
                         for i in range(0, len(flat), chunk)])
     return aggregate_views(logits.view(b, v, -1)).cpu()
 
@@ -140,7 +142,7 @@ def evaluate_pass(model: nn.Module, batches: Iterable[dict[str, Any]], dtype: to
         if batch is None:
             if not lockstep:
                 break
-            video_scores(model, torch.zeros(shape), dtype, chunk, device)  # keeps the collective forward in step
+            video_scores(model, torch.zeros(shape, dtype=torch.uint8), dtype, chunk, device)  # keeps the collective forward in step
             continue
         shape, views = (1, *batch["video"].shape[1:]), batch["video"].shape[1]
         probs.append(video_scores(model, batch["video"], dtype, chunk, device))

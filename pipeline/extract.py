@@ -41,6 +41,7 @@ from pipeline.models.config import ModelConfig
 from pipeline.registry import load_classifier, model_folder, read_card, weights_file
 from pipeline.tracking import TrackingConfig
 from pipeline.train import comm
+from pipeline.train.batch import model_input
 from pipeline.train.config import RunSection, ScalingSection
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ def view_features(model: nn.Module, video: torch.Tensor, dtype: torch.dtype = to
     device = next(model.parameters()).device
     flat = video.flatten(0, 1)
     chunk = chunk or flat.shape[0]
-    parts = [model.forward_features(flat[i:i + chunk].to(device, dtype, non_blocking=True)).float()
+    parts = [model.forward_features(model_input(flat[i:i + chunk], device, dtype)[0]).float()
              for i in range(0, len(flat), chunk)]
     return torch.cat(parts).view(b, v, -1).cpu()
 

@@ -94,8 +94,8 @@ class SampleError:
 
 @dataclass
 class TrainViews:
-    """k augmented views of one decoded clip: ``video [k, T, C, S, S]`` uint8 crops (normalised
-    straight into the batch tensor by the collate step, ``TrainTransform.normalize``), ``frames [T]``."""
+    """k augmented views of one decoded clip: ``video [k, T, C, S, S]`` uint8 crops (shipped as
+    uint8; the training process normalises them on its device), ``frames [T]``."""
 
     key: str
     video: torch.Tensor
@@ -105,7 +105,7 @@ class TrainViews:
 
 @dataclass
 class TestViews:
-    """All test views of one video: ``video [clips * crops, C, T, S, S]`` float (clip-major)."""
+    """All test views of one video: ``video [clips * crops, C, T, S, S]`` uint8 (clip-major, not normalised)."""
 
     __test__ = False  # not a pytest class
 
@@ -205,7 +205,7 @@ def test_views(raw: RawSample, spec: ClipSpec, require_label: bool) -> TestViews
             clips = test_clip_indices(reader.num_frames, spec.num_frames, spec.stride, spec.test_clips)
             frames = reader.get(np.concatenate(clips))  # one decode pass for every clip
         t = spec.num_frames
-        video = torch.cat([spec.test(frames[i * t : (i + 1) * t]) for i in range(len(clips))])
+        video = torch.cat([spec.test.crops(frames[i * t : (i + 1) * t]) for i in range(len(clips))])
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001

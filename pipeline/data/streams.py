@@ -151,12 +151,16 @@ class _Batcher:
         self.resumed_pass = False
 
     def batch(self, position: tuple[int, int]) -> dict[str, Any]:
-        """Collate the pending views: video ``[B, C, T, H, W]``, masks ``[B, N]``, labels ``[B]``."""
+        """Collate the pending views: uint8 video ``[B, C, T, H, W]``, masks ``[B, N]``, labels ``[B]``.
+
+        The video stays uint8 (1 byte per value through shared memory, not 4): the training
+        process normalises it on its device (:func:`pipeline.train.batch.model_input`).
+        """
         plan, views = self.plan, self.pending
         t, c, h, w = views[0][0].video.shape[1:]
-        video = torch.empty(len(views), c, t, h, w)
-        for slot, (tv, v) in zip(video, views):  # uint8 crops -> float, written once, in place
-            plan.spec.train.normalize(tv.video[v], out=slot)
+        video = torch.empty(len(views), c, t, h, w, dtype=torch.uint8)
+        for slot, (tv, v) in zip(video, views):  # [T, C, H, W] crop -> [C, T, H, W] slot, one copy
+            slot.copy_(tv.video[v].permute(1, 0, 2, 3))
         out: dict[str, Any] = {
             "video": video,
             "keys": [tv.key for tv, _ in views],
@@ -231,7 +235,7 @@ def _eval_batch(views: list[TestViews], stats: DataStats) -> dict[str, Any]:
 
 
 class EvalStream(IterableDataset):
-    """Batches ``{video [B, V, C, T, H, W], label [B], keys, stats}``; V = clips x crops; last one may be short."""
+    """Batches ``{video uint8 [B, V, C, T, H, W], label [B], keys, stats}``; V = clips x crops; last one may be short."""
 
     def __init__(self, plan: EvalPlan) -> None:
         self.plan = plan

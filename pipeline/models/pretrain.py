@@ -21,9 +21,7 @@ from pipeline.models.layers import (AttnImpl, Block, SinCosPosEmbed, drop_path_r
                                     reset_adapters)
 from pipeline.models.registry import ArchSpec
 from pipeline.models.vit import VideoViT, gather_tokens, run_blocks
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from pipeline.pixels import IMAGENET_MEAN, IMAGENET_STD
 TARGET_EPS = 1e-6
 
 

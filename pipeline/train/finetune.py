@@ -34,6 +34,7 @@ from pipeline.registry import ModelCard, write_model_folder
 from pipeline.tracking import make_tracker
 from pipeline.train import checkpoint as ckpt
 from pipeline.train import comm
+from pipeline.train.batch import model_input
 from pipeline.train.finetune_config import FinetuneConfig
 from pipeline.train.meter import Meter, format_eta
 from pipeline.train.mixup import Mixup, soft_target_cross_entropy
@@ -155,8 +156,8 @@ def train_step(s: Setup, batches: Any, mixer: Mixup, dtype: torch.dtype) -> tupl
         t0 = time.monotonic()
         batch = next(batches)
         s.meter.data_wait(time.monotonic() - t0)
-        video, target = mixer(batch["video"], batch["label"])
-        logits = s.engine(video.to(s.engine.device, dtype, non_blocking=True))
+        video, target = model_input(batch["video"], s.engine.device, dtype, mixer, batch["label"])
+        logits = s.engine(video)
         target = target.to(logits.device)
         loss = s.fault(soft_target_cross_entropy(logits, target), s.step + 1)
         if s.guard.skip(loss, s.step + 1):

@@ -2,6 +2,8 @@
 
     mixer = Mixup(MixupConfig(), num_classes=400)
     video, target = mixer(video, label, generator)    # video [B, C, T, H, W], target [B, K] rows sum to 1
+
+Training applies it on the device, to the freshly normalised batch (:func:`pipeline.train.batch.model_input`).
     loss = soft_target_cross_entropy(logits, target)
 
 As timm's ``Mixup`` in batch mode (what VideoMAE fine-tuning uses): one ``lam`` per batch, each
@@ -105,11 +107,15 @@ class Mixup:
         alpha = cfg.cutmix_alpha if use_cutmix else cfg.mixup_alpha
         return _beta(alpha, generator), "cutmix" if use_cutmix else "mixup"
 
-    def __call__(self, video: torch.Tensor, label: torch.Tensor,
-                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``video [B, C, T, H, W]``, ``label [B]`` -> mixed video, targets ``[B, K]`` (rows sum to 1)."""
+    def __call__(self, video: torch.Tensor, label: torch.Tensor, generator: torch.Generator | None = None,
+                 inplace: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``video [B, C, T, H, W]``, ``label [B]`` -> mixed video, targets ``[B, K]`` (rows sum to 1).
+
+        ``inplace``: mix into ``video`` itself (a batch just normalised on the device, which no
+        one else holds) instead of a copy: one batch-sized buffer less on the GPU.
+        """
         lam, kind = self.sample(generator)
-        video = video.clone() if kind != "none" else video
+        video = video.clone() if kind != "none" and not inplace else video
         flipped = video.flip(0)
         if kind == "mixup":
             video.mul_(lam).add_(flipped, alpha=1.0 - lam)

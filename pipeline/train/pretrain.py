@@ -30,6 +30,7 @@ from pipeline.models.registry import get_spec
 from pipeline.tracking import make_tracker, reconstruction_grid
 from pipeline.train import checkpoint as ckpt
 from pipeline.train import comm
+from pipeline.train.batch import model_input
 from pipeline.train.config import PretrainConfig
 from pipeline.train.meter import Meter, format_eta
 from pipeline.train.numerics import NonFiniteFault, NonFiniteGuard
@@ -114,7 +115,7 @@ def fault(cfg: PretrainConfig, rank: int, world: int) -> NonFiniteFault:
 
 
 def _to_device(batch: dict[str, Any], engine: Any, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-    video = batch["video"].to(engine.device, dtype, non_blocking=True)
+    video, _ = model_input(batch["video"], engine.device, dtype)
     return video, batch["enc_mask"].to(engine.device), batch["dec_mask"].to(engine.device)
 
 
@@ -160,7 +161,7 @@ def reconstruction_picture(engine: Any, batch: dict[str, Any], dtype: torch.dtyp
     model = engine.module
     was_training = model.training
     model.eval()
-    video, enc, dec = (t[:1] for t in _to_device(batch, engine, dtype))
+    video, enc, dec = _to_device({k: batch[k][:1] for k in ("video", "enc_mask", "dec_mask")}, engine, dtype)
     _, pred, keep = model(video, enc, dec, return_pred=True)
     recon = model.reconstruct(video, pred, keep)[0]  # [C, T, H, W] in 0-1
     model.train(was_training)

@@ -2,8 +2,9 @@
 
 Layouts. Input: uint8 frames ``[T, H, W, C]`` (what :func:`pipeline.video.decode.decode_frames`
 returns; a numpy array or a tensor). Internally ``[T, C, H, W]`` so one ``interpolate`` call
-resizes every frame of a clip at once. Output: float32 ``[C, T, H, W]`` (the model's
-``B, C, T, H, W`` without the batch), normalised with the ImageNet mean/std.
+resizes every frame of a clip at once. Output: uint8 crops (what the loader ships: 4x fewer
+bytes than float32 through shared memory) or float32 ``[C, T, H, W]`` (the model's ``B, C, T, H, W``
+without the batch), normalised with the ImageNet mean/std of :mod:`pipeline.pixels`.
 
 Resizing is bilinear **with antialiasing**: VideoMAE (V1 and V2) runs ``GroupMultiScaleCrop`` on
 PIL images, and PIL's bilinear resize filters over the whole downscaled footprint, which is what
@@ -21,8 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from pipeline.pixels import IMAGENET_MEAN, IMAGENET_STD, normalize_pixels
+
 MULTISCALE_SCALES = (1.0, 0.875, 0.75, 0.66)
 
 FramesLike = torch.Tensor | np.ndarray
@@ -100,17 +101,11 @@ def normalize(x: torch.Tensor, mean: tuple[float, ...] = IMAGENET_MEAN, std: tup
               out: torch.Tensor | None = None) -> torch.Tensor:
     """uint8 ``[T, C, H, W]`` -> float32 ``[C, T, H, W]``: ``(x / 255 - mean) / std`` per channel.
 
-    Writes into ``out`` (float32 ``[C, T, H, W]``, e.g. a slot of a batch tensor) when given.
+    Writes into ``out`` (float32 ``[C, T, H, W]``, e.g. a slot of a batch tensor) when given. The
+    loader no longer calls it (it ships uint8; :mod:`pipeline.train.batch` normalises on the
+    training device with the same :func:`~pipeline.pixels.normalize_pixels`).
     """
-    m = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1, 1)
-    scale, shift = 1.0 / (s * 255.0), -m / s
-    src = x.permute(1, 0, 2, 3)
-    if out is None:
-        out = torch.empty(src.shape, dtype=torch.float32)
-    # One float buffer converted and scaled in place: ~4x faster on a CPU core than
-    # (x.float() - mean) / std with its temporaries and division; equal to it within 1 ulp.
-    return out.copy_(src).mul_(scale).add_(shift)
+    return normalize_pixels(x.permute(1, 0, 2, 3), mean, std, out=out)
 
 
 def denormalize(x: torch.Tensor, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> torch.Tensor:
@@ -162,8 +157,9 @@ class TrainTransform:
     ``t(frames uint8 [T, H, W, C], generator) -> float32 [C, T, size, size]``. The crop box and the
     flip are drawn once per clip (same box on every frame) from ``generator`` (a
     ``torch.Generator`` or an int seed). Repeated augmentation = call it k times on one clip.
-    ``t.crop`` and ``t.normalize`` are its two halves: the loader keeps uint8 crops until it
-    normalises them straight into the batch tensor (no float copy per view).
+    ``t.crop`` and ``t.normalize`` are its two halves: the loader ships the uint8 crops and the
+    training process normalises them on its device (:mod:`pipeline.train.batch`), always with the
+    ImageNet mean/std of :mod:`pipeline.pixels` (so there is no per-transform mean/std to disagree).
     """
 
     size: int = 224
@@ -172,8 +168,6 @@ class TrainTransform:
     more_fix_crop: bool = True
     flip: bool = False  # VideoMAE pre-training uses no flip
     antialias: bool = True
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
 
     def sample(self, height: int, width: int, generator: torch.Generator | int | None = None) -> CropParams:
         """Draw a crop box for a ``height`` x ``width`` clip (the random part of the transform)."""
@@ -194,7 +188,7 @@ class TrainTransform:
 
     def normalize(self, crops: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """uint8 ``[T, C, size, size]`` from :meth:`crop` -> float32 ``[C, T, size, size]`` (into ``out``)."""
-        return normalize(crops, self.mean, self.std, out=out)
+        return normalize(crops, out=out)
 
     def __call__(self, frames: FramesLike, generator: torch.Generator | int | None = None,
                  out: torch.Tensor | None = None) -> torch.Tensor:
@@ -205,8 +199,9 @@ class TrainTransform:
 class TestTransform:
     """VideoMAE test-time view(s): resize the short side to ``short_side``, cut ``num_crops`` squares.
 
-    ``t(frames uint8 [T, H, W, C]) -> float32 [num_crops, C, T, size, size]``; deterministic.
-    ``num_crops=1`` is the centre crop (validation), 3 is VideoMAE's three-crop test.
+    ``t.crops(frames uint8 [T, H, W, C]) -> uint8 [num_crops, C, T, size, size]`` (what the loader
+    ships); ``t(frames)`` is the same normalised to float32. Deterministic. ``num_crops=1`` is the
+    centre crop (validation), 3 is VideoMAE's three-crop test.
     """
 
     __test__ = False  # not a pytest test class despite its name
@@ -215,11 +210,13 @@ class TestTransform:
     short_side: int = 224
     num_crops: int = 3
     antialias: bool = True
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
+
+    def crops(self, frames: FramesLike) -> torch.Tensor:
+        """The test crops, not yet normalised: uint8 ``[num_crops, C, T, size, size]``."""
+        x = resize_short_side(to_tchw(frames), self.short_side, self.antialias)
+        boxes = spatial_crop_boxes(x.shape[-2], x.shape[-1], self.size, self.num_crops)
+        return torch.stack([resized_crop(x, b, (self.size, self.size)).permute(1, 0, 2, 3) for b in boxes])
 
     def __call__(self, frames: FramesLike, generator: torch.Generator | int | None = None) -> torch.Tensor:
         del generator  # accepted for a uniform call signature with TrainTransform; nothing is random
-        x = resize_short_side(to_tchw(frames), self.short_side, self.antialias)
-        boxes = spatial_crop_boxes(x.shape[-2], x.shape[-1], self.size, self.num_crops)
-        return torch.stack([normalize(resized_crop(x, b, (self.size, self.size)), self.mean, self.std) for b in boxes])
+        return normalize_pixels(self.crops(frames))

@@ -114,6 +114,57 @@ def test_kuberay_resource_has_a_cpu_head_and_gpu_workers(path: Path, doc: dict) 
             assert mounts and mounts <= shm, f"{name}: /dev/shm is not a memory-backed volume"
 
 
+_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4}
+
+
+def _quantity(text: str, docker: bool = False) -> int:
+    """Bytes of a Kubernetes quantity ("128Gi") or a Docker size ("128g": Docker's g is GiB)."""
+    m = re.fullmatch(r"(\d+)([a-zA-Z]*)", str(text).strip())
+    assert m, f"not a size: {text!r}"
+    unit = m.group(2).lower()
+    return int(m.group(1)) * (1024 ** "bkmgt".index(unit[0]) if docker and unit else _UNITS[unit])
+
+
+def _gpu_nodes() -> list[tuple[str, int, int, int]]:
+    """(where, GPUs, /dev/shm bytes, object store bytes or 0 = Ray's default) of every GPU node shipped."""
+    nodes = []
+    for path, doc in KUBERAY:
+        for group in _cluster_spec(doc)["workerGroupSpecs"]:
+            pod = group["template"]["spec"]
+            gpus = int(pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
+            mount = next(m["name"] for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == "/dev/shm")
+            shm = next(v["emptyDir"]["sizeLimit"] for v in pod["volumes"] if v["name"] == mount)
+            store = int(group["rayStartParams"].get("object-store-memory", 0))
+            nodes.append((f"{path.name}:{doc['kind']}:{group['groupName']}", gpus, _quantity(shm), store))
+    config = yaml.safe_load(LAUNCHER[0].read_text())
+    options = " ".join(config["docker"]["run_options"])
+    shm = re.search(r"--shm-size[= ](\S+)", options).group(1)
+    store = re.search(r"--object-store-memory[= ](\d+)", " ".join(config["worker_start_ray_commands"]))
+    for name, node in config["available_node_types"].items():
+        if node["resources"].get("GPU", 0) >= 1:
+            nodes.append((f"{LAUNCHER[0].name}:{name}", int(node["resources"]["GPU"]), _quantity(shm, docker=True),
+                          int(store.group(1)) if store else 0))
+    return nodes
+
+
+def test_dev_shm_holds_the_loaders_of_every_shipped_config_and_the_object_store() -> None:
+    """Each GPU node's /dev/shm >= the object store (Ray puts it there) + what `jobs.plan --shm`
+    says the loaders of every shipped config keep in flight on that node's ranks (uint8 clips)."""
+    from jobs.plan import GIB, shm_rows
+
+    nodes = _gpu_nodes()
+    assert len(nodes) == 3, nodes  # RayCluster, RayJob, launcher
+    for where, gpus, shm, store in nodes:
+        # Unset, Ray sizes the object store to 95% of /dev/shm: nothing would be left for the loaders.
+        assert store > 0, f"{where}: set the object store size (Ray's default takes 95% of /dev/shm)"
+        rows = shm_rows(gpus_per_node=gpus)
+        need = max(rows, key=lambda r: r["shm_gib_per_node"])
+        assert need["shm_gib_per_node"] > 10, need  # the K400 configs are in the plan
+        assert store + need["shm_gib_per_node"] * GIB <= shm, (
+            f"{where}: /dev/shm {shm / GIB:.0f} GiB < object store {store / GIB:.0f} GiB + "
+            f"{need['config']}'s loaders {need['shm_gib_per_node']:.1f} GiB on {gpus} ranks")
+
+
 def test_rayjob_creates_the_same_cluster_as_raycluster() -> None:
     by_kind = {d["kind"]: d for _, d in KUBERAY}
     assert by_kind["RayJob"]["spec"]["rayClusterSpec"] == by_kind["RayCluster"]["spec"]

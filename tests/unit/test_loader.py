@@ -10,6 +10,7 @@ import collections
 import json
 import logging
 import random
+import warnings
 from pathlib import Path
 
 import pytest
@@ -112,7 +113,7 @@ def test_pretrain_batch_shapes_and_masks(even):
     root, _ = even
     loader = pretrain_loader(config(root, batch_size=6, repeated_aug=3), MaskConfig(), GRID)
     batch = next(iter(loader))
-    assert batch["video"].shape == (6, 3, 4, 32, 32) and batch["video"].dtype == torch.float32
+    assert batch["video"].shape == (6, 3, 4, 32, 32) and batch["video"].dtype == torch.uint8
     assert batch["label"].dtype == torch.long and batch["label"].shape == (6,)
     assert batch["frame_indices"].shape == (6, 4)
     enc, dec = batch["enc_mask"], batch["dec_mask"]
@@ -123,6 +124,57 @@ def test_pretrain_batch_shapes_and_masks(even):
     assert (dec.sum(1) == 4).all()  # running cell at 0.5: half the tokens dropped
     assert set(batch["stats"]) >= {"samples_ok", "decode_errors", "shard_errors", "samples_lost"}
     assert "_position" not in batch
+
+
+def test_batches_ship_uint8_a_quarter_of_float32(even):
+    """Pre-training, fine-tuning and evaluation batches carry uint8 video: 1 byte a value through the
+    workers' shared memory, a quarter of the float32 clips shipped before; and jobs.plan's bytes
+    per clip (its /dev/shm figures) are exactly what a real batch's tensors hold."""
+    from jobs.plan import eval_video_bytes, train_clip_bytes
+
+    root, _ = even
+    cfg = config(root, batch_size=4, repeated_aug=2, test_num_clips=2, test_num_crops=3)
+    float32_clip = 4 * 3 * 4 * 32 * 32  # what a normalised float32 [C, T, S, S] clip took
+    pre = next(iter(pretrain_loader(cfg, MaskConfig(), GRID)))
+    sup = next(iter(supervised_loader(cfg)))
+    ev = next(iter(eval_loader(cfg)))
+    for batch, views in ((pre, 1), (sup, 1), (ev, 6)):
+        assert batch["video"].dtype == torch.uint8
+        assert batch["video"].nbytes / (len(batch["keys"]) * views) == float32_clip / 4
+    tensor_bytes = lambda b: sum(v.nbytes for v in b.values() if isinstance(v, torch.Tensor))  # noqa: E731
+    assert tensor_bytes(pre) == 4 * train_clip_bytes(cfg, tokens=8)  # GRID has 8 tokens
+    assert tensor_bytes(sup) == 4 * train_clip_bytes(cfg)
+    assert tensor_bytes(ev) == len(ev["keys"]) * eval_video_bytes(cfg, views=6)
+
+
+def test_pinned_memory_exactly_when_cuda_is_present(even, monkeypatch):
+    """The rank's DataLoaders (training and evaluation) ask for pinned memory iff CUDA is present.
+
+    Stand-in for a GPU node: the loader reads ``torch.cuda.is_available()`` when it builds its
+    DataLoader, and on a GPU node that returns True; patched to True here, the same code path
+    runs and the DataLoader records ``pin_memory=True`` (this CPU-only torch then skips the
+    pinning itself, as it finds no accelerator, so the batches still flow and are checked).
+    """
+    from torch.utils.data import DataLoader
+
+    from pipeline.data import loader as loader_module
+
+    requested = []
+
+    class Recording(DataLoader):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            requested.append(self.pin_memory)
+
+    monkeypatch.setattr(loader_module, "DataLoader", Recording)
+    root, _ = even
+    for cuda in (False, True):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*pin_memory.*no accelerator")
+            assert next(iter(pretrain_loader(config(root, num_workers=1), MaskConfig(), GRID)))["video"].dtype == torch.uint8
+            assert next(iter(eval_loader(config(root))))["video"].dtype == torch.uint8
+    assert requested == [False, False, True, True]
 
 
 def test_views_share_frames_but_not_crops(even):

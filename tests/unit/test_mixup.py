@@ -80,3 +80,27 @@ def test_soft_target_cross_entropy_matches_hard_labels() -> None:
     expected = torch.nn.functional.cross_entropy(logits, label, label_smoothing=0.1)
     got = soft_target_cross_entropy(logits, smooth_one_hot(label, 7, 0.1))
     assert got == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_mixing_on_the_device_equals_mixing_the_loaders_float_batch() -> None:
+    """Fine-tuning: uint8 batch -> model_input (normalise, then mix, on the device) gives the video
+    and soft targets that mixing the loader's normalised float32 batch on the CPU gave, bit for bit,
+    for unmixed, mixup and cutmix batches (the mixer draws from the same global RNG either way)."""
+    from pipeline.pixels import normalize_pixels
+    from pipeline.train.batch import model_input
+
+    mixer = Mixup(MixupConfig(mixup_alpha=0.8, cutmix_alpha=1.0, prob=0.8, label_smoothing=0.1), num_classes=5)
+    g = torch.Generator().manual_seed(0)
+    uint8 = torch.randint(0, 256, (6, 3, 4, 16, 16), dtype=torch.uint8, generator=g)
+    label = torch.arange(6) % 5
+    float_batch = normalize_pixels(uint8)  # what the loader workers shipped before (bits: test_video_transforms)
+    kinds = set()
+    for seed in range(12):
+        torch.manual_seed(seed)
+        old_video, old_target = mixer(float_batch, label)
+        kinds.add(mixer.last_kind)
+        torch.manual_seed(seed)
+        video, target = model_input(uint8, "cpu", torch.float32, mixer, label)
+        assert torch.equal(video, old_video) and torch.equal(target, old_target), (seed, mixer.last_kind)
+    assert kinds == {"none", "mixup", "cutmix"}
+    assert torch.equal(float_batch, normalize_pixels(uint8))  # mixing did not touch the caller's batch

@@ -111,3 +111,19 @@ def test_cluster_flag_through_the_command_line():
     bad = subprocess.run([sys.executable, "-m", "jobs.plan", "--cluster", "--set", "cluster.mfu=1.5"],
                          cwd=root, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(root)})
     assert bad.returncode == 2 and "cluster.mfu" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_shm_per_node_of_the_shipped_configs():
+    """`jobs.plan --shm`: (workers x prefetch + 1) batches of uint8 clips per loader, per rank, per node."""
+    from jobs.plan import GIB, shm_rows, shm_table
+
+    rows = {r["config"]: r for r in shm_rows(gpus_per_node=8)}
+    s = rows["pretrain/vit_s_k400"]  # 10 workers x 4 prefetch x 64 clips of 16x224, 1568 tokens, 8 GPUs
+    clip = 3 * 16 * 224 * 224 + 8 * 16 + 8 + 2 * 1568
+    assert s["ranks_per_node"] == 8 and s["shm_gib_per_rank"] == pytest.approx((10 * 4 + 1) * 64 * clip / GIB)
+    assert s["shm_gib_per_node"] == pytest.approx(8 * s["shm_gib_per_rank"])
+    assert s["shm_gib_per_node_float32"] / s["shm_gib_per_node"] == pytest.approx(4, rel=0.01)  # before: float32
+    f = rows["finetune/vit_b_k400"]  # training loader + the validation loader (1 view per video) together
+    assert f["shm_gib_per_rank"] == pytest.approx(41 * 24 * ((3 * 16 * 224 * 224 + 8 * 16 + 8) + (3 * 16 * 224 * 224 + 8)) / GIB)
+    assert rows["pretrain/demo"]["ranks_per_node"] == 2 and shm_rows(gpus_per_node=4)[1]["ranks_per_node"] == 4
+    assert "`pretrain/vit_s_k400` | 8 | 10 x 4 x 64 | 5.89 | 47.1 | 188.4 |" in shm_table()
