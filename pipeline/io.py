@@ -12,6 +12,7 @@ endpoints (MinIO, moto, Ceph). Credentials are never logged.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -228,6 +229,7 @@ def storage_options(uri: str) -> dict[str, Any]:
 # Per-node cache of remote files (init weights)
 
 CACHE_ENV = "TUBELET_CACHE_DIR"
+FETCH_LOG = "fetches.jsonl"
 
 
 def cache_dir() -> Path:
@@ -276,5 +278,7 @@ def cached_copy(uri: str) -> str:
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
+        with open(cache_dir() / FETCH_LOG, "a") as record:  # what this node downloaded, one line each
+            record.write(json.dumps({"uri": uri, "bytes": int(info["size"]), "pid": os.getpid(), "at": time.time()}) + "\n")
     log.info("node cache fetched: %s (%d bytes) into %s", uri, info["size"], target)
     return str(target)
