@@ -63,3 +63,21 @@ def test_each_rank_fetches_only_its_files_and_the_resume_is_exact(s3_server: str
     assert sorted(losses) == list(range(1, 7))
     for step in (5, 6):  # run before and after the resume: identical
         assert len(losses[step]) == 2 and losses[step][0] == losses[step][1], (step, losses[step])
+
+
+def test_a_new_world_size_fetches_the_whole_checkpoint_once_per_node(s3_server: str, pretrain_shards: str,
+                                                                      tmp_path: Path) -> None:
+    """Saved by 1 rank, resumed by 2 on one node: the universal conversion needs every shard, and
+    only local rank 0 (the converter) downloads them; rank 1 reads ``loop.json`` alone."""
+    output, tracking = f"s3://tubelet/{uuid.uuid4().hex[:8]}/runs", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sets = [f"data.shards={pretrain_shards}", f"run.output={output}", "run.name=grow", "train.checkpoint_every=2",
+            "train.export=false", f"tracking.tracking_uri={tracking}", *TINY]
+    _pretrain(*sets, "train.steps=2", "scaling.num_workers=1")
+    job = _pretrain(*sets, "train.steps=3", "scaling.num_workers=2")
+    text = job.stdout + job.stderr
+    assert "resumed at step 2" in text and "converting to universal" in text
+    records = {int(m.group(1)): m for m in FETCHED.finditer(text)}
+    assert sorted(records) == [0, 1], text[-3000:]
+    assert records[0].group(2) == records[0].group(3) and records[0].group(4) == records[0].group(5)
+    assert json.loads(records[1].group(6)) == ["loop.json"]
+    assert sorted(_losses(tracking, "grow")) == [1, 2, 3]
