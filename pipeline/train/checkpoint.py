@@ -151,7 +151,7 @@ def fetch_for_rank(uri: str, target: Path, rank: int, world_size: int, local_ran
     root = root.rstrip("/")
     listing = sio.retrying(f"list {uri}", lambda: fs.find(root, detail=True))
     sizes = {path[len(root) + 1:]: int(info.get("size") or 0) for path, info in listing.items()
-             if info.get("type", "file") == "file"}
+             if info.get("type", "file") == "file" and not path.endswith("/")}  # not folder markers
     loop = json.loads(sio.read_text(sio.join(uri, LOOP_FILE)))
     names = sorted(files_for_rank(sorted(sizes), rank, int(loop["world_size"]) == world_size, local_rank))
     local = [str(target / name) for name in names]
