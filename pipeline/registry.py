@@ -22,7 +22,7 @@ import logging
 import os
 import re
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -192,8 +192,8 @@ def load_classifier(spec: str, model_cfg: ModelConfig | None = None,
     if not sio.exists(sio.join(resolved, CARD)):
         if model_cfg is None:
             raise RegistryError(f"{spec}: a weights file needs the [model] section to know the architecture")
-        cfg = ModelConfig(**{**asdict(model_cfg), "init": sio.cached_copy(resolved)})
-        model = create_model_from_config(cfg, "classify")
+        cfg = ModelConfig(**{**asdict(model_cfg), "init": spec})
+        model = create_model_from_config(replace(cfg, init=sio.cached_copy(resolved)), "classify")
         return model.eval(), ModelCard(model=asdict(cfg), class_names=[], source={"init": spec})
     card = read_card(resolved)
     model = create_model_from_config(card.model_config(), "classify")
