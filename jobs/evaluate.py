@@ -3,8 +3,9 @@
     python -m jobs.evaluate --config evaluate/demo --set data.shards=DIR --set data.split=val \
         --set model.init=models:/motion-vit@champion --set run.output=runs/evaluate/demo
 
-``model.init``: ``models:/name@alias``, a fine-tuning run folder, a model folder, or a weights
-file (then ``model.*`` gives the architecture). Writes ``<run.output>/report.json`` (``top1``,
+``model.init``: ``models:/name@alias`` (or ``/<version>``), ``runs:/<run_id>/<path>``, a fine-tuning
+run folder, a model folder, or a weights file (then ``model.*`` gives the architecture), local or
+``s3://``. Writes ``<run.output>/report.json`` (``top1``,
 ``top5``, ``per_class``, ``confusion``, ``num_clips`` x ``num_crops`` views per video, the video
 count) and ``confusion.png``, and logs them to an MLflow run.
 """
@@ -22,7 +23,7 @@ from pipeline.config import to_toml
 from pipeline.data.shards import ShardIndex
 from pipeline.errors import DataError
 from pipeline.orchestration import fit, scratch_storage
-from pipeline.registry import model_folder
+from pipeline.registry import resolve_init
 from pipeline.tracking import resolve_uri
 from pipeline.train.finetune_config import EvaluateConfig
 
@@ -37,21 +38,19 @@ def _loop(cfg: EvaluateConfig, session: Any) -> None:
 
 
 def prepare(cfg: EvaluateConfig) -> None:
-    """Absolute paths, the tracking URI, a registry model downloaded once; fails in one line."""
+    """Absolute paths, the tracking URI, ``model.init`` resolved once; fails in one line."""
     if not cfg.model.init:
         raise DataError("model.init is not set: models:/name@alias, a fine-tuning run folder or a weights file")
     if not cfg.data.shards:
         raise DataError("data.shards is not set (a folder or s3:// prefix written by jobs.shard)")
-    for obj, key in ((cfg.data, "shards"), (cfg.run, "output"), (cfg.model, "init")):
+    for obj, key in ((cfg.data, "shards"), (cfg.run, "output")):
         value = getattr(obj, key)
-        if value and not sio.is_remote(value) and not value.startswith("models:/"):
+        if value and not sio.is_remote(value):
             setattr(obj, key, os.path.abspath(value))
     if cfg.tracking.enabled:
         cfg.tracking.tracking_uri = resolve_uri(cfg.tracking)
-    if cfg.model.init.startswith("models:/"):
-        cfg.model.init = model_folder(cfg.model.init, cfg.tracking.tracking_uri or None) or ""
-    elif not (os.path.exists(cfg.model.init) or sio.is_remote(cfg.model.init)):
-        raise DataError(f"model.init {cfg.model.init}: no such file or folder")
+    # Once, here: the workers get a concrete model folder or weights file (local or s3://).
+    cfg.model.init = resolve_init(cfg.model.init, cfg.tracking, model_folders=True)
     index = ShardIndex.load(cfg.data.shards)
     if not index.labels:
         raise DataError(f"shards have no labels: {index.uri}/index.json lists none (evaluation needs labels)")

@@ -3,8 +3,9 @@
     python -m jobs.extract --config extract/demo --set data.shards=DIR --set data.split=train \
         --set model.init=runs/finetune/demo --set extract.mode=per_clip --set run.output=runs/extract/demo
 
-``model.init``: ``models:/name@alias``, a fine-tuning run or model folder, a pre-training run or
-export folder, a weights file (ours or official; then ``model.*`` gives the architecture), or empty
+``model.init``: ``models:/name@alias``, ``runs:/<run_id>/<path>``, a fine-tuning run or model folder, a
+pre-training run or export folder, a weights file (ours or official; then ``model.*`` gives the
+architecture), each local or ``s3://``, or empty
 (random init, seeded: a baseline). With ``scaling.num_workers`` > 1, Ray Train workers each
 extract their share of the split and write ``<run.output>/features/part-<rank>.{parquet,npz}``;
 with 1 the job runs in this process. Then the driver writes ``<run.output>/manifest.json`` (rows,
@@ -24,8 +25,9 @@ from pipeline import io as sio
 from pipeline.config import config_hash, to_toml
 from pipeline.data.shards import ShardIndex
 from pipeline.errors import DataError
-from pipeline.extract import MANIFEST, ExtractConfig, build_manifest, check_clip_shape, clear_parts, resolve_model
+from pipeline.extract import MANIFEST, ExtractConfig, build_manifest, check_clip_shape, clear_parts
 from pipeline.orchestration import fit, scratch_storage
+from pipeline.registry import resolve_init
 from pipeline.tracking import make_tracker, resolve_uri
 
 log = logging.getLogger("jobs.extract")
@@ -50,9 +52,10 @@ def prepare(cfg: ExtractConfig) -> int:
         value = getattr(obj, key)
         if value and not sio.is_remote(value):
             setattr(obj, key, os.path.abspath(value))  # Ray Train workers run in their own directory
-    if cfg.tracking.enabled or cfg.model.init.startswith("models:/"):
+    if cfg.tracking.enabled:
         cfg.tracking.tracking_uri = resolve_uri(cfg.tracking)
-    cfg.model.init = resolve_model(cfg.model.init, cfg.tracking.tracking_uri)
+    # Once, here: the workers get a concrete model folder or weights file (local or s3://).
+    cfg.model.init = resolve_init(cfg.model.init, cfg.tracking, model_folders=True)
     if not cfg.model.init:
         log.warning("model.init is empty: features of a randomly initialised %s (seed %d)", cfg.model.name, cfg.run.seed)
     check_clip_shape(cfg)

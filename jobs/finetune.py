@@ -5,7 +5,9 @@
 
 ``model.init``: a pre-training run folder (its ``export/pretrain_fp32.pt``), an export folder, a
 weights file (ours or a public VideoMAE V1/V2 checkpoint, pre-trained or fine-tuned), a model
-folder or ``models:/name@alias``; empty = random init. The checkpoint is checked against the
+folder (each local or ``s3://``), ``runs:/<run_id>/<path>``, ``models:/name@alias`` or
+``models:/name/<version>``; empty = random init. It is resolved once here to one concrete file;
+each node downloads a remote one once into its cache. The checkpoint is checked against the
 model in the driver first: another architecture or patch size stops the job in one line, a head
 with another class count is re-initialised (printed). Relaunching the same ``run.name`` resumes.
 At the end ``<run>/export/{best,last}`` hold model folders; with ``tracking.registered_model``
@@ -26,24 +28,17 @@ from pipeline.config import to_toml
 from pipeline.data.shards import ShardIndex
 from pipeline.models.checkpoints import CheckpointError, LoadReport
 from pipeline.orchestration import fit
-from pipeline.registry import CARD, WEIGHT_FILES, WEIGHTS, model_folder, register_model, weights_file
+from pipeline.registry import CARD, FINETUNE_INIT_FILES, register_model
+from pipeline.registry import resolve_init as resolve_init_uri
 from pipeline.tracking import resolve_uri
 from pipeline.train.finetune import check_config, class_names, finetune
 from pipeline.train.finetune_config import FinetuneConfig
 
 log = logging.getLogger("jobs.finetune")
 
-# A fine-tuning run folder's kept model comes after the pre-training exports.
-_INIT_FILES = (*WEIGHT_FILES, "export/best/model.pt", "export/last/model.pt")
-
-
 def resolve_init(spec: str, tracking_uri: str = "") -> str:
-    """The weights file ``model.init`` names (see the module docstring); '' stays ''."""
-    if not spec:
-        return ""
-    if spec.startswith("models:/"):
-        return sio.join(model_folder(spec, tracking_uri or None) or "", WEIGHTS)
-    return weights_file(spec, _INIT_FILES)
+    """The weights file ``model.init`` names (see the module docstring), local or s3://; '' stays ''."""
+    return resolve_init_uri(spec, tracking_uri or None, FINETUNE_INIT_FILES)
 
 
 def check_init(cfg: FinetuneConfig) -> LoadReport | None:
@@ -58,10 +53,11 @@ def check_init(cfg: FinetuneConfig) -> LoadReport | None:
 
     model = create_model_from_config(dataclasses.replace(cfg.model, init=""), "classify", device="meta")
     try:
-        state = torch.load(cfg.model.init, map_location="cpu", mmap=True, weights_only=True)
+        local = sio.cached_copy(cfg.model.init)  # this node's copy: the workers here reuse it
+        state = torch.load(local, map_location="cpu", mmap=True, weights_only=True)
     except Exception:  # noqa: BLE001 — official files also pickle their argparse Namespace (trusted files)
         try:
-            state = torch.load(cfg.model.init, map_location="cpu", weights_only=False)
+            state = torch.load(local, map_location="cpu", weights_only=False)
         except Exception as exc:  # noqa: BLE001
             raise CheckpointError(f"model.init {cfg.model.init}: not a torch checkpoint ({type(exc).__name__})") from None
     with warnings.catch_warnings():  # copying into meta tensors is the intended no-op: shapes only
@@ -79,7 +75,7 @@ def prepare(cfg: FinetuneConfig) -> list[str]:
             setattr(obj, key, os.path.abspath(value))  # Ray Train workers run in their own directory
     if cfg.tracking.enabled:
         cfg.tracking.tracking_uri = resolve_uri(cfg.tracking)
-    cfg.model.init = resolve_init(cfg.model.init, cfg.tracking.tracking_uri)
+    cfg.model.init = resolve_init_uri(cfg.model.init, cfg.tracking, FINETUNE_INIT_FILES)
     index = ShardIndex.load(cfg.data.shards)
     if cfg.finetune.classes_from_data and index.labels and len(index.labels) != cfg.model.num_classes:
         print(f"model.num_classes: {cfg.model.num_classes} -> {len(index.labels)} (labels of the shard index)")

@@ -23,7 +23,8 @@ from pipeline.tracking import TrackingConfig, resolve_uri
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jobs.predict", description="top-k classes of video files")
-    parser.add_argument("--model", required=True, help="models:/name@alias, models:/name/N, or a model folder")
+    parser.add_argument("--model", required=True, help="models:/name@alias, models:/name/N, runs:/<run_id>/<path>, "
+                        "or a model or fine-tuning run folder (local or s3://)")
     parser.add_argument("videos", nargs="+", help="video files")
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--num-clips", type=int, default=0, help="temporal clips (0 = as the model card says)")

@@ -2,7 +2,8 @@
 
     python -m jobs.pretrain --config pretrain/demo [--set data.shards=DIR|s3://...] [--set scaling.num_workers=2]
 
-Relaunching with the same ``run.name`` and ``run.output`` resumes from the last checkpoint (on
+``model.init`` (continued pre-training): a weights file or a run / export folder, local or
+``s3://``, ``runs:/<run_id>/<path>`` or ``models:/<name>@<alias>``. Relaunching with the same ``run.name`` and ``run.output`` resumes from the last checkpoint (on
 any number of workers). Embedded Ray by default; the cluster when ``RAY_ADDRESS`` is set; the
 same command works as the entrypoint of ``ray job submit``.
 """
@@ -16,6 +17,7 @@ from jobs._cli import job_main
 from pipeline import io as sio
 from pipeline.config import to_toml
 from pipeline.orchestration import fit
+from pipeline.registry import resolve_init
 from pipeline.tracking import resolve_uri
 from pipeline.train.config import PretrainConfig
 from pipeline.train.pretrain import check_config, pretrain
@@ -25,7 +27,7 @@ log = logging.getLogger("jobs.pretrain")
 
 def absolute_paths(cfg: PretrainConfig) -> None:
     """Ray Train workers run in their own working directory: local paths must be absolute."""
-    for section, key in (("data", "shards"), ("run", "output"), ("model", "init")):
+    for section, key in (("data", "shards"), ("run", "output")):
         obj = getattr(cfg, section)
         value = getattr(obj, key)
         if value and not sio.is_remote(value):
@@ -37,6 +39,8 @@ def run(cfg: PretrainConfig) -> int:
     absolute_paths(cfg)
     if cfg.tracking.enabled:  # decided here, where the user's working directory and env are
         cfg.tracking.tracking_uri = resolve_uri(cfg.tracking)
+    # Once, here: the workers get one concrete local or s3:// file (each node caches its copy).
+    cfg.model.init = resolve_init(cfg.model.init, cfg.tracking)
     run_dir = sio.join(cfg.run.output, cfg.run.name)
     sio.write_text(sio.join(run_dir, "pretrain.toml"), to_toml(cfg))
     result = fit(cfg, pretrain)

@@ -225,7 +225,7 @@ def resolve_model(spec: str, tracking_uri: str = "") -> str:
 def model_arch(cfg: ExtractConfig) -> ModelConfig:
     """The ``[model]`` section the features come from: the model folder's card, else ``cfg.model``."""
     init = cfg.model.init
-    if init and (sio.is_remote(init) or os.path.isdir(init)):
+    if init and model_folder(init):  # a model folder (local or s3:), not a weights file
         return read_card(init).model_config()
     return cfg.model
 

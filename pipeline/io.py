@@ -12,6 +12,7 @@ endpoints (MinIO, moto, Ceph). Credentials are never logged.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -126,6 +127,17 @@ def exists(uri: str | os.PathLike) -> bool:
     return retrying(f"stat {uri}", lambda: fs.exists(path))
 
 
+def is_file(uri: str | os.PathLike) -> bool:
+    fs, path = filesystem(uri)
+    return bool(retrying(f"stat {uri}", lambda: fs.isfile(path)))
+
+
+def is_dir(uri: str | os.PathLike) -> bool:
+    """A local folder, or an object-store prefix with objects under it."""
+    fs, path = filesystem(uri)
+    return bool(retrying(f"stat {uri}", lambda: fs.isdir(path)))
+
+
 def size(uri: str | os.PathLike) -> int:
     fs, path = filesystem(uri)
     return int(retrying(f"stat {uri}", lambda: fs.size(path)))
@@ -211,3 +223,62 @@ def storage_options(uri: str) -> dict[str, Any]:
     """Options for libraries that take fsspec ``storage_options`` (pyarrow, webdataset openers)."""
     endpoint = s3_endpoint()
     return {"client_kwargs": {"endpoint_url": endpoint}} if uri.startswith("s3://") and endpoint else {}
+
+
+# ------------------------------------------------------------------------------------------
+# Per-node cache of remote files (init weights)
+
+CACHE_ENV = "TUBELET_CACHE_DIR"
+FETCH_LOG = "fetches.jsonl"
+
+
+def cache_dir() -> Path:
+    """``$TUBELET_CACHE_DIR``, else ``<tmp>/tubelet-cache``: one folder per node, shared by its ranks."""
+    import tempfile
+
+    return Path(os.environ.get(CACHE_ENV) or Path(tempfile.gettempdir()) / "tubelet-cache")
+
+
+def _version_key(uri: str, info: dict[str, Any]) -> str:
+    """The uri and what identifies its content (size, ETag or mtime): an overwritten object is fetched anew."""
+    import hashlib
+
+    stamp = info.get("ETag") or info.get("etag") or info.get("LastModified") or info.get("mtime") or ""
+    return hashlib.sha256(f"{uri}|{info.get('size')}|{stamp}".encode()).hexdigest()[:20]
+
+
+def cached_copy(uri: str) -> str:
+    """A local path holding the file ``uri``: the path itself when local, else the node's cached copy.
+
+    The first process of a node to ask downloads it (under an exclusive file lock, to a temporary
+    name renamed into place); every other process of that node, now or later, waits for the lock
+    and reuses the copy. Keyed by the uri and its size/ETag, so a replaced object is fetched again.
+    """
+    if not is_remote(uri):
+        return uri.removeprefix("file://")
+    import fcntl
+
+    fs, path = filesystem(uri)
+    info = retrying(f"stat {uri}", lambda: fs.info(path))
+    if info.get("type") == "directory":
+        raise StorageError(f"{uri}: a folder, not a file")
+    folder = cache_dir() / _version_key(uri, info)
+    target = folder / Path(path).name
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        if target.is_file() and target.stat().st_size == int(info["size"]):
+            log.info("node cache hit: %s (%d bytes) at %s", uri, info["size"], target)
+            return str(target)
+        tmp = folder / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            retrying(f"download {uri}", lambda: fs.get_file(path, str(tmp)))
+            if tmp.stat().st_size != int(info["size"]):
+                raise StorageError(f"download {uri}: got {tmp.stat().st_size} of {info['size']} bytes")
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        with open(cache_dir() / FETCH_LOG, "a") as record:  # what this node downloaded, one line each
+            record.write(json.dumps({"uri": uri, "bytes": int(info["size"]), "pid": os.getpid(), "at": time.time()}) + "\n")
+    log.info("node cache fetched: %s (%d bytes) into %s", uri, info["size"], target)
+    return str(target)

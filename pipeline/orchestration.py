@@ -112,11 +112,16 @@ class RayTrainSession:
 
         context = ray.train.get_context()
         self.rank, self.local_rank = context.get_world_rank(), context.get_local_rank()
+        self.world_size = context.get_world_size()
         self.find_checkpoint = find_checkpoint  # () -> newest complete checkpoint uri of the run, or None
 
     @contextmanager
     def restore_dir(self) -> Iterator[str | None]:
-        """The run's newest complete checkpoint in storage (any launch), as a local folder."""
+        """The run's newest complete checkpoint in storage (any launch), as a local folder.
+
+        From ``s3://`` each rank fetches only what it reads: the shared files and its own shard
+        (:func:`pipeline.train.checkpoint.files_for_rank`), not every rank's.
+        """
         uri = self.find_checkpoint() if self.find_checkpoint else None
         if not uri:
             yield None
@@ -126,10 +131,12 @@ class RayTrainSession:
             yield uri
             return
         import tempfile
+        from pathlib import Path
+
+        from pipeline.train.checkpoint import fetch_for_rank
 
         with tempfile.TemporaryDirectory(prefix="tubelet-resume-") as tmp:
-            fs, path = sio.filesystem(uri)
-            sio.retrying(f"download {uri}", lambda: fs.get(path.rstrip("/") + "/", tmp, recursive=True))
+            fetch_for_rank(uri, Path(tmp), self.rank, self.world_size, self.local_rank)
             yield tmp
 
     def staging_dir(self, step: int) -> Any:

@@ -9,7 +9,10 @@ with an alias (STACK.md: a state dict + config is a simpler contract than ``mlfl
     register_model(tracking_cfg, run_id, "motion-vit", "champion", folder)
     model, card = load_classifier("models:/motion-vit@champion")   # or a folder, or a run folder
 
-Besides :mod:`pipeline.tracking`, this is the only module that imports mlflow.
+``model.init`` of every job goes through :func:`resolve_init` once, on the driver: local paths,
+``s3://`` files and folders, ``runs:/`` and ``models:/`` URIs become one concrete uri (local or
+``s3://``) that the workers get in their config; each node then downloads a remote file once
+into its cache (:func:`pipeline.io.cached_copy`). MLflow is reached through :mod:`pipeline.tracking`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import logging
 import os
 import re
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +34,14 @@ from pipeline.errors import TubeletError
 from pipeline.models import create_model_from_config
 from pipeline.models.checkpoints import CheckpointError
 from pipeline.models.config import ModelConfig
-from pipeline.tracking import TrackingConfig, redact_url, resolve_uri
+from pipeline.tracking import (TrackingConfig, TrackingError, model_version_source, redact_url, register_version,
+                               resolve_uri, run_artifact_uri)
 
 log = logging.getLogger(__name__)
 
 WEIGHTS, CARD = "model.pt", "model.json"
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
+_RUN_URI = re.compile(r"^runs:/(?P<run>[^/]+)/(?P<path>.+)$")
 
 
 class RegistryError(TubeletError):
@@ -73,108 +78,128 @@ def read_card(folder: str) -> ModelCard:
         raise RegistryError(f"no {CARD} in {folder}: not a model folder written by jobs.finetune") from None
 
 
-def _client(tracking: TrackingConfig | str | None) -> Any:
-    from mlflow import MlflowClient
-
-    uri = tracking if isinstance(tracking, str) else resolve_uri(tracking or TrackingConfig())
-    return MlflowClient(uri, registry_uri=uri), uri
+def _tracking_uri(tracking: TrackingConfig | str | None) -> str:
+    return tracking if isinstance(tracking, str) and tracking else resolve_uri(
+        tracking if isinstance(tracking, TrackingConfig) else TrackingConfig())
 
 
 def register_model(tracking: TrackingConfig | str, run_id: str, name: str, alias: str, folder: str) -> str:
     """Log ``folder`` as the run's ``model/`` artifacts, register a version of ``name`` from it and
     point ``alias`` at it; returns the version number."""
-    client, uri = _client(tracking)
+    uri = _tracking_uri(tracking)
     with tempfile.TemporaryDirectory() as tmp:
+        files = []
         for file in (WEIGHTS, CARD):
             local = Path(tmp) / file
             local.write_bytes(sio.read_bytes(sio.join(folder, file)))
-            client.log_artifact(run_id, str(local), "model")
+            files.append(local)
+        version = register_version(uri, run_id, name, alias, files, "model")
+    log.info("registered %s version %s%s at %s", name, version, f" @{alias}" if alias else "", redact_url(uri))
+    return version
+
+
+# What a pre-training run folder, an export folder or a model folder holds, in order of preference.
+WEIGHT_FILES = ("pretrain_fp32.pt", "export/pretrain_fp32.pt", WEIGHTS)
+# Fine-tuning also starts from a fine-tuning run's kept weights, after the pre-training exports.
+FINETUNE_INIT_FILES = (*WEIGHT_FILES, "export/best/model.pt", "export/last/model.pt")
+
+
+def _location(spec: str, tracking_uri: str) -> str:
+    """Where the files ``spec`` names are stored: an absolute local path or an ``s3://`` uri.
+    ``models:/`` and ``runs:/`` are looked up in MLflow (the registry or the run's artifacts)."""
+    where = spec
     try:
-        client.get_registered_model(name)
-    except Exception:  # absent: the first version creates it
-        client.create_registered_model(name, description="Tubelet video classifier (state dict + model.json)")
-    source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/model"
-    version = client.create_model_version(name, source, run_id=run_id)
-    if alias:
-        client.set_registered_model_alias(name, alias, version.version)
-    log.info("registered %s version %s%s at %s", name, version.version, f" @{alias}" if alias else "", redact_url(uri))
-    return str(version.version)
+        if spec.startswith("models:/"):
+            match = _URI.match(spec)
+            if not match:
+                raise RegistryError(f"model.init {spec}: not models:/<name>@<alias> or models:/<name>/<version>")
+            where = model_version_source(tracking_uri, match.group("name"), match.group("alias") or "",
+                                         match.group("version") or "")
+        if where.startswith("runs:/"):  # given, or the source a model version was registered from
+            match = _RUN_URI.match(where)
+            if not match:
+                raise RegistryError(f"model.init {spec}: not runs:/<run_id>/<path>")
+            where = sio.join(run_artifact_uri(tracking_uri, match.group("run")), match.group("path"))
+    except TrackingError as exc:
+        raise RegistryError(f"model.init {spec}: {exc}") from None
+    if where.startswith("file://"):
+        where = where[len("file://"):]
+    if sio.is_remote(where) and not where.startswith("s3://"):
+        raise RegistryError(f"model.init {spec}: its files are at {redact_url(where)}, which the nodes cannot "
+                            "read (local paths and s3:// only): copy them to s3:// and point model.init there")
+    return where if sio.is_remote(where) else os.path.abspath(where)
 
 
-def resolve_model_uri(uri: str, tracking: TrackingConfig | str | None = None) -> str:
-    """``models:/name@alias`` or ``models:/name/3`` -> a local folder with the downloaded files."""
-    match = _URI.match(uri)
-    if not match:
-        raise RegistryError(f"{uri!r} is not models:/<name>@<alias> or models:/<name>/<version>")
-    client, tracking_uri = _client(tracking)
-    name, alias, number = match.group("name"), match.group("alias"), match.group("version")
-    try:
-        version = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, number)
-    except Exception as exc:  # mlflow raises its RestException with a multi-line message
-        raise RegistryError(f"{uri} not found in the registry at {redact_url(tracking_uri)}: "
-                            f"{str(exc).splitlines()[0][:200]}") from None
-    import mlflow.artifacts
-
-    target = tempfile.mkdtemp(prefix="tubelet-model-")
-    return mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=target,
-                                               tracking_uri=tracking_uri)
-
-
-def model_folder(spec: str, tracking: TrackingConfig | str | None = None) -> str | None:
-    """Where the model folder of ``spec`` is: a registry URI, a model folder, a fine-tuning run
-    folder (its ``export/best``, else ``export/last``); None for a plain weights file."""
-    if spec.startswith("models:/"):
-        return resolve_model_uri(spec, tracking)
-    for candidate in (spec, sio.join(spec, "export", "best"), sio.join(spec, "export", "last")):
+def _model_folder_at(location: str) -> str | None:
+    for candidate in (location, sio.join(location, "export", "best"), sio.join(location, "export", "last")):
         if sio.exists(sio.join(candidate, CARD)):
             return candidate
     return None
 
 
-# What a pre-training run folder, an export folder or a model folder holds, in order of preference.
-WEIGHT_FILES = ("pretrain_fp32.pt", "export/pretrain_fp32.pt", WEIGHTS)
-
-
-def weights_file(spec: str, candidates: tuple[str, ...] = WEIGHT_FILES) -> str:
-    """The local weights file ``spec`` names: the file itself, or the first of ``candidates`` in the
-    folder ``spec``, as an absolute path. Raises CheckpointError (one line) for anything else."""
-    if sio.is_remote(spec):
-        raise CheckpointError(f"model.init {spec}: neither a model folder nor a local weights file "
-                              "(download remote weights first)")
-    if os.path.isfile(spec):
-        return os.path.abspath(spec)
-    if os.path.isdir(spec):
+def _weights_at(spec: str, location: str, candidates: tuple[str, ...]) -> str:
+    if sio.is_file(location):
+        return location
+    if sio.is_dir(location):
         for name in candidates:
-            if os.path.isfile(os.path.join(spec, name)):
-                return os.path.abspath(os.path.join(spec, name))
+            if sio.is_file(sio.join(location, name)):
+                return sio.join(location, name)
         raise CheckpointError(f"model.init {spec}: a folder without weights (looked for {', '.join(candidates)})")
     raise CheckpointError(f"model.init {spec}: no such file or folder")
 
 
+def resolve_init(spec: str, tracking: TrackingConfig | str | None = None, candidates: tuple[str, ...] = WEIGHT_FILES,
+                 model_folders: bool = False) -> str:
+    """``model.init`` as one concrete uri the workers can read: an absolute local path or ``s3://``.
+
+    ``spec``: a weights file, a pre-training / fine-tuning run folder, an export or model folder
+    (local or ``s3://``), ``runs:/<run_id>/<path>``, ``models:/<name>@<alias>`` or
+    ``models:/<name>/<version>``. Gives the weights file (the first of ``candidates`` in a
+    folder), or, with ``model_folders``, the model folder when there is one (the folder itself,
+    else its ``export/best`` or ``export/last``). Called once, on the driver, before any compute;
+    anything unusable raises a one-line error naming ``model.init``. '' stays ''.
+    """
+    if not spec:
+        return ""
+    needs_mlflow = spec.startswith(("models:/", "runs:/"))
+    location = _location(spec, _tracking_uri(tracking) if needs_mlflow else "")
+    if model_folders:
+        folder = _model_folder_at(location)
+        if folder:
+            return folder
+    return _weights_at(spec, location, candidates)
+
+
+def model_folder(spec: str, tracking: TrackingConfig | str | None = None) -> str | None:
+    """Where the model folder of ``spec`` is: a registry or run URI, a model folder, a fine-tuning run
+    folder (its ``export/best``, else ``export/last``); None for a plain weights file."""
+    needs_mlflow = spec.startswith(("models:/", "runs:/"))
+    return _model_folder_at(_location(spec, _tracking_uri(tracking) if needs_mlflow else ""))
+
+
+def weights_file(spec: str, candidates: tuple[str, ...] = WEIGHT_FILES) -> str:
+    """The weights file ``spec`` names (local or ``s3://``): the file itself, or the first of
+    ``candidates`` in the folder ``spec``. Raises CheckpointError (one line) for anything else."""
+    return resolve_init(spec, None, candidates)
+
+
 def load_classifier(spec: str, model_cfg: ModelConfig | None = None,
                     tracking: TrackingConfig | str | None = None) -> tuple[nn.Module, ModelCard]:
-    """A classifier in eval mode and its card, from a registry URI, a model / run folder, or a
-    weights file (then ``model_cfg`` gives the architecture and the card has no class names)."""
-    folder = model_folder(spec, tracking)
-    if folder is None:
+    """A classifier in eval mode and its card, from a registry or run URI, a model / run folder, or a
+    weights file (then ``model_cfg`` gives the architecture and the card has no class names).
+    Remote weights are read through the node's cache (:func:`pipeline.io.cached_copy`)."""
+    resolved = resolve_init(spec, tracking, model_folders=True)
+    if not sio.exists(sio.join(resolved, CARD)):
         if model_cfg is None:
             raise RegistryError(f"{spec}: a weights file needs the [model] section to know the architecture")
         cfg = ModelConfig(**{**asdict(model_cfg), "init": spec})
-        model = create_model_from_config(cfg, "classify")
+        model = create_model_from_config(replace(cfg, init=sio.cached_copy(resolved)), "classify")
         return model.eval(), ModelCard(model=asdict(cfg), class_names=[], source={"init": spec})
-    card = read_card(folder)
+    card = read_card(resolved)
     model = create_model_from_config(card.model_config(), "classify")
-    state = torch.load(_local(sio.join(folder, WEIGHTS)), map_location="cpu", weights_only=True)
+    state = torch.load(sio.cached_copy(sio.join(resolved, WEIGHTS)), map_location="cpu", weights_only=True)
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(f"{spec}: weights do not match {card.model.get('name')}: missing "
                               f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}")
     return model.eval(), card
-
-
-def _local(uri: str) -> str:
-    if not sio.is_remote(uri):
-        return uri
-    local = Path(tempfile.mkdtemp(prefix="tubelet-weights-")) / Path(uri).name
-    local.write_bytes(sio.read_bytes(uri))
-    return str(local)

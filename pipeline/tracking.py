@@ -430,3 +430,56 @@ def reconstruction_grid(original: np.ndarray, masked: np.ndarray, recon: np.ndar
 __all__ = ["MlflowTracker", "NullTracker", "Tracker", "TrackingConfig", "TrackingError", "check_reachable",
            "child_config", "close_run", "git_commit", "is_registered", "make_tracker", "metric_history",
            "reconstruction_grid", "redact_url", "resolve_uri", "run_is_active", "safe_params"]
+
+
+# ------------------------------------------------------------------------------------------
+# Model registry and run artifacts (for pipeline.registry: this module alone imports mlflow)
+
+
+def _registry_client(tracking_uri: str) -> Any:
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri, registry_uri=tracking_uri)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+def model_version_source(tracking_uri: str, name: str, alias: str = "", version: str = "") -> str:
+    """The storage uri of a registered model version's files (by alias, else by number)."""
+    client = _registry_client(tracking_uri)
+    try:
+        found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+    except Exception as exc:  # mlflow raises its RestException with a multi-line message
+        raise TrackingError(f"not found in the registry at {redact_url(tracking_uri)}: {_first_line(exc)}") from None
+    return str(found.source)
+
+
+def run_artifact_uri(tracking_uri: str, run_id: str) -> str:
+    """The storage uri of an MLflow run's artifact root."""
+    try:
+        return str(_registry_client(tracking_uri).get_run(run_id).info.artifact_uri)
+    except Exception as exc:  # noqa: BLE001 - one line, whatever mlflow raised
+        raise TrackingError(f"run {run_id} not found at {redact_url(tracking_uri)}: {_first_line(exc)}") from None
+
+
+def register_version(tracking_uri: str, run_id: str, name: str, alias: str, files: list[Path],
+                     artifact_path: str = "model") -> str:
+    """Log ``files`` as the run's ``artifact_path/`` artifacts, register a version of ``name`` from
+    them (creating the model if needed), point ``alias`` at it; returns the version number."""
+    client = _registry_client(tracking_uri)
+    for file in files:
+        client.log_artifact(run_id, str(file), artifact_path)
+    try:
+        client.get_registered_model(name)
+    except Exception:  # absent: the first version creates it
+        client.create_registered_model(name, description="Tubelet video classifier (state dict + model.json)")
+    source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
+    version = client.create_model_version(name, source, run_id=run_id)
+    if alias:
+        client.set_registered_model_alias(name, alias, version.version)
+    return str(version.version)
+
+
+__all__ += ["model_version_source", "register_version", "run_artifact_uri"]

@@ -114,6 +114,57 @@ def restore_rng(path: Path | None) -> None:
     random.setstate(state["python"])
 
 
+# Files that belong to one rank (the number): DeepSpeed's ZeRO shards, plain or bf16 (optimizer
+# states, and ZeRO-3's model-state partitions), our RNG states and file lists.
+_RANK_FILE = re.compile(r"(?:^|/)(?:bf16_)?zero_pp_rank_(\d+)_|^rng/rank(\d+)\.pt$|^files/rank(\d+)\.json$")
+
+
+def files_for_rank(names: list[str], rank: int, same_world: bool, local_rank: int) -> list[str]:
+    """Which files of a checkpoint (relative names) one rank must fetch to resume.
+
+    Same world size: the shared files plus this rank's own. DeepSpeed 0.19.8 (``engine.py``,
+    with ``zero_optimization.elastic_checkpoint`` false, its default and ours) opens, on rank r:
+    ``ds/latest`` only without a tag (we pass one); ``<tag>/mp_rank_00_model_states.pt`` for
+    ZeRO 0-2 (``_get_all_ckpt_names``: module weights, lr scheduler, step; under ZeRO-0 also the
+    optimizer), or ``<tag>/zero_pp_rank_r_mp_rank_00_model_states.pt`` for ZeRO-3; and
+    ``<tag>/[bf16_]zero_pp_rank_r_mp_rank_00_optim_states.pt`` for ZeRO 1-3
+    (``_get_all_zero_checkpoint_state_dicts`` builds every rank's name but loads only index r;
+    the others are never opened, nor checked for existence). Anything not known to be another
+    rank's is fetched. A new world size needs every shard for the universal conversion, which
+    runs once per node: local rank 0 fetches everything, the others only ``loop.json``.
+    """
+    if not same_world:
+        return list(names) if local_rank == 0 else [n for n in names if n == LOOP_FILE]
+    chosen = []
+    for name in names:
+        match = _RANK_FILE.search(name)
+        owner = next((int(g) for g in match.groups() if g is not None), None) if match else None
+        if owner is None or owner == rank:
+            chosen.append(name)
+    return chosen
+
+
+def fetch_for_rank(uri: str, target: Path, rank: int, world_size: int, local_rank: int) -> dict[str, Any]:
+    """Download what rank ``rank`` needs of the remote checkpoint ``uri`` into ``target`` (see
+    :func:`files_for_rank`); returns and logs what it fetched: names, file and byte counts."""
+    fs, root = sio.filesystem(uri)
+    root = root.rstrip("/")
+    listing = sio.retrying(f"list {uri}", lambda: fs.find(root, detail=True))
+    sizes = {path[len(root) + 1:]: int(info.get("size") or 0) for path, info in listing.items()
+             if info.get("type", "file") == "file" and not path.endswith("/")}  # not folder markers
+    loop = json.loads(sio.read_text(sio.join(uri, LOOP_FILE)))
+    names = sorted(files_for_rank(sorted(sizes), rank, int(loop["world_size"]) == world_size, local_rank))
+    local = [str(target / name) for name in names]
+    for path in local:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    sio.retrying(f"download {uri} (rank {rank})", lambda: fs.get([f"{root}/{n}" for n in names], local))
+    record = {"rank": rank, "files": len(names), "of_files": len(sizes), "bytes": sum(sizes[n] for n in names),
+              "of_bytes": sum(sizes.values()), "names": names}
+    log.info("rank %d restore fetched %d of %d files, %d of %d bytes: %s", rank, record["files"],
+             record["of_files"], record["bytes"], record["of_bytes"], json.dumps(names))
+    return record
+
+
 def is_complete(uri: str) -> bool:
     """Did every rank finish writing this checkpoint? (A kill mid-upload leaves a partial folder.)"""
     loop_uri = sio.join(uri, LOOP_FILE)

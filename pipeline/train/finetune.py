@@ -92,7 +92,7 @@ def _model_factory(cfg: FinetuneConfig):
         model = create_model_from_config(model_cfg, "classify")
         if init:  # whole weights in, before the engine copies its fp32 masters
             with eng.gathered(model):
-                load_file(model, init)
+                load_file(model, sio.cached_copy(init))  # this node's copy of a remote init
         freeze_for_mode(model, cfg.finetune.mode)
         return model
 

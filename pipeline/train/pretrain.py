@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from pipeline import engine as eng
+from pipeline import io as sio
 from pipeline.config import config_hash, to_dict
 from pipeline.data.loader import TrainLoader, pretrain_loader
 from pipeline.errors import DataError
@@ -70,7 +71,7 @@ def _model_factory(cfg: PretrainConfig):
         model = create_model_from_config(model_cfg, "pretrain")
         if init:  # continued pre-training: whole weights in, before the engine copies its fp32 masters
             with eng.gathered(model):
-                load_file(model, init)
+                load_file(model, sio.cached_copy(init))  # this node's copy of a remote init
         return model
 
     return build

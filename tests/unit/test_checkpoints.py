@@ -134,11 +134,10 @@ def test_init_specs_resolve_to_one_weights_file_or_one_line_error(tmp_path):
     # A fine-tuning run without a model card: only fine-tuning looks into export/last for raw weights.
     assert resolve_init(str(finetune_run)) == str(finetune_run / "export" / "last" / "model.pt")
     assert resolve_init("") == resolve_model("") == ""
+    # (s3://, runs:/ and models:/ inits: tests/integration/test_init_resolver.py, on moto and MLflow.)
     for spec, match in [(str(finetune_run / "export"), "a folder without weights"),
-                        (str(tmp_path / "nothing"), "no such file or folder"),
-                        ("s3://bucket/weights.pt", "download remote weights first")]:
-        # (resolve_model first looks for a model folder there, which needs S3: tests/integration.)
-        for resolve in (resolve_init, resolve_model) if not spec.startswith("s3://") else (resolve_init,):
+                        (str(tmp_path / "nothing"), "no such file or folder")]:
+        for resolve in (resolve_init, resolve_model):
             with pytest.raises(CheckpointError, match=match) as info:
                 resolve(spec)
             assert "\n" not in str(info.value) and spec in str(info.value)
