@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -62,7 +63,11 @@ def test_shard_and_data_benchmarks_quick(results: Path) -> None:
     assert set(shard["medians"]) == {"1_worker", "2_workers"} and (shards / "index.json").exists()
     data = _bench("bench_data", results / "data_loading.json", "--quick", "--shards", str(shards))
     assert {"raw_decode", "ours_k1", "ours_k4", "reference", "reference_rep_k4"} == set(data["medians"])
-    assert len(data["figures"]) == 5
+    # k=1 vs the reference, k=4 vs the reference with the same 4 views per decode, raw decode at k=1 and k=4
+    assert [f["name"].split(": ")[1] for f in data["figures"]] == [
+        "ours / reference loader (a)", "ours / raw decode limit (b)", "ours / reference with its repeated aug",
+        "ours / raw decode limit (b)"]
+    assert f"{os.cpu_count()}-core machine" in shard["figures"][0]["detail"]
 
 
 def test_flops_benchmark_quick(results: Path) -> None:

@@ -69,14 +69,18 @@ def test_finetune_evaluate_register_and_predict(data: dict[str, Path], tmp_path:
     export = tmp_path / "runs" / "ft" / "export"
     best, last = (json.loads((export / w / "model.json").read_text()) for w in ("best", "last"))
     assert best["class_names"] == CLASSES and best["model"]["num_classes"] == 4
-    assert best["source"]["step"] in (4, 8) and last["source"]["step"] == 8
-    assert 0.0 <= best["metrics"]["val_top1"] <= 1.0 and best["metrics"]["val_videos"] == 8
+    assert last["source"]["step"] == 8 and best["metrics"]["val_videos"] == 8
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = client.search_runs(client.get_experiment_by_name("tubelet").experiment_id,
                              filter_string="attributes.run_name = 'ft'")[0]
     val = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_top1")}
     assert sorted(val) == [4, 8]  # once per epoch: 16 train videos x 2 views / (4 x 2 ranks) = 4 steps
+    # The kept "best" is the logged val curve's first best step, with that step's accuracy.
+    best_step = min(step for step, top1 in val.items() if top1 == max(val.values()))
+    assert best["source"]["step"] == best_step, (val, best["source"])
+    assert best["metrics"]["val_top1"] == pytest.approx(val[best_step])
+    print(f"fine-tuning val_top1 per epoch: {val}")  # the margin above chance is chosen from these
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == list(range(1, 9))
     assert run.data.params["optim.layer_decay"] == "0.75" and run.data.tags["stage"] == "finetune"
     version = client.get_model_version_by_alias("motion-tiny", "champion")
@@ -106,8 +110,14 @@ def test_finetune_evaluate_register_and_predict(data: dict[str, Path], tmp_path:
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert report["num_videos"] == 8 and report["views_per_video"] == 4
     assert report["num_clips"] == 2 and report["num_crops"] == 2
-    assert set(report["per_class"]) == set(CLASSES) and 0.0 <= report["top1"] <= report["top5"] == 1.0
-    assert sum(map(sum, report["confusion"])) == 8
+    assert set(report["per_class"]) == set(CLASSES)
+    # top-1 is the confusion matrix's diagonal (top-5 of 4 classes is always 1: not a check)
+    confusion = report["confusion"]
+    assert sum(map(sum, confusion)) == 8 and [sum(row) for row in confusion] == [2, 2, 2, 2]
+    assert report["top1"] == pytest.approx(sum(confusion[i][i] for i in range(4)) / 8)
+    for i, name in enumerate(report.get("class_names", CLASSES)):
+        assert report["per_class"][name] == pytest.approx(confusion[i][i] / 2), name
+    print(f"multi-view val top-1: {report['top1']}  confusion {confusion}")
     assert (tmp_path / "eval" / "confusion.png").stat().st_size > 0
 
 
