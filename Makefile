@@ -57,8 +57,8 @@ demo: $(STAMP) ## datasets -> one pipeline job: shard -> pre-train -> fine-tune 
 	$(PY) -m jobs.shard --config shard/default --set shard.manifest=$(DATA)/sample/manifest.csv --set shard.output=$(DATA)/shards/sample
 	$(PY) -m jobs.pipeline --config pipeline/demo --set shard.manifest=$(DATA)/synthetic/manifest.csv --set shard.output=$(DATA)/shards/synthetic $(DEMO_ARGS)
 
-bench-pretrain-value: $(STAMP) ## does pre-training help? pre-trained vs random-init fine-tuning, same budget (~15 min): [FT_STEPS=150]
-	$(PY) -m benchmarks.bench_pretrain_value $(if $(FT_STEPS),--finetune-steps $(FT_STEPS) --tag ft$(FT_STEPS))
+bench-pretrain-value: $(STAMP) ## does pre-training help? pre-trained vs random init, budget chosen on val (~15 min per seed): [SEEDS=0,1,2 FT_STEPS=300]
+	$(PY) -m benchmarks.bench_pretrain_value $(if $(SEEDS),--seeds $(SEEDS)) $(if $(FT_STEPS),--finetune-steps $(FT_STEPS) --tag ft$(FT_STEPS))
 
 plan: $(STAMP) ## parameters, FLOPs and memory per GPU: make plan MODEL=vit_g
 	$(PY) -m jobs.plan --set model.name=$(or $(MODEL),vit_b)

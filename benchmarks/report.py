@@ -85,8 +85,8 @@ def vit_g_figures(data: dict[str, Any]) -> list[dict[str, Any]]:
             f"{run['threads_per_rank']} threads; median of {len(run['per_rank'][0]['steps']) - 1} steps after the "
             "first; the outside figure's thread count is not known")
     return [
-        {"name": "ViT-g (1B) pre-training step, ZeRO-3 bf16 + NVMe optimizer, 1 rank: s/step", "ratio": base["step_s"] / run["step_s"],
-         "ours": run["step_s"], "baseline": base["step_s"], "unit": "s/step, 1 clip (ratio = baseline / ours)",
+        {"name": "ViT-g (1B) pre-training step, ZeRO-3 bf16 + NVMe optimizer, 1 rank: s/step",
+         "ratio": base["step_s"] / run["step_s"], "ours": run["step_s"], "baseline": base["step_s"], "unit": "s/step, 1 clip (ratio = baseline / ours)",
          "baseline_name": OUTSIDE, "detail": ours, "outside": True},
         {"name": "ViT-g (1B) step, 1 rank: peak RSS", "ratio": base["peak_rss_gb"] / peak, "ours": peak,
          "baseline": base["peak_rss_gb"], "unit": "GB (ratio = baseline / ours)", "baseline_name": OUTSIDE,
@@ -153,7 +153,8 @@ def markdown(rows: list[dict[str, Any]], results: Path) -> str:
              "Written by `make bench` (`python -m benchmarks.report`). Every figure in the first table is a **ratio "
              "measured in one run against a baseline on the same machine and data**: ours and the baseline run in "
              "interleaved rounds, the ratio is taken per round and the median over rounds is shown, because the "
-             "machine is shared with other jobs (the load averages at the start and the 1-minute load at the end of each run are in the last column). "
+             "machine is shared with other jobs (the load averages at the start and the 1-minute load at the end "
+             "of each run are in the last column). "
              "Ratios > 1 favour ours, except the ZeRO rows (measured / estimated: 1 = the plan is right) and the "
              "FLOP/s rows (achieved / matmul ceiling). Details, every repetition and the profiles are in the JSON "
              "next to this file.", "", *_table(measured)]

@@ -20,16 +20,26 @@ def test_vit_g_step_script_runs_tiny_on_two_ranks() -> None:
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-def test_pretrain_value_ablation_runs_tiny() -> None:
-    """The plain-PyTorch ablation: pre-trains, then fine-tunes both inits and prints their accuracies."""
-    result = subprocess.run([sys.executable, "-m", "benchmarks.pretrain_value_ablation", "--per-class", "4",
-                             "--unlabelled", "2", "--pt-steps", "2", "--steps", "2", "--bs", "4", "--depth", "1",
-                             "--classes", "cw,ccw", "--raw-target", "--grain", "0"], cwd=REPO,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+def test_pretrain_value_ablation_runs_tiny_and_records_its_table(tmp_path: Path) -> None:
+    """The plain-PyTorch ablation: pre-trains, fine-tunes both inits, prints their accuracies, and
+    appends the run to its JSON, from which the Markdown table is rebuilt (two runs: two rows)."""
+    out = tmp_path / "ablation.json"
+    args = ["--per-class", "4", "--unlabelled", "2", "--pt-steps", "2", "--steps", "2", "--bs", "4", "--depth", "1",
+            "--classes", "cw,ccw", "--raw-target", "--grain", "0", "--out", str(out)]
+    for pt_steps in ("2", "0"):  # the second run fine-tunes the random init only
+        args[5] = pt_steps
+        result = subprocess.run([sys.executable, "-m", "benchmarks.pretrain_value_ablation", *args], cwd=REPO,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
     assert lines[0].startswith("data {'train': (6, 3, 8, 64, 64), 'val': (2, 3, 8, 64, 64)} unlabelled (10,")
-    assert [line.split(":")[0] for line in lines if " val " in line] == ["pretrained", "random"]
+    runs = json.loads(out.read_text())["runs"]
+    assert [sorted(r["results"]) for r in runs] == [["pretrained", "random"], ["random"]]
+    table = out.with_suffix(".md").read_text().splitlines()
+    rows = [line for line in table if line.startswith("| 20")]
+    assert len(rows) == 2 and "--pt-steps 2" in rows[0] and rows[1].split(" | ")[2:4] == ["-", "-"]
+    first = runs[0]["results"]["pretrained"]
+    assert f"{first['train_top1']:.2f} / {first['val_top1']:.2f}" in rows[0]
 
 
 # ------------------------------------------------------------------------------------------------
