@@ -123,7 +123,7 @@ def collect(results: Path) -> list[dict[str, Any]]:
         data = json.loads(vit_g.read_text())
         for f in vit_g_figures(data):
             rows.append({**f, "benchmark": VIT_G, "command": VIT_G_COMMAND,
-                         "date": _git_date(vit_g) + " (ours recorded then, not re-run)",
+                         "date": data.get("recorded_on", _git_date(vit_g)) + ", ours not re-run",
                          "machine": _machine_text(data.get("machine", {})), "load": "shared"})
     return rows
 
@@ -187,7 +187,8 @@ def plot(rows: list[dict[str, Any]], results: Path) -> list[Path]:
         for i, x in enumerate(ratios):
             ax.text(x, i, f" {x:.2f}", va="center", fontsize=8)
         ax.set_xlabel("ratio")
-        ax.set_title(f"{bench} ({sub[0]['date']})", fontsize=9)
+        outside = " - baseline: outside figure, not re-measured" if sub[0].get("outside") else ""
+        ax.set_title(f"{bench} ({sub[0]['date']}){outside}", fontsize=9)
         fig.tight_layout()
         path = results / f"{bench}.png"
         fig.savefig(path, dpi=110)

@@ -98,5 +98,9 @@ def test_report_builds_the_table_and_plots(results: Path) -> None:
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     table = (results / "README.md").read_text()
-    assert "| benchmark | figure | ratio |" in table and "vit_g_step" in table
+    measured, _, outside = table.partition("## Against an outside figure (not measured in one run)")
+    assert "| benchmark | figure | ratio |" in measured and "vit_g_step" not in measured
+    # the typed-in ViT-g baseline: its own table, labelled, 1 rank against 1 rank
+    assert outside.count("| vit_g_step |") == 2 and "OUTSIDE FIGURE, not re-measured" in outside
+    assert "2 ranks" not in outside and "1 rank" in outside
     assert len(list(results.glob("*.png"))) >= 1
