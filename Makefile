@@ -48,7 +48,7 @@ test-unit: $(STAMP) ## unit tests only (seconds)
 test-reliability: $(STAMP) ## fault injection only: kill -9, S3 outage, corrupt shards, hostile input, secrets, bindings (minutes)
 	$(PY) -m pytest tests/reliability -m reliability $(PYTEST_ARGS)
 
-test-slow: $(STAMP) ## long-running cases (minutes)
+test-slow: $(STAMP) ## long cases left out of make test (minutes): the pre-training-value benchmark end to end at smoke size
 	$(PY) -m pytest tests -m slow $(PYTEST_ARGS)
 
 demo: $(STAMP) ## datasets -> one pipeline job: shard -> pre-train -> fine-tune -> evaluate (+ random-init baseline)
