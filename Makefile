@@ -54,7 +54,7 @@ test-unit: $(STAMP) ## unit tests only (seconds)
 test-reliability: $(STAMP) ## fault injection only: kill -9, S3 outage, corrupt shards, hostile input, secrets, bindings (minutes)
 	$(PY) -m pytest tests/reliability -m reliability $(PYTEST_ARGS)
 
-test-slow: $(STAMP) ## long-running cases (minutes)
+test-slow: $(STAMP) ## long cases left out of make test (minutes): the pre-training-value benchmark end to end at smoke size
 	$(PY) -m pytest tests -m slow $(PYTEST_ARGS)
 
 demo: $(STAMP) ## datasets -> one pipeline job: shard -> pre-train -> fine-tune -> evaluate (+ random-init baseline)
@@ -63,8 +63,8 @@ demo: $(STAMP) ## datasets -> one pipeline job: shard -> pre-train -> fine-tune 
 	$(PY) -m jobs.shard --config shard/default --set shard.manifest=$(DATA)/sample/manifest.csv --set shard.output=$(DATA)/shards/sample
 	$(PY) -m jobs.pipeline --config pipeline/demo --set shard.manifest=$(DATA)/synthetic/manifest.csv --set shard.output=$(DATA)/shards/synthetic $(DEMO_ARGS)
 
-bench-pretrain-value: $(STAMP) ## does pre-training help? pre-trained vs random-init fine-tuning, same budget (~15 min): [FT_STEPS=150]
-	$(PY) -m benchmarks.bench_pretrain_value $(if $(FT_STEPS),--finetune-steps $(FT_STEPS) --tag ft$(FT_STEPS))
+bench-pretrain-value: $(STAMP) ## does pre-training help? pre-trained vs random init, budget chosen on val (~15 min per seed): [SEEDS=0,1,2 FT_STEPS=300]
+	$(PY) -m benchmarks.bench_pretrain_value $(if $(SEEDS),--seeds $(SEEDS)) $(if $(FT_STEPS),--finetune-steps $(FT_STEPS) --tag ft$(FT_STEPS))
 
 plan: $(STAMP) ## parameters, FLOPs and memory per GPU: make plan MODEL=vit_g
 	$(PY) -m jobs.plan --set model.name=$(or $(MODEL),vit_b)

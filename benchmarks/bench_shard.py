@@ -13,6 +13,7 @@ not timed (one Ray for all runs). Figure: videos/s with 2 workers / with 1.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import tempfile
 import time
@@ -40,6 +41,12 @@ def timed_shard(manifest: Path, work: Path, max_in_flight: int, keep: Path | Non
         finally:
             shutil.rmtree(out, ignore_errors=True)
     return run
+
+
+def _machine_line(load_before: list[float]) -> str:
+    """What this run really had: the machine's cores and its load (other jobs share it)."""
+    load = f"load {load_before[0]:.1f} at start, {load_avg()[0]:.1f} at end (1 min)" if load_before else "load unknown"
+    return f"Ray given 2 CPUs on a {os.cpu_count()}-core machine, {load}"
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -72,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     figures = [figure("sharding: 2 Ray workers / 1 worker", med["2_workers"], med["1_worker"], "videos/s",
                       "the same job with one video in flight (shard.max_in_flight=1)",
                       detail=f"{args.videos} videos {w}x{h}x{args.video_frames}, transcode to H.264; "
-                             "2 cores shared with other jobs",
+                             f"{_machine_line(load_before)}",
                       ratio=paired_ratio(values, "2_workers", "1_worker"))]
     body = {"videos": args.videos, "video_frames": args.video_frames, "video_size_hw": [h, w], "ray_cpus": 2,
             "values": values, "medians": med, "figures": figures}

@@ -12,7 +12,8 @@ pixel targets, the official ``--normlize_target False``).
     python -m benchmarks.pretrain_value_ablation --pt-steps 600 --raw-target --unlabelled 60 \
         --classes left,right,up,down --stride 4 --frames 32
 
-Findings are in ``benchmarks/results/pretrain_value.md``.
+Every run is appended to ``benchmarks/results/pretrain_value_ablation.json`` (``--out``) and the
+table ``pretrain_value_ablation.md`` next to it is rebuilt from every recorded run.
 """
 
 from __future__ import annotations
@@ -20,9 +21,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import json
 import math
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,10 +37,11 @@ from pipeline.data.synthetic import MOTIONS, plan_synthetic, render_video
 from pipeline.masking import MaskConfig, make_masks, token_grid
 from pipeline.models import create_model
 
+RESULTS = Path(__file__).resolve().parent / "results" / "pretrain_value_ablation.json"
 MEAN, STD = 0.45, 0.225  # what the data path normalises clips with
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     data = p.add_argument_group("data")
     data.add_argument("--classes", default="left,right,up,down,cw,ccw")
@@ -64,7 +70,8 @@ def parse_args() -> argparse.Namespace:
     fine.add_argument("--bs", type=int, default=16, help="batch size (both stages)")
     fine.add_argument("--lr", type=float, default=1e-3)
     fine.add_argument("--probe", action="store_true", help="train the head only (linear probe)")
-    return p.parse_args()
+    p.add_argument("--out", default=str(RESULTS), help="results JSON (appended); the table is written beside it")
+    return p.parse_args(argv)
 
 
 @contextlib.contextmanager
@@ -109,8 +116,9 @@ def warmup_cosine(base: float, step: int, total: int) -> float:
     return base * min(step / (0.1 * total), 0.5 * (1 + math.cos(math.pi * step / total)))
 
 
-def pretrain(a: argparse.Namespace, pool: torch.Tensor, arch: dict, t0: float) -> dict[str, torch.Tensor]:
-    """Dual-masked MAE pre-training on ``pool``; the encoder's state dict."""
+def pretrain(a: argparse.Namespace, pool: torch.Tensor, arch: dict, t0: float,
+             losses: dict[int, float]) -> dict[str, torch.Tensor]:
+    """Dual-masked MAE pre-training on ``pool``; the encoder's state dict (``losses`` gets the curve)."""
     model = create_model(a.model, "pretrain", normalize_target=not a.raw_target, **arch)
     grid = token_grid(a.T, a.size, a.patch, 2)
     masks = MaskConfig(encoder_ratio=a.enc, decoder_ratio=a.dec, encoder_kind=a.kind)
@@ -124,6 +132,7 @@ def pretrain(a: argparse.Namespace, pool: torch.Tensor, arch: dict, t0: float) -
         opt.zero_grad()
         loss.backward()
         opt.step()
+        losses[step] = loss.item()
         if step == 1 or step % 100 == 0:
             print(f"pt {step} loss {loss.item():.4f} {time.time() - t0:.0f}s", flush=True)
     return model.encoder.state_dict()
@@ -156,8 +165,33 @@ def finetune(a: argparse.Namespace, x: dict, y: dict, arch: dict,
     return loss.item(), train, val
 
 
-def main() -> None:
-    a = parse_args()
+def record(run: dict[str, Any], out: Path) -> None:
+    """Append ``run`` to the JSON and rebuild the Markdown table beside it from every recorded run."""
+    doc = json.loads(out.read_text()) if out.exists() else {"benchmark": "pretrain_value_ablation", "runs": []}
+    doc["runs"].append(run)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1) + "\n")
+    out.with_suffix(".md").write_text(to_markdown(doc["runs"]))
+
+
+def to_markdown(runs: list[dict[str, Any]]) -> str:
+    lines = ["# Pre-training value ablation (plain PyTorch, no pipeline in the loop)", "",
+             "Generated from `pretrain_value_ablation.json` by `python -m benchmarks.pretrain_value_ablation`; "
+             "every recorded run is listed. Same fine-tuning seed and budget for both inits; val = 1/4 of the "
+             "labelled videos (read once, after fine-tuning: nothing is chosen on it here).", "",
+             "| date | command | MAE loss first -> last (mean of last 10) | pretrained train / val top-1 | "
+             "random train / val top-1 | wall |", "|---|---|---|---|---|---:|"]
+    for r in runs:
+        pre, rnd = r["results"].get("pretrained"), r["results"]["random"]
+        mae = f"{r['mae_loss_first']:.3f} -> {r['mae_loss_last']:.3f}" if pre else "-"
+        pre_cell = f"{pre['train_top1']:.2f} / {pre['val_top1']:.2f}" if pre else "-"
+        lines.append(f"| {r['date']} | `{r['command']}` | {mae} | {pre_cell} | "
+                     f"{rnd['train_top1']:.2f} / {rnd['val_top1']:.2f} | {r['wall_s']:.0f} s |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parse_args(argv)
     torch.manual_seed(0)
     torch.set_num_threads(1)
     t0 = time.time()
@@ -165,12 +199,23 @@ def main() -> None:
     print("data", {k: tuple(v.shape) for k, v in x.items()}, "unlabelled", tuple(pool.shape),
           f"{time.time() - t0:.1f}s", flush=True)
     arch = dict(num_frames=a.T, img_size=a.size, patch_size=a.patch, **({"depth": a.depth} if a.depth else {}))
-    inits = {"random": None}
+    inits: dict[str, dict[str, torch.Tensor] | None] = {"random": None}
+    losses: dict[int, float] = {}
     if a.pt_steps:
-        inits = {"pretrained": pretrain(a, pool, arch, t0), **inits}
+        inits = {"pretrained": pretrain(a, pool, arch, t0, losses), **inits}
+    results = {}
     for name, init in inits.items():
         loss, train, val = finetune(a, x, y, arch, init)
+        results[name] = {"loss_last": loss, "train_top1": train, "val_top1": val}
         print(f"{name}: loss {loss:.3f} train {train:.3f} val {val:.3f} {time.time() - t0:.0f}s", flush=True)
+    tail = [losses[s] for s in sorted(losses)[-10:]]
+    args = sys.argv[1:] if argv is None else argv
+    record({"date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()) + " UTC",
+            "command": " ".join(["python -m benchmarks.pretrain_value_ablation", *[x for x in args if x]]),
+            "settings": {k: v for k, v in vars(a).items() if k != "out"}, "results": results,
+            "mae_loss_first": losses.get(1), "mae_loss_last": sum(tail) / len(tail) if tail else None,
+            "mae_loss_curve": {str(k): v for k, v in losses.items() if k == 1 or k % 50 == 0},
+            "wall_s": round(time.time() - t0, 1)}, Path(a.out))
 
 
 if __name__ == "__main__":

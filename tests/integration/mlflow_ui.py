@@ -9,6 +9,7 @@ downloaded. A missing browser is a setup error (`make test` installs it first), 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -47,9 +48,16 @@ def mlflow_server(backend_uri: str, state_dir: Path) -> Iterator[str]:
                        timeout=60)
 
 
-def screenshot_runs(url: str, experiment_id: str, parent: str, children: list[str], loss_run: str, out: Path) -> str:
+def line_points(path_d: str) -> int:
+    """Vertices of a Plotly line trace (its SVG ``d``: ``M x,y L x,y ...``); 0 for an empty path."""
+    return len(re.findall(r"[ML]", path_d or ""))
+
+
+def screenshot_runs(url: str, experiment_id: str, parent: str, children: list[str], loss_run: str,
+                    out: Path) -> tuple[str, list[int]]:
     """Open the experiment's runs in chart view, expand ``parent``, wait for every child row and the
-    ``loss`` chart with ``loss_run``'s curve, save a PNG at ``out``; returns the page text."""
+    ``loss`` chart with ``loss_run``'s curve, save a PNG at ``out``; returns the page text and the
+    vertex count of every line drawn in the charts shown (Plotly's ``path.js-line``)."""
     from playwright.sync_api import sync_playwright
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -72,6 +80,7 @@ def screenshot_runs(url: str, experiment_id: str, parent: str, children: list[st
                 close.first.click()
             page.wait_for_timeout(1500)  # chart animation
             page.screenshot(path=str(out))
-            return page.locator("body").inner_text()
+            lines = page.locator("path.js-line").evaluate_all("els => els.map(e => e.getAttribute('d') || '')")
+            return page.locator("body").inner_text(), [line_points(d) for d in lines]
         finally:
             browser.close()

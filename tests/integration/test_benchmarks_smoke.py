@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,16 +20,26 @@ def test_vit_g_step_script_runs_tiny_on_two_ranks() -> None:
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-def test_pretrain_value_ablation_runs_tiny() -> None:
-    """The plain-PyTorch ablation: pre-trains, then fine-tunes both inits and prints their accuracies."""
-    result = subprocess.run([sys.executable, "-m", "benchmarks.pretrain_value_ablation", "--per-class", "4",
-                             "--unlabelled", "2", "--pt-steps", "2", "--steps", "2", "--bs", "4", "--depth", "1",
-                             "--classes", "cw,ccw", "--raw-target", "--grain", "0"], cwd=REPO,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+def test_pretrain_value_ablation_runs_tiny_and_records_its_table(tmp_path: Path) -> None:
+    """The plain-PyTorch ablation: pre-trains, fine-tunes both inits, prints their accuracies, and
+    appends the run to its JSON, from which the Markdown table is rebuilt (two runs: two rows)."""
+    out = tmp_path / "ablation.json"
+    args = ["--per-class", "4", "--unlabelled", "2", "--pt-steps", "2", "--steps", "2", "--bs", "4", "--depth", "1",
+            "--classes", "cw,ccw", "--raw-target", "--grain", "0", "--out", str(out)]
+    for pt_steps in ("2", "0"):  # the second run fine-tunes the random init only
+        args[5] = pt_steps
+        result = subprocess.run([sys.executable, "-m", "benchmarks.pretrain_value_ablation", *args], cwd=REPO,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
     assert lines[0].startswith("data {'train': (6, 3, 8, 64, 64), 'val': (2, 3, 8, 64, 64)} unlabelled (10,")
-    assert [line.split(":")[0] for line in lines if " val " in line] == ["pretrained", "random"]
+    runs = json.loads(out.read_text())["runs"]
+    assert [sorted(r["results"]) for r in runs] == [["pretrained", "random"], ["random"]]
+    table = out.with_suffix(".md").read_text().splitlines()
+    rows = [line for line in table if line.startswith("| 20")]
+    assert len(rows) == 2 and "--pt-steps 2" in rows[0] and rows[1].split(" | ")[2:4] == ["-", "-"]
+    first = runs[0]["results"]["pretrained"]
+    assert f"{first['train_top1']:.2f} / {first['val_top1']:.2f}" in rows[0]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -62,7 +73,11 @@ def test_shard_and_data_benchmarks_quick(results: Path) -> None:
     assert set(shard["medians"]) == {"1_worker", "2_workers"} and (shards / "index.json").exists()
     data = _bench("bench_data", results / "data_loading.json", "--quick", "--shards", str(shards))
     assert {"raw_decode", "ours_k1", "ours_k4", "reference", "reference_rep_k4"} == set(data["medians"])
-    assert len(data["figures"]) == 5
+    # k=1 vs the reference, k=4 vs the reference with the same 4 views per decode, raw decode at k=1 and k=4
+    assert [f["name"].split(": ")[1] for f in data["figures"]] == [
+        "ours / reference loader (a)", "ours / raw decode limit (b)", "ours / reference with its repeated aug",
+        "ours / raw decode limit (b)"]
+    assert f"{os.cpu_count()}-core machine" in shard["figures"][0]["detail"]
 
 
 def test_flops_benchmark_quick(results: Path) -> None:
@@ -83,5 +98,9 @@ def test_report_builds_the_table_and_plots(results: Path) -> None:
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     table = (results / "README.md").read_text()
-    assert "| benchmark | figure | ratio |" in table and "vit_g_step" in table
+    measured, _, outside = table.partition("## Against an outside figure (not measured in one run)")
+    assert "| benchmark | figure | ratio |" in measured and "vit_g_step" not in measured
+    # the typed-in ViT-g baseline: its own table, labelled, 1 rank against 1 rank
+    assert outside.count("| vit_g_step |") == 2 and "OUTSIDE FIGURE, not re-measured" in outside
+    assert "2 ranks" not in outside and "1 rank" in outside
     assert len(list(results.glob("*.png"))) >= 1

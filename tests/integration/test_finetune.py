@@ -25,7 +25,8 @@ from pipeline.sharding import ShardSection, shard
 from pipeline.train.finetune_config import EvaluateConfig, FinetuneConfig
 
 REPO = Path(__file__).resolve().parents[2]
-CLASSES = sorted(["left", "right", "cw", "ccw"])  # the shard index sorts label names
+# translation classes: the 4-frame 32 px tiny model learns them within the test's 48 steps (rotations it does not)
+CLASSES = sorted(["left", "right", "up", "down"])  # the shard index sorts label names
 SIZE = ["model.num_frames=4", "model.img_size=32", "data.num_frames=4", "data.input_size=32", "data.sampling_rate=2"]
 
 
@@ -59,7 +60,10 @@ def _ft(data: dict[str, Path], tmp: Path, name: str, *extra: str) -> FinetuneCon
 
 def test_finetune_evaluate_register_and_predict(data: dict[str, Path], tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    cfg = _ft(data, tmp_path, "ft", f"model.init={data['pretrain_run']}")
+    # no mixup / smoothing and a flat layer decay: long enough to learn, validated every 16 steps
+    cfg = _ft(data, tmp_path, "ft", f"model.init={data['pretrain_run']}", "mixup.prob=0", "mixup.label_smoothing=0",
+              "optim.lr=2e-3", "optim.layer_decay=1.0", "train.steps=48", "train.checkpoint_every=48",
+              "finetune.val_every=16")
     assert finetune_job.run(cfg) == 0
     out = capsys.readouterr().out
     assert "model.num_classes: 6 -> 4" in out  # the head follows the shard index's labels
@@ -69,16 +73,26 @@ def test_finetune_evaluate_register_and_predict(data: dict[str, Path], tmp_path:
     export = tmp_path / "runs" / "ft" / "export"
     best, last = (json.loads((export / w / "model.json").read_text()) for w in ("best", "last"))
     assert best["class_names"] == CLASSES and best["model"]["num_classes"] == 4
-    assert best["source"]["step"] in (4, 8) and last["source"]["step"] == 8
-    assert 0.0 <= best["metrics"]["val_top1"] <= 1.0 and best["metrics"]["val_videos"] == 8
+    assert last["source"]["step"] == 48 and best["metrics"]["val_videos"] == 8
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = client.search_runs(client.get_experiment_by_name("tubelet").experiment_id,
                              filter_string="attributes.run_name = 'ft'")[0]
     val = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_top1")}
-    assert sorted(val) == [4, 8]  # once per epoch: 16 train videos x 2 views / (4 x 2 ranks) = 4 steps
-    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == list(range(1, 9))
-    assert run.data.params["optim.layer_decay"] == "0.75" and run.data.tags["stage"] == "finetune"
+    assert sorted(val) == [16, 32, 48]
+    # The kept "best" is the logged val curve's first best step, with that step's accuracy.
+    best_step = min(step for step, top1 in val.items() if top1 == max(val.values()))
+    assert best["source"]["step"] == best_step, (val, best["source"])
+    assert best["metrics"]["val_top1"] == pytest.approx(val[best_step])
+    losses = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "loss")}
+    assert sorted(losses) == list(range(1, 49))
+    # Fine-tuning learns the classes: over its last 8 steps (64 clips) top-1 on the training batches is at
+    # least twice chance (1/4) and cross-entropy well below chance's ln 4 = 1.386 (measured 0.74 / 0.74).
+    # Held-out val (8 videos) reaches only 3/8 at this budget: too few videos and steps to assert on.
+    train = [m.value for m in client.get_metric_history(run.info.run_id, "train_top1") if m.step > 40]
+    assert len(train) == 8 and sum(train) / 8 >= 0.5, train
+    assert sum(losses[s] for s in range(41, 49)) / 8 < 1.1, losses
+    assert run.data.params["optim.layer_decay"] == "1.0" and run.data.tags["stage"] == "finetune"
     version = client.get_model_version_by_alias("motion-tiny", "champion")
     assert version.run_id == run.info.run_id
 
@@ -106,8 +120,13 @@ def test_finetune_evaluate_register_and_predict(data: dict[str, Path], tmp_path:
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert report["num_videos"] == 8 and report["views_per_video"] == 4
     assert report["num_clips"] == 2 and report["num_crops"] == 2
-    assert set(report["per_class"]) == set(CLASSES) and 0.0 <= report["top1"] <= report["top5"] == 1.0
-    assert sum(map(sum, report["confusion"])) == 8
+    assert set(report["per_class"]) == set(CLASSES)
+    # top-1 is the confusion matrix's diagonal (top-5 of 4 classes is always 1: not a check)
+    confusion = report["confusion"]
+    assert sum(map(sum, confusion)) == 8 and [sum(row) for row in confusion] == [2, 2, 2, 2]
+    assert report["top1"] == pytest.approx(sum(confusion[i][i] for i in range(4)) / 8)
+    for i, name in enumerate(report.get("class_names", CLASSES)):
+        assert report["per_class"][name] == pytest.approx(confusion[i][i] / 2), name
     assert (tmp_path / "eval" / "confusion.png").stat().st_size > 0
 
 

@@ -207,12 +207,16 @@ def test_parent_run_with_a_child_run_per_stage(second: dict[str, Any]) -> None:
         assert run.data.tags["stage"] == name and run.info.status == "FINISHED", name
     assert by_name["pretrain"].data.params["train.steps"] == str(STEPS)
     assert by_name["shard"].data.metrics["samples"] == 16
-    assert by_name["evaluate"].data.metrics["top1"] >= 0.0
     assert client.get_model_version_by_alias("pipeline-tiny", "champion").run_id == by_name["finetune"].info.run_id
 
     out = root / "runs" / "tiny"
     report = json.loads((out / "evaluate" / "report.json").read_text())
     assert {"top1", "top5", "per_class"} <= set(report) and set(report["per_class"]) == set(CLASSES)
+    # the evaluate run logs the report's top-1, which is the test split's confusion diagonal (1 video per class)
+    confusion = report["confusion"]
+    assert report["num_videos"] == 4 and [sum(row) for row in confusion] == [1, 1, 1, 1]
+    assert report["top1"] == sum(confusion[i][i] for i in range(4)) / 4
+    assert by_name["evaluate"].data.metrics["top1"] == pytest.approx(report["top1"])
     assert report["model"] == str(out / "finetune")  # evaluated the fine-tuned model, on the pipeline's shards
     assert json.loads((out / "finetune" / "export" / "best" / "model.json").read_text())["source"]["init"] == \
         str(out / "pretrain" / "export" / "pretrain_fp32.pt")
@@ -251,9 +255,11 @@ def test_mlflow_ui_shows_the_pipeline_run_its_stage_runs_and_a_loss_chart(third:
     with mlflow_server(f"sqlite:///{root / 'mlflow.db'}", root / "mlflow-server") as url:
         assert url.startswith("http://127.0.0.1:")
         shot = ARTIFACTS / "mlflow-ui-pipeline.png"
-        text = screenshot_runs(url, experiment.experiment_id, "tiny", stages, "pretrain", shot)
+        text, points = screenshot_runs(url, experiment.experiment_id, "tiny", stages, "pretrain", shot)
     lines = set(text.splitlines())
     assert {"tiny", *stages} <= lines, "the parent run and every stage run are listed"
     assert "pretrain (loss)" in lines, "the loss chart has the pre-training curve"
+    # a curve, not a dot: pre-training logged its loss at each of its STEPS steps
+    assert points and max(points) > 1, f"the loss chart draws no line of more than one point: {points}"
     assert shot.stat().st_size > 20_000
     print(f"MLflow UI screenshot: {shot}")

@@ -1,4 +1,5 @@
-"""The sharding job killed with SIGKILL right after it published its first shard, then rerun:
+"""The sharding job killed with SIGKILL after it published its first shard, while the next shard
+was being written (its temporary file is on disk at the kill, or the test fails), then rerun:
 every manifest row ends up in exactly one shard or the quarantine, every shard is a valid tar
 that matches the index, nothing is duplicated or missing, and the result is byte-identical to
 an uninterrupted run.
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 
 from pipeline.data.synthetic import generate_synthetic
-from pipeline.sharding import ShardSection, shard
+from pipeline.sharding import _TEMPORARY, ShardSection, shard
 from tests.reliability.conftest import Job, secret_env, short_tmp, survivors
 
 pytestmark = pytest.mark.reliability
@@ -51,15 +52,18 @@ def killed_and_rerun(manifest: tuple[Path, list[str]], tmp_path_factory: pytest.
     first = _job(path, out, ray_tmp, tmp / "run1.log")
     try:
         deadline = time.monotonic() + 240
-        while not (out / "_state" / "train-000000.tar.json").exists():
-            assert first.proc.poll() is None, f"the job ended before publishing a shard:\n{first.output[-3000:]}"
+        # the next shard's writer opens as soon as the first is published: kill while it holds a sample
+        while not ((out / "_state" / "train-000000.tar.json").exists() and _shard_temporaries(out)):
+            assert first.proc.poll() is None, ("the job ended before a shard was published with the next one "
+                                               f"being written (no temporary file seen):\n{first.output[-3000:]}")
             assert time.monotonic() < deadline, first.output[-3000:]
             first.remember_tree()
-            time.sleep(0.05)
+            time.sleep(0.02)
         first.remember_tree()
-        first.proc.kill()  # SIGKILL, right after the first shard and its state file were published
+        first.proc.kill()  # SIGKILL: the driver writes the shards, so the folder is frozen from here on
         first.proc.wait(timeout=30)
         published_at_kill = sorted(p.name for p in out.glob("*.tar"))
+        temporaries_at_kill = _temporaries(out)
         deadline = time.monotonic() + 20
         while survivors(first) and time.monotonic() < deadline:
             time.sleep(0.5)
@@ -73,8 +77,24 @@ def killed_and_rerun(manifest: tuple[Path, list[str]], tmp_path_factory: pytest.
         second.stop()
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert rc == 0, second.output[-4000:]
-    return {"out": out, "published_at_kill": published_at_kill, "rerun": second.output, "first": first.output,
-            "ray_tmp": ray_tmp}
+    return {"out": out, "published_at_kill": published_at_kill, "temporaries_at_kill": temporaries_at_kill,
+            "rerun": second.output, "first": first.output, "ray_tmp": ray_tmp}
+
+
+def _temporaries(out: Path) -> list[str]:
+    """Unpublished files (``.{name}.{8 chars}.tmp``, renamed when published) in the output folder."""
+    return sorted(p.name for p in out.glob(".*") if _TEMPORARY.match(p.name)) if out.is_dir() else []
+
+
+def _shard_temporaries(out: Path) -> list[str]:
+    return [t for t in _temporaries(out) if t.startswith(".train-") and ".tar." in t]
+
+
+def test_the_kill_landed_while_a_shard_was_being_written(killed_and_rerun: dict[str, Any]) -> None:
+    """Without an unpublished shard on disk at the kill, the rerun would not be tested on one."""
+    temporaries = killed_and_rerun["temporaries_at_kill"]
+    assert any(t.startswith(".train-") and ".tar." in t for t in temporaries), temporaries
+    assert f"removed {len(temporaries)} temporary files left by an interrupted run" in killed_and_rerun["rerun"]
 
 
 def test_rerun_keeps_the_shards_published_before_the_kill(killed_and_rerun: dict[str, Any]) -> None:
