@@ -21,8 +21,15 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
+
+from pipeline.errors import TubeletError
 
 _host_syncs = 0
+
+
+class PlacementError(TubeletError):
+    """A parameter or an input of the model is not on the device the rank trains on."""
 
 
 def training_device() -> torch.device:
@@ -107,5 +114,36 @@ def barrier() -> None:
         dist.barrier(device_ids=[device.index] if device.type == "cuda" else None)
 
 
-__all__ = ["all_reduce", "any_rank", "barrier", "gather_objects", "host_syncs", "is_distributed", "mean_floats",
+def backend() -> str:
+    """The process group's backend (``nccl`` on GPUs, ``gloo`` on CPU), ``none`` outside one."""
+    return str(dist.get_backend()) if is_distributed() else "none"
+
+
+def check_placement(module: nn.Module, device: torch.device | str, offloaded: bool = False) -> None:
+    """Fail in one line unless ``device`` is this rank's training device, every parameter of
+    ``module`` lives there (not checked when ZeRO offloads parameters to CPU/NVMe on purpose),
+    and every tensor given to its first forward does too (checked once, by a pre-hook).
+
+    A model or batch left on the CPU runs (slowly) on a GPU node, and a CPU tensor that reaches
+    NCCL fails late: this says which one, at the first step.
+    """
+    device = torch.device(device)
+    if device != training_device():
+        raise PlacementError(f"the engine trains on {device} but this rank's device is {training_device()}")
+    if not offloaded:
+        stray = [n for n, p in module.named_parameters() if p.device != device]
+        if stray:
+            raise PlacementError(f"{len(stray)} parameters are not on {device} (first: {stray[0]})")
+
+    def first_forward(_: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        handle.remove()
+        given = [*args, *kwargs.values()]
+        stray = [i for i, t in enumerate(given) if isinstance(t, torch.Tensor) and t.device != device]
+        if stray:
+            raise PlacementError(f"model input {stray[0]} is on {given[stray[0]].device}, not on {device}")
+
+    handle = module.register_forward_pre_hook(first_forward, with_kwargs=True)
+
+
+__all__ = ["PlacementError", "all_reduce", "backend", "check_placement", "any_rank", "barrier", "gather_objects", "host_syncs", "is_distributed", "mean_floats",
            "rank_world", "reduce_mean", "training_device"]

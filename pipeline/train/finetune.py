@@ -206,9 +206,11 @@ def finetune(cfg: FinetuneConfig, session: Session) -> dict[str, Any]:
     rank, world = eng.init_distributed()
     s = setup(cfg, session, rank, world)
     dtype = eng.compute_dtype(cfg.deepspeed)
+    comm.check_placement(s.engine.module, s.engine.device, offloaded=cfg.deepspeed.offload_param != "none")
     tracker = make_tracker(cfg.tracking, rank)
     tracker.start(run_name=cfg.run.name, config=cfg, resume_run_id=s.run_id,
-                  tags={"stage": "finetune", "mode": cfg.finetune.mode, "world_size": world, "config_hash": config_hash(cfg)})
+                  tags={"stage": "finetune", "mode": cfg.finetune.mode, "world_size": world, "config_hash": config_hash(cfg),
+                        "dist_backend": comm.backend(), "device": str(s.engine.device)})
     s.run_id = tracker.run_id or s.run_id
     mixer = Mixup(cfg.mixup, cfg.model.num_classes)
     val_every = cfg.finetune.val_every or s.loader.steps_per_epoch

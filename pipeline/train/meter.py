@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import torch
+
 
 @dataclass
 class Meter:
@@ -39,6 +41,8 @@ class Meter:
             "step_time_s": elapsed / max(self._steps, 1),
         }
         out["eta_s"] = out["step_time_s"] * max(self.total_steps - step, 0)
+        if torch.cuda.is_available():  # this rank's peak since the start (what an OOM would exceed)
+            out["gpu_mem_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
         if host_syncs is not None:
             out["host_syncs_per_step"] = (host_syncs - self._syncs) / max(self._steps, 1)
             self._syncs = host_syncs

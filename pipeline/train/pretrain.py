@@ -194,9 +194,11 @@ def pretrain(cfg: PretrainConfig, session: Session) -> dict[str, Any]:
     rank, world = eng.init_distributed()
     s = setup(cfg, session, rank, world)
     dtype = eng.compute_dtype(cfg.deepspeed)
+    comm.check_placement(s.engine.module, s.engine.device, offloaded=cfg.deepspeed.offload_param != "none")
     tracker = make_tracker(cfg.tracking, rank)
     tracker.start(run_name=cfg.run.name, config=cfg, resume_run_id=s.run_id,
-                  tags={"stage": "pretrain", "world_size": world, "config_hash": config_hash(cfg)})
+                  tags={"stage": "pretrain", "world_size": world, "config_hash": config_hash(cfg),
+                        "dist_backend": comm.backend(), "device": str(s.engine.device)})
     run_id = tracker.run_id or s.run_id
     batches, metrics, status = s.loader.forever(), {}, "FAILED"
     try:

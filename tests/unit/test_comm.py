@@ -133,3 +133,25 @@ def test_reconstruction_picture_on_rank0_unless_zero3(stage: int, rank: int, due
     cfg.deepspeed.zero_stage, cfg.train.image_every = stage, 5
     assert picture_due(cfg, 10, rank) is due
     assert picture_due(cfg, 11, 0) is False
+
+
+def test_placement_check_names_a_parameter_or_input_off_the_training_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What ``make gpu-smoke`` relies on: a model or batch left on the CPU of a GPU node fails at
+    the first step in one line. Here the rank's device is made ``meta`` (a device the CPU tensors
+    of this test are not on), standing for ``cuda:LOCAL_RANK``."""
+    model = torch.nn.Linear(3, 2)
+    comm.check_placement(model, "cpu")  # everything on the CPU rank's device
+    model(torch.zeros(1, 3))
+    comm.check_placement(model, "cpu")
+    with pytest.raises(comm.PlacementError, match="model input 0 is on meta"):
+        model(torch.zeros(1, 3, device="meta"))
+    model(torch.zeros(1, 3))  # the hook is gone after the first forward
+
+    monkeypatch.setattr(comm, "training_device", lambda: torch.device("meta"))
+    with pytest.raises(comm.PlacementError, match="engine trains on cpu but this rank's device is meta"):
+        comm.check_placement(model, "cpu")
+    with pytest.raises(comm.PlacementError, match="2 parameters are not on meta"):
+        comm.check_placement(model, "meta")
+    comm.check_placement(model, "meta", offloaded=True)  # ZeRO parameter offload: on the CPU on purpose
+    with pytest.raises(comm.PlacementError, match="model input 0 is on cpu, not on meta"):
+        model(torch.zeros(1, 3))
