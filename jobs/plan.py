@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from pipeline.capacity import ClusterSection, cluster_plan, format_cluster_plan, paper_check
 from pipeline.config import help_field
+from pipeline.data.loader import DataConfig
 from pipeline.masking import MaskConfig
 from pipeline.models import ModelConfig, create_model_from_config
 from pipeline.models.flops import param_counts, pretrain_macs, train_flops_per_clip
@@ -102,7 +103,11 @@ def make_cluster_plan(cfg: PlanConfig) -> dict[str, Any]:
     """``--cluster``: the configured model on the configured cluster, every size's feeding, and
     the VideoMAE V2 ViT-g paper check."""
     spec, params, flops = _pretrain_cost(cfg, cfg.model.name)
-    plan = cluster_plan(spec, params, flops, cfg.cluster)
+    c = cfg.cluster
+    data = DataConfig(num_frames=spec.num_frames, input_size=spec.img_size, batch_size=cfg.plan.batch_per_gpu,
+                      num_workers=c.loader_workers, prefetch_factor=c.prefetch_factor)
+    shm = loader_shm_bytes(data, train_clip_bytes(data, spec.num_tokens))
+    plan = cluster_plan(spec, params, flops, c, shm_bytes_per_gpu=shm)
     rows = []
     for name in SIZES:
         s, p, f = _pretrain_cost(cfg, name)

@@ -60,6 +60,8 @@ class ClusterSection:
         MEASURED_LOADER["clips_per_core_4views"],
         help="loader clips/s on one CPU core at views_per_video (measured: benchmarks/results/data_loading.json)")
     zero_stage: int = help_field(3, help="ZeRO stage of the run (what each rank reads on restore)")
+    loader_workers: int = help_field(10, help="loader worker processes per GPU (for /dev/shm per node)")
+    prefetch_factor: int = help_field(4, help="batches each loader worker prepares ahead (for /dev/shm per node)")
 
     def __post_init__(self) -> None:
         if not 0.0 < self.mfu <= 1.0:
@@ -98,8 +100,9 @@ def checkpoint_traffic(params: int, world: int, zero_stage: int) -> dict[str, fl
 
 
 def cluster_plan(spec: ArchSpec, params: int, train_flops_per_clip: float,
-                 cluster: ClusterSection) -> dict[str, Any]:
-    """Time to train, loader cores per GPU, checkpoint traffic; plain data (``--json``)."""
+                 cluster: ClusterSection, shm_bytes_per_gpu: float = 0.0) -> dict[str, Any]:
+    """Time to train, loader cores per GPU, /dev/shm per node (from the loader's per-rank need,
+    ``shm_bytes_per_gpu``), checkpoint traffic; plain data (``--json``)."""
     clips = cluster.dataset_videos * cluster.epochs * cluster.views_per_video
     total_flops = clips * train_flops_per_clip
     seconds_at_full = total_flops / (cluster.gpus * cluster.peak)
@@ -109,6 +112,8 @@ def cluster_plan(spec: ArchSpec, params: int, train_flops_per_clip: float,
         "gpu": cluster.gpu, "peak_tflops_per_gpu": cluster.peak / 1e12, "gpus": cluster.gpus, "mfu": cluster.mfu,
         "train_gflops_per_clip": train_flops_per_clip / 1e9, "clips": clips, "total_eflops": total_flops / 1e18,
         "hours_at_mfu": hours, "hours_if_data_bound": seconds_at_full / f["mfu_reachable"] / 3600, **f,
+        "shm_gib_per_node": shm_bytes_per_gpu * cluster.gpus_per_node / 2**30, "gpus_per_node": cluster.gpus_per_node,
+        "loader_workers": cluster.loader_workers, "prefetch_factor": cluster.prefetch_factor,
         **{k: v / GB for k, v in checkpoint_traffic(params, cluster.gpus, cluster.zero_stage).items()},
         "loader_measurement": MEASURED_LOADER,
     }
@@ -137,6 +142,8 @@ def format_cluster_plan(name: str, plan: dict[str, Any], rows: list[dict[str, An
              f" ({p['cores_per_gpu_available']:.1f} available): "
              + (f"DATA-BOUND, MFU at most {p['mfu_reachable']:.2f}, {p['hours_if_data_bound']:.1f} h"
                 if p["data_bound"] else "fed"),
+             f"  /dev/shm per node: {p['shm_gib_per_node']:.1f} GiB of uint8 batches in flight"
+             f" ({p['gpus_per_node']} GPUs x {p['loader_workers']} loader workers x {p['prefetch_factor']} batches ahead)",
              f"  checkpoint {p['checkpoint_gb']:.1f} GB; restore egress {p['egress_whole_per_rank']:.0f} GB if every rank"
              f" downloads it whole, {p['egress_own_files']:.0f} GB fetching each rank's own files",
              f"  loader rate {MEASURED_LOADER['clips_per_core_4views']} clips/s/core measured by "

@@ -127,3 +127,18 @@ def test_shm_per_node_of_the_shipped_configs():
     assert f["shm_gib_per_rank"] == pytest.approx(41 * 24 * ((3 * 16 * 224 * 224 + 8 * 16 + 8) + (3 * 16 * 224 * 224 + 8)) / GIB)
     assert rows["pretrain/demo"]["ranks_per_node"] == 2 and shm_rows(gpus_per_node=4)[1]["ranks_per_node"] == 4
     assert "`pretrain/vit_s_k400` | 8 | 10 x 4 x 64 | 5.89 | 47.1 | 188.4 |" in shm_table()
+
+
+def test_cluster_plan_states_shared_memory_per_node():
+    """/dev/shm per node = GPUs per node x the loader's in-flight uint8 batches (jobs.plan --shm's rule)."""
+    from jobs.plan import loader_shm_bytes, make_cluster_plan, train_clip_bytes
+    from pipeline.config import load_config
+    from pipeline.data.loader import DataConfig
+
+    cfg = load_config(PlanConfig, None, ["model.name=vit_g", "plan.batch_per_gpu=12", "cluster.loader_workers=10",
+                                         "cluster.prefetch_factor=4", "cluster.gpus_per_node=8"])
+    plan = make_cluster_plan(cfg)["plan"]
+    data = DataConfig(num_frames=16, input_size=224, batch_size=12, num_workers=10, prefetch_factor=4)
+    tokens = 8 * 16 * 16
+    assert plan["shm_gib_per_node"] == pytest.approx(8 * loader_shm_bytes(data, train_clip_bytes(data, tokens)) / 1024**3)
+    assert 8 < plan["shm_gib_per_node"] < 10  # ~41 uint8 batches of 12 ViT-g clips per GPU
