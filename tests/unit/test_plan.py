@@ -142,3 +142,16 @@ def test_cluster_plan_states_shared_memory_per_node():
     tokens = 8 * 16 * 16
     assert plan["shm_gib_per_node"] == pytest.approx(8 * loader_shm_bytes(data, train_clip_bytes(data, tokens)) / 1024**3)
     assert 8 < plan["shm_gib_per_node"] < 10  # ~41 uint8 batches of 12 ViT-g clips per GPU
+
+
+def test_readme_cluster_table_matches_the_plan():
+    """The README's per-model feeding table is what `jobs.plan --cluster` computes at its defaults."""
+    from pathlib import Path
+
+    from jobs.plan import make_cluster_plan
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for r in make_cluster_plan(PlanConfig())["sizes"]:
+        row = (f"| {r['model']} | {r['train_gflops_per_clip']:.1f} | {r['clips_per_s_per_gpu']:.0f} | "
+               f"{r['loader_cores_per_gpu']:.1f} | {r['mfu_reachable']:.2f}")
+        assert row in readme, f"README cluster table is stale: {row}"
