@@ -52,8 +52,8 @@ def check_init(cfg: FinetuneConfig) -> LoadReport | None:
     from pipeline.models.checkpoints import load_official
 
     model = create_model_from_config(dataclasses.replace(cfg.model, init=""), "classify", device="meta")
+    local = sio.cached_copy(cfg.model.init)  # this node's copy: the workers here reuse it
     try:
-        local = sio.cached_copy(cfg.model.init)  # this node's copy: the workers here reuse it
         state = torch.load(local, map_location="cpu", mmap=True, weights_only=True)
     except Exception:  # noqa: BLE001 — official files also pickle their argparse Namespace (trusted files)
         try:

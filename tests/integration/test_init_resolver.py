@@ -74,6 +74,8 @@ def _fetch(uri: str, cache: str, start: object, out: object) -> None:
     import os
 
     os.environ["TUBELET_CACHE_DIR"] = cache
+    fs, path = sio.filesystem(uri)
+    fs.info(path)  # a warm S3 client (fsspec keeps it): both ranks then reach the cache at once
     start.wait()  # type: ignore[attr-defined]
     out.put(sio.cached_copy(uri))  # type: ignore[attr-defined]
 
@@ -81,7 +83,7 @@ def _fetch(uri: str, cache: str, start: object, out: object) -> None:
 def test_node_cache_fetches_once_for_two_ranks_and_again_when_replaced(prefix: str, tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """Two processes of one node ask at the same moment: one download, one shared copy."""
-    uri, cache = _put(f"{prefix}/weights.pt", b"x" * 3_000_000), tmp_path / "cache"
+    uri, cache = _put(f"{prefix}/weights.pt", b"x" * 20_000_000), tmp_path / "cache"
     ctx = mp.get_context("spawn")
     start, out = ctx.Barrier(2), ctx.Queue()
     ranks = [ctx.Process(target=_fetch, args=(uri, str(cache), start, out)) for _ in range(2)]
@@ -90,7 +92,7 @@ def test_node_cache_fetches_once_for_two_ranks_and_again_when_replaced(prefix: s
     paths = {out.get(timeout=120) for _ in ranks}
     for p in ranks:
         p.join(timeout=60)
-    assert len(paths) == 1 and Path(paths.pop()).read_bytes() == b"x" * 3_000_000
+    assert len(paths) == 1 and Path(paths.pop()).read_bytes() == b"x" * 20_000_000
     fetches = lambda: [json.loads(line) for line in (cache / sio.FETCH_LOG).read_text().splitlines()]  # noqa: E731
     assert [f["uri"] for f in fetches()] == [uri]
 
