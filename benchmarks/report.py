@@ -53,7 +53,7 @@ def run_one(name: str, results: Path, quick: bool) -> float:
     args = [a.format(results=results) for a in (fast if quick else full)]
     out = results / f"{name}.json"
     cmd = [sys.executable, "-m", f"benchmarks.{module}", *args, "--out", str(out)]
-    shown = " ".join(["python -m", f"benchmarks.{module}", *args])
+    shown = " ".join(["python -m", f"benchmarks.{module}", *args]).replace(f"{ROOT}/", "")  # repo-relative
     print(f"\n=== {name}: {shown}", flush=True)
     before, start = load_avg(), time.time()
     subprocess.run(cmd, cwd=ROOT, check=True)
