@@ -38,8 +38,9 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "flops": ("bench_flops", ["--threads", "1", "--model-step", "{results}/model_step.json"],
               ["--quick", "--model-step", "{results}/model_step.json"]),
     "zero_memory": ("bench_zero", [], ["--quick"]),
+    "handoff": ("bench_handoff", [], ["--quick"]),
 }
-ALIASES = {"shard": "sharding", "data": "data_loading", "model": "model_step", "zero": "zero_memory"}
+ALIASES = {"hand-off": "handoff", "shard": "sharding", "data": "data_loading", "model": "model_step", "zero": "zero_memory"}
 VIT_G = "vit_g_step"
 VIT_G_LABEL = "zero3-bf16-nvme-optimizer-1rank"
 VIT_G_COMMAND = ("make vit-g-step RANKS=1  (python -m benchmarks.vit_g_step --config "
