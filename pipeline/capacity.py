@@ -32,10 +32,11 @@ from pipeline.models.registry import ArchSpec
 
 # Dense bf16 tensor-core peaks (no sparsity), vendor data sheets.
 GPU_PEAK_TFLOPS = {"a100": 312.0, "h100": 989.0, "h200": 989.0, "l40s": 362.0}
-# What benchmarks/results/data_loading.json measured on one core of this project's CI machine.
+# What benchmarks.bench_data measured on one core of this project's CI machine (the quieter of two runs).
 MEASURED_LOADER = {"clips_per_core_4views": 25.7, "clips_per_core_1view": 11.6,
                    "command": "python -m benchmarks.bench_data --profile",
-                   "source": "benchmarks/results/data_loading.json (medians ours_k4 / ours_k1)"}
+                   "source": "benchmarks/results/data_loading.json of 2026-12-01 12:00 UTC (commit 9ee99dc), medians"
+                             " ours_k4 / ours_k1; a re-run on 2026-12-02 under heavier load gave 19.3 / 6.4"}
 # VideoMAE V2 (Wang et al., CVPR 2023): ViT-g pre-trained on UnlabeledHybrid, 1.35M clips,
 # 1200 epochs, 64 A100 GPUs, about 241 hours.
 PAPER_VIT_G = {"gpu": "a100", "gpus": 64, "dataset_videos": 1_350_000, "epochs": 1200, "hours": 241.0}
