@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from pipeline import io as sio
 from pipeline.data.shard_writer import INDEX_NAME, QUARANTINE_NAME
-from pipeline.registry import CARD, WEIGHTS
+from pipeline.registry import CARD, WEIGHTS, model_folder
 from pipeline.tracking import is_registered
 from pipeline.train.checkpoint import LOOP_FILE, latest_checkpoint
 from pipeline.workflow.state import fingerprint, read_json
@@ -146,7 +146,9 @@ def check_evaluate(stage: Stage) -> Check:
     lacking = [k for k in REPORT_KEYS if k not in report]
     if lacking:
         return Check(False, f"report.json lacks {', '.join(lacking)}")
-    want = {"model": _abs(cfg.model.init), "shards": _abs(cfg.data.shards), "split": cfg.data.split,
+    if report.get("model") not in _model_names(cfg.model.init):
+        return Check(False, f"report.json has model {report.get('model')!r}, this run wants {_abs(cfg.model.init)!r}")
+    want = {"shards": _abs(cfg.data.shards), "split": cfg.data.split,
             "num_clips": cfg.data.test_num_clips, "num_crops": cfg.data.test_num_crops}
     for key, value in want.items():
         if report.get(key) != value:
@@ -156,6 +158,17 @@ def check_evaluate(stage: Stage) -> Check:
     if not sio.is_remote(report_uri) and os.path.getmtime(report_uri) < newest:
         return Check(False, "the model's weights are newer than report.json")
     return Check(True, f"report.json of this model on {cfg.data.split}: top-1 {report['top1']:.3f}")
+
+
+def _model_names(spec: str) -> set[str]:
+    """The names a report may give the model of ``spec``: as given (absolute), and, for a local
+    fine-tuning run folder, the model folder jobs.evaluate resolves it to on its driver."""
+    names = {_abs(spec)}
+    if spec and not sio.is_remote(spec) and not spec.startswith(("models:/", "runs:/")):
+        folder = model_folder(_abs(spec))
+        if folder:
+            names.add(folder)
+    return names
 
 
 def _abs(path: str) -> str:

@@ -224,3 +224,22 @@ def test_a_stage_logs_into_the_child_run_made_for_it(tmp_path: Path) -> None:
     assert run.data.params["train.steps"] == "60" and run.data.tags["world_size"] == "1"
     assert [m.step for m in MlflowClient(uri).get_metric_history(child_id, "loss")] == [1, 2]
     assert len(MlflowClient(uri).search_runs([run.info.experiment_id])) == 2
+
+
+def test_evaluate_accepts_the_model_folder_its_driver_resolved(tmp_path: Path) -> None:
+    """jobs.evaluate resolves a fine-tuning run folder to its model folder (export/best) on the
+    driver and reports that; the pipeline must recognise it as the same model (a rerun would
+    otherwise refuse a finished evaluation)."""
+    stage = _stages(tmp_path)["evaluate"]
+    cfg, out = stage.cfg, Path(stage.cfg.run.output)
+    best = Path(cfg.model.init).absolute() / "export" / "best"
+    _card(best, 60)
+    out.mkdir(parents=True)
+    report = {"top1": 0.5, "top5": 1.0, "per_class": {}, "model": str(best),
+              "shards": os.path.abspath(cfg.data.shards), "split": "test", "num_clips": 2, "num_crops": 3}
+    future = time.time() + 120
+    (out / "report.json").write_text(json.dumps(report))
+    os.utime(out / "report.json", (future, future))
+    assert check_evaluate(stage).complete, check_evaluate(stage).reason
+    (out / "report.json").write_text(json.dumps({**report, "model": str(best.parent / "last")}))
+    assert "report.json has model" in check_evaluate(stage).reason
