@@ -217,7 +217,8 @@ def test_parent_run_with_a_child_run_per_stage(second: dict[str, Any]) -> None:
     assert report["num_videos"] == 4 and [sum(row) for row in confusion] == [1, 1, 1, 1]
     assert report["top1"] == sum(confusion[i][i] for i in range(4)) / 4
     assert by_name["evaluate"].data.metrics["top1"] == pytest.approx(report["top1"])
-    assert report["model"] == str(out / "finetune")  # evaluated the fine-tuned model, on the pipeline's shards
+    # evaluated the fine-tuned model (the model folder jobs.evaluate resolved the run folder to)
+    assert report["model"] == str(out / "finetune" / "export" / "best")
     assert json.loads((out / "finetune" / "export" / "best" / "model.json").read_text())["source"]["init"] == \
         str(out / "pretrain" / "export" / "pretrain_fp32.pt")
     summary = json.loads((out / "summary.json").read_text())
