@@ -38,24 +38,11 @@ from benchmarks.common import (CACHE, RESULTS, command, figure, interleaved, loa
 OUT = RESULTS / "handoff.json"
 
 
-def _frames(t: int, h: int, w: int, seed: int) -> np.ndarray:
-    """A smooth moving gradient with a bright square: compresses like real footage, every frame differs."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    phase = rng.uniform(0, 2 * np.pi, 3)
-    out = np.empty((t, h, w, 3), np.uint8)
-    for i in range(t):
-        for c in range(3):
-            out[i, :, :, c] = 128 + 80 * np.sin(xx / w * 2 * np.pi + yy / h * np.pi + phase[c] + 0.15 * i)
-        x0, y0 = (5 * i) % (w - 32), (3 * i) % (h - 32)
-        out[i, y0:y0 + 32, x0:x0 + 32] = (250, 240, 30)
-    return out
-
-
 def make_shards(root: Path, videos: int, frames: int, h: int, w: int) -> Path:
     """``videos`` H.264 clips in one shard laid out as ``jobs.shard`` writes them (cached under ``root``)."""
     import webdataset as wds
 
+    from pipeline.data.synthetic import render_frames
     from pipeline.video.encode import encode_h264
     from pipeline.video.probe import probe
 
@@ -64,7 +51,7 @@ def make_shards(root: Path, videos: int, frames: int, h: int, w: int) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     with wds.TarWriter(str(root / "train-000000.tar")) as sink:
         for i in range(videos):
-            mp4 = encode_h264(_frames(frames, h, w, i), 30.0, gop=15)
+            mp4 = encode_h264(render_frames(np.random.default_rng(i), "left", frames, h, w), 30.0, gop=15)
             sink.write({"__key__": f"v{i:04d}", "mp4": mp4, "json": json.dumps(probe(mp4).to_dict()).encode(),
                         "cls": b"0"})
     entries = [{"name": "train-000000.tar", "split": "train", "samples": videos, "bytes": 0, "sha256": ""}]
@@ -195,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(1)  # per core; loader workers run single-threaded as well
     started, load_before = time.time(), load_avg()
     h, w = a.video_size
-    shards = make_shards(CACHE / f"handoff_{a.videos}v_{a.video_frames}f_{w}x{h}", a.videos, a.video_frames, h, w)
+    shards = make_shards(CACHE / f"handoff_motion_{a.videos}v_{a.video_frames}f_{w}x{h}", a.videos, a.video_frames, h, w)
     loaders = {"uint8": loader_batches(shards, a, float32=False), "float32": loader_batches(shards, a, float32=True)}
     sizes = {name: clip_bytes(next(it)) for name, it in loaders.items()}  # also starts both workers
     cases = {f"loader_{name}": clips_per_core_s(it, a.clips) for name, it in loaders.items()}
