@@ -235,7 +235,7 @@ class RawDecode:
 def our_loader(shards: Path, k: int, batch: int, num_frames: int, stride: int, size: int,
                grid: tuple[int, int, int]) -> Iterator[dict[str, Any]]:
     from pipeline.data.loader import DataConfig, pretrain_loader
-    from pipeline.masking import MaskConfig
+    from pipeline.data.masking import MaskConfig
 
     cfg = DataConfig(shards=str(shards), num_frames=num_frames, sampling_rate=stride, input_size=size,
                      repeated_aug=k, batch_size=batch, num_workers=0, shuffle_buffer=8, decode_threads=1)
@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.num_frames, args.stride, args.input_size, args.reps, args.clips, args.batch = 4, 2, 32, 1, 8, 4
     torch.set_num_threads(1)  # per core: every stage single-threaded
     started, load_before = time.time(), load_avg()
-    from pipeline.masking import token_grid
+    from pipeline.data.masking import token_grid
 
     grid = token_grid(args.num_frames, args.input_size, 16, 2)
     shards = prepare_data(args)

@@ -24,7 +24,7 @@ import torch
 
 from benchmarks.bench_model import VARIANTS, one_step
 from benchmarks.common import RESULTS, command, figure, interleaved, load_avg, medians, paired_ratio, write_result
-from pipeline.masking import MaskConfig, make_masks
+from pipeline.data.masking import MaskConfig, make_masks
 from pipeline.models import create_model
 from pipeline.models.flops import pretrain_macs
 

@@ -66,7 +66,7 @@ class Float32Handoff(IterableDataset):
         self.stream = stream
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        from pipeline.pixels import normalize_pixels
+        from pipeline.core.pixels import normalize_pixels
 
         for batch in self.stream:
             batch["video"] = normalize_pixels(batch["video"])
@@ -77,7 +77,7 @@ def loader_batches(shards: Path, a: argparse.Namespace, float32: bool) -> Iterat
     """An endless stream of pre-training batches from one worker process (shared-memory hand-off)."""
     from pipeline.data.loader import DataConfig, pretrain_loader
     from pipeline.data.streams import TrainStream
-    from pipeline.masking import MaskConfig, token_grid
+    from pipeline.data.masking import MaskConfig, token_grid
 
     cfg = DataConfig(shards=str(shards), num_frames=a.num_frames, sampling_rate=a.stride, input_size=a.input_size,
                      repeated_aug=a.views, batch_size=a.batch, num_workers=1, prefetch_factor=2, shuffle_buffer=4)
@@ -126,9 +126,9 @@ def clip_bytes(batch: dict[str, Any]) -> float:
 
 def step_cases(a: argparse.Namespace) -> dict[str, Callable[[], float]]:
     """Training steps/s of vit_tiny pre-training, uint8 -> model_input vs a pre-normalised float32 batch."""
-    from pipeline.masking import MaskConfig, make_masks, token_grid
+    from pipeline.data.masking import MaskConfig, make_masks, token_grid
     from pipeline.models import create_model
-    from pipeline.pixels import normalize_pixels
+    from pipeline.core.pixels import normalize_pixels
     from pipeline.train.batch import model_input
 
     torch.manual_seed(0)

@@ -26,7 +26,7 @@ import torch
 
 from benchmarks.common import command, figure, load_avg, write_result
 
-from pipeline.masking import MaskConfig, make_masks
+from pipeline.data.masking import MaskConfig, make_masks
 from pipeline.models import create_model
 from pipeline.models.flops import pretrain_macs
 

@@ -2,7 +2,7 @@
 
 The real jobs, in-process (as the integration tests run them), on CPU:
 
-    generate_synthetic (motion classes; unlabelled/train/val/test)  ->  pipeline.sharding.shard
+    generate_synthetic (motion classes; unlabelled/train/val/test)  ->  pipeline.orchestration.sharding.shard
     per seed s (pre-training AND fine-tuning seed):
       jobs.pretrain   on the splits unlabelled+train (the MAE loss never reads labels)
       jobs.finetune   twice, identical recipe and seed: model.init=<pre-training run> / random init,
@@ -116,7 +116,7 @@ def _mean(values: list[float]) -> float:
 
 def make_data(a: argparse.Namespace, work: Path) -> tuple[Path, dict[str, int]]:
     from pipeline.data.synthetic import generate_synthetic
-    from pipeline.sharding import ShardSection, shard
+    from pipeline.orchestration.sharding import ShardSection, shard
 
     out = work / "shards"
     if a.reuse_data and (out / "index.json").exists():
@@ -153,7 +153,7 @@ def _common(a: argparse.Namespace, work: Path, seed: int) -> list[str]:
 
 def pretrain(a: argparse.Namespace, work: Path, shards: Path, name: str, seed: int) -> dict[str, Any]:
     from jobs.pretrain import run
-    from pipeline.config import load_config
+    from pipeline.core.config import load_config
     from pipeline.train.config import PretrainConfig
 
     if (work / "runs" / name).exists():
@@ -183,7 +183,7 @@ def pretrain(a: argparse.Namespace, work: Path, shards: Path, name: str, seed: i
 
 def finetune(a: argparse.Namespace, work: Path, shards: Path, name: str, init: str, seed: int) -> dict[str, Any]:
     from jobs import finetune as job
-    from pipeline.config import load_config
+    from pipeline.core.config import load_config
     from pipeline.train.finetune_config import FinetuneConfig
 
     if (work / "runs" / name).exists():
@@ -216,7 +216,7 @@ def finetune(a: argparse.Namespace, work: Path, shards: Path, name: str, init: s
 
 def evaluate(a: argparse.Namespace, work: Path, shards: Path, name: str, split: str, seed: int) -> dict[str, Any]:
     from jobs import evaluate as job
-    from pipeline.config import load_config
+    from pipeline.core.config import load_config
     from pipeline.train.finetune_config import EvaluateConfig
 
     out = work / "eval" / f"{name}-{split}"

@@ -1,4 +1,4 @@
-"""Sharding throughput: videos/s of ``pipeline.sharding.shard`` with 1 and with 2 Ray workers.
+"""Sharding throughput: videos/s of ``pipeline.orchestration.sharding.shard`` with 1 and with 2 Ray workers.
 
 One embedded Ray with 2 CPUs; each ingest task (probe, validate, transcode to H.264, checks)
 takes one. **1 worker**: ``shard.max_in_flight = 1`` (one video at a time, so one worker busy);

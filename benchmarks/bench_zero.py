@@ -1,6 +1,6 @@
 """ZeRO model-state memory per rank, stages 0-3 on 2 CPU ranks: measured against ``jobs.plan``'s estimate.
 
-For each stage, two processes over gloo build a DeepSpeed engine with ``pipeline.engine.build_engine``
+For each stage, two processes over gloo build a DeepSpeed engine with ``pipeline.infra.engine.build_engine``
 (torch AdamW, the library's default buckets), run two optimizer steps (Adam allocates its state in
 the first), and after the third backward -- parameters, gradients and optimizer states all alive --
 count the bytes of every tensor storage alive in the process (``gc``, each storage once), split into
@@ -141,8 +141,8 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(1)
-    from pipeline.engine import DeepSpeedConfig, OptimConfig, build_engine, compute_dtype, init_distributed
-    from pipeline.masking import MaskConfig, make_masks
+    from pipeline.infra.engine import DeepSpeedConfig, OptimConfig, build_engine, compute_dtype, init_distributed
+    from pipeline.data.masking import MaskConfig, make_masks
     from pipeline.models import create_model
 
     rank, world = init_distributed()
@@ -174,7 +174,7 @@ def worker(args: argparse.Namespace) -> None:
 
 def run_stage(args: argparse.Namespace, stage: int, work: Path) -> list[dict[str, Any]]:
     """Launch 2 ranks for one stage; their results."""
-    from pipeline.engine import _free_port
+    from pipeline.infra.engine import _free_port
 
     env = dict(os.environ, DS_ACCELERATOR="cpu", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
                WORLD_SIZE=str(args.ranks), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")

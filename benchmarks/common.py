@@ -136,8 +136,8 @@ def start_ray(num_cpus: int) -> Any:
 
 def shard_videos(manifest: Path, output: Path, transcode: bool, max_in_flight: int = 0,
                  target_shard_mb: float = 1.0) -> Any:
-    """``pipeline.sharding.shard`` on ``manifest`` into ``output`` (Ray must be running)."""
-    from pipeline.sharding import ShardSection, shard
+    """``pipeline.orchestration.sharding.shard`` on ``manifest`` into ``output`` (Ray must be running)."""
+    from pipeline.orchestration.sharding import ShardSection, shard
 
     cfg = ShardSection(manifest=str(manifest), output=str(output), target_shard_mb=target_shard_mb,
                        transcode=transcode, max_in_flight=max_in_flight, progress=False)

@@ -60,7 +60,7 @@ def _size(s: Shape) -> list[str]:
 def make_shards(work: Path, s: Shape) -> Path:
     """Labelled synthetic motion shards (train / val) big enough for the clip shape."""
     from pipeline.data.synthetic import generate_synthetic
-    from pipeline.sharding import ShardSection, shard
+    from pipeline.orchestration.sharding import ShardSection, shard
 
     entries = generate_synthetic(work / "synthetic", num_per_class=8, classes=["left", "right", "up", "down"],
                                  frames=s.video_frames, size=(s.video_size, s.video_size),
@@ -107,7 +107,7 @@ def _runs(tracking_uri: str) -> dict[str, Any]:
 def _peak_flops_per_gpu() -> float:
     import torch
 
-    from pipeline.capacity import GPU_PEAK_TFLOPS
+    from pipeline.infra.capacity import GPU_PEAK_TFLOPS
 
     name = torch.cuda.get_device_name(0).lower()
     kind = next((k for k in GPU_PEAK_TFLOPS if k in name), "")

@@ -17,7 +17,7 @@ Results: ``benchmarks/results/vit_g_step.json`` (one entry per ``--label``, repl
 ``--tiny`` writes nowhere unless ``--out`` is given). Offload files go under ``--nvme-dir`` in a
 fresh sub-directory that is deleted afterwards.
 
-DeepSpeed keys that ``pipeline.engine.DeepSpeedConfig`` does not have yet (``sub_group_size``,
+DeepSpeed keys that ``pipeline.infra.engine.DeepSpeedConfig`` does not have yet (``sub_group_size``,
 the param-offload buffer size) are added to the engine JSON here (``EXTRA_ZERO``); without a
 small ``sub_group_size`` ZeRO-Infinity swaps the whole optimizer partition in at once and
 allocates ``buffer_count`` buffers of that size (the 18.8 GB of the 1-rank baseline).
@@ -60,7 +60,7 @@ def _free_port() -> int:
 
 
 def extra_zero(ds: Any, sub_group_size: int) -> dict[str, Any]:
-    """Keys merged into ``zero_optimization`` on top of ``pipeline.engine.deepspeed_config``."""
+    """Keys merged into ``zero_optimization`` on top of ``pipeline.infra.engine.deepspeed_config``."""
     zero: dict[str, Any] = {"sub_group_size": sub_group_size}
     if ds.offload_param == "nvme":
         # Param swap buffers must hold the largest optimizer sub-group (fp32 init from swapped
@@ -140,10 +140,10 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from pipeline.config import load_config
-    from pipeline.engine import (_deepspeed, build_model, compute_dtype, deepspeed_config, init_distributed,
+    from pipeline.core.config import load_config
+    from pipeline.infra.engine import (_deepspeed, build_model, compute_dtype, deepspeed_config, init_distributed,
                                  peak_lr, global_batch, set_lr)
-    from pipeline.masking import make_masks
+    from pipeline.data.masking import make_masks
     from pipeline.models.factory import create_model_from_config
     from pipeline.models.hooks import param_groups
     from pipeline.train.config import PretrainConfig
@@ -228,7 +228,7 @@ def _proc_rss(proc: Any) -> float:
 def launch(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
     import psutil
 
-    from pipeline.config import load_config
+    from pipeline.core.config import load_config
     from pipeline.train.config import PretrainConfig
 
     work = Path(tempfile.mkdtemp(prefix="vit_g_step_"))

@@ -2,7 +2,7 @@
 
 A job module defines its config dataclass and a ``run(cfg)`` function, and ends with
 ``raise SystemExit(job_main(Config, run, default_config=...))``. Errors a user can fix
-(a :class:`~pipeline.errors.TubeletError`, including config errors) print one line on stderr
+(a :class:`~pipeline.core.errors.TubeletError`, including config errors) print one line on stderr
 and exit with status 2; anything else is a bug and keeps its traceback.
 """
 
@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
-from pipeline.config import ConfigError, describe, load_config, to_toml
-from pipeline.errors import TubeletError
+from pipeline.core.config import ConfigError, describe, load_config, to_toml
+from pipeline.core.errors import TubeletError
 
 T = TypeVar("T")
 

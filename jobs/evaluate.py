@@ -18,13 +18,13 @@ import os
 from typing import Any
 
 from jobs._cli import job_main
-from pipeline import io as sio
-from pipeline.config import to_toml
-from pipeline.data.shards import ShardIndex
-from pipeline.errors import DataError
-from pipeline.orchestration import fit, scratch_storage
-from pipeline.registry import resolve_init
-from pipeline.tracking import resolve_uri
+from pipeline.core import io as sio
+from pipeline.core.config import to_toml
+from pipeline.data.shard_index import ShardIndex
+from pipeline.core.errors import DataError
+from pipeline.orchestration.ray_train import fit, scratch_storage
+from pipeline.train.model_registry import resolve_init
+from pipeline.infra.tracking import resolve_uri
 from pipeline.train.finetune_config import EvaluateConfig
 
 log = logging.getLogger("jobs.evaluate")

@@ -10,7 +10,7 @@ architecture), each local or ``s3://``, or empty
 extract their share of the split and write ``<run.output>/features/part-<rank>.{parquet,npz}``;
 with 1 the job runs in this process. Then the driver writes ``<run.output>/manifest.json`` (rows,
 dim, mode, model, clip shape, parts) next to ``extract.toml`` (the resolved config) and logs the
-manifest to an MLflow run. Read the features back with :func:`pipeline.extract.read_features`.
+manifest to an MLflow run. Read the features back with :func:`pipeline.train.extract.read_features`.
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ import os
 from typing import Any
 
 from jobs._cli import job_main
-from pipeline import io as sio
-from pipeline.config import config_hash, to_toml
-from pipeline.data.shards import ShardIndex
-from pipeline.errors import DataError
-from pipeline.extract import MANIFEST, ExtractConfig, build_manifest, check_clip_shape, clear_parts
-from pipeline.orchestration import fit, scratch_storage
-from pipeline.registry import resolve_init
-from pipeline.tracking import make_tracker, resolve_uri
+from pipeline.core import io as sio
+from pipeline.core.config import config_hash, to_toml
+from pipeline.data.shard_index import ShardIndex
+from pipeline.core.errors import DataError
+from pipeline.train.extract import MANIFEST, ExtractConfig, build_manifest, check_clip_shape, clear_parts
+from pipeline.orchestration.ray_train import fit, scratch_storage
+from pipeline.train.model_registry import resolve_init
+from pipeline.infra.tracking import make_tracker, resolve_uri
 
 log = logging.getLogger("jobs.extract")
 
@@ -37,7 +37,7 @@ def _loop(cfg: ExtractConfig, session: Any) -> None:
     """Every Ray Train worker: its share of the split, its own part file."""
     import ray.train
 
-    from pipeline.extract import extract
+    from pipeline.train.extract import extract
 
     context = ray.train.get_context()
     extract(cfg, context.get_world_rank(), context.get_world_size())
@@ -66,7 +66,7 @@ def _run_workers(cfg: ExtractConfig) -> None:
     if cfg.scaling.num_workers == 1:
         import torch
 
-        from pipeline.extract import extract
+        from pipeline.train.extract import extract
 
         if cfg.scaling.torch_threads:
             torch.set_num_threads(cfg.scaling.torch_threads)

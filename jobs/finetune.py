@@ -23,14 +23,14 @@ import os
 import warnings
 
 from jobs._cli import job_main
-from pipeline import io as sio
-from pipeline.config import to_toml
-from pipeline.data.shards import ShardIndex
-from pipeline.models.checkpoints import CheckpointError, LoadReport
-from pipeline.orchestration import fit
-from pipeline.registry import CARD, FINETUNE_INIT_FILES, register_model
-from pipeline.registry import resolve_init as resolve_init_uri
-from pipeline.tracking import resolve_uri
+from pipeline.core import io as sio
+from pipeline.core.config import to_toml
+from pipeline.data.shard_index import ShardIndex
+from pipeline.models.weights import CheckpointError, LoadReport
+from pipeline.orchestration.ray_train import fit
+from pipeline.train.model_registry import CARD, FINETUNE_INIT_FILES, register_model
+from pipeline.train.model_registry import resolve_init as resolve_init_uri
+from pipeline.infra.tracking import resolve_uri
 from pipeline.train.finetune import check_config, class_names, finetune
 from pipeline.train.finetune_config import FinetuneConfig
 
@@ -49,7 +49,7 @@ def check_init(cfg: FinetuneConfig) -> LoadReport | None:
     import torch
 
     from pipeline.models import create_model_from_config
-    from pipeline.models.checkpoints import load_official
+    from pipeline.models.weights import load_official
 
     model = create_model_from_config(dataclasses.replace(cfg.model, init=""), "classify", device="meta")
     local = sio.cached_copy(cfg.model.init)  # this node's copy: the workers here reuse it

@@ -17,7 +17,7 @@ from typing import Any
 from jobs._cli import job_main, resolve_config_path
 from jobs.registry import JOBS as REGISTRY
 from pipeline.workflow import run_pipeline
-from pipeline.workflow_config import Jobs, PipelineConfig, StageJob
+from pipeline.workflow.pipeline_config import Jobs, PipelineConfig, StageJob
 
 
 def _stage_job(name: str) -> StageJob:

@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.capacity import ClusterSection, cluster_plan, format_cluster_plan, paper_check
-from pipeline.config import help_field
+from pipeline.infra.capacity import ClusterSection, cluster_plan, format_cluster_plan, paper_check
+from pipeline.core.config import help_field
 from pipeline.data.loader import DataConfig
-from pipeline.masking import MaskConfig
+from pipeline.data.masking import MaskConfig
 from pipeline.models import ModelConfig, create_model_from_config
 from pipeline.models.flops import param_counts, pretrain_macs, train_flops_per_clip
-from pipeline.models.registry import ArchSpec
+from pipeline.models.sizes import ArchSpec
 
 GIB = 1024**3
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -139,7 +139,7 @@ def config_rows(root: str | Path = CONFIGS) -> list[dict[str, Any]]:
     """One row per shipped pre-training / fine-tuning config: its model, input, ZeRO stage,
     precision, batch, GPUs and model-state memory per GPU (the estimate above, at the config's
     own stage and world size; optimizer state offloaded to CPU/NVMe is not on the GPU)."""
-    from pipeline.config import load_config
+    from pipeline.core.config import load_config
     from pipeline.train.config import PretrainConfig
     from pipeline.train.finetune_config import FinetuneConfig
 
@@ -209,7 +209,7 @@ def rank_shm_bytes(job: str, cfg: Any, video_bytes_per_value: int = 1) -> int:
     Fine-tuning validates while its training loader's workers keep their prefetched batches:
     both loaders count.
     """
-    from pipeline.models.registry import get_spec
+    from pipeline.models.sizes import get_spec
 
     data = cfg.data
     if job == "pretrain":
@@ -229,7 +229,7 @@ def shm_rows(gpus_per_node: int = GPUS_PER_NODE, root: str | Path = CONFIGS) -> 
     """Per shipped config: ranks on one node (GPU configs: up to ``gpus_per_node``; CPU configs run
     all ranks on one machine) and the ``/dev/shm`` GiB per rank and per node, uint8 hand-off (and,
     for comparison, the float32 one it replaced)."""
-    from pipeline.config import load_config
+    from pipeline.core.config import load_config
     from pipeline.submission import config_class
 
     rows = []

@@ -17,8 +17,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from pipeline.errors import TubeletError, VideoError
-from pipeline.tracking import TrackingConfig, resolve_uri
+from pipeline.core.errors import TubeletError, VideoError
+from pipeline.infra.tracking import TrackingConfig, resolve_uri
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -36,8 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # stdout / stderr carry the answers and the one-line errors: no download progress bars
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
-        from pipeline.inference import predict_video
-        from pipeline.registry import load_classifier
+        from pipeline.train.inference import predict_video
+        from pipeline.train.model_registry import load_classifier
 
         model, card = load_classifier(args.model, tracking=resolve_uri(TrackingConfig(tracking_uri=args.tracking_uri)))
     except TubeletError as exc:

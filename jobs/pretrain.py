@@ -14,11 +14,11 @@ import logging
 import os
 
 from jobs._cli import job_main
-from pipeline import io as sio
-from pipeline.config import to_toml
-from pipeline.orchestration import fit
-from pipeline.registry import resolve_init
-from pipeline.tracking import resolve_uri
+from pipeline.core import io as sio
+from pipeline.core.config import to_toml
+from pipeline.orchestration.ray_train import fit
+from pipeline.train.model_registry import resolve_init
+from pipeline.infra.tracking import resolve_uri
 from pipeline.train.config import PretrainConfig
 from pipeline.train.pretrain import check_config, pretrain
 

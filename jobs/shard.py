@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from jobs._cli import job_main
-from pipeline import io as sio
-from pipeline.config import help_field, to_toml
-from pipeline.orchestration import ray_session
-from pipeline.sharding import ShardSection, format_report, prepare, shard
+from pipeline.core import io as sio
+from pipeline.core.config import help_field, to_toml
+from pipeline.orchestration.ray_train import ray_session
+from pipeline.orchestration.sharding import ShardSection, format_report, prepare, shard
 
 
 @dataclass

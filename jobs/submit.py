@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from jobs.registry import configurable
-from pipeline.errors import TubeletError
+from pipeline.core.errors import TubeletError
 
 PROG = "jobs.submit"
 COMMANDS = ("list", "status", "logs", "stop")
@@ -66,7 +66,7 @@ def command_parser() -> argparse.ArgumentParser:
 
 def run_submit(args: argparse.Namespace) -> int:
     from pipeline import submission as sub
-    from pipeline.tracking import redact_url
+    from pipeline.infra.tracking import redact_url
 
     spec = sub.JobSpec.build(args.job, args.config, args.overrides)
     runtime = sub.runtime_env(extra_env=args.extra_env, forward_secrets=not args.no_forward_secrets)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import io as sio
+from pipeline.core import io as sio
 from pipeline.data.manifest import ManifestEntry, check_uri
 from pipeline.data.shard_writer import Sample
-from pipeline.errors import StorageError, VideoError
+from pipeline.core.errors import StorageError, VideoError
 
 log = logging.getLogger(__name__)
 

@@ -52,12 +52,12 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from pipeline.config import help_field
+from pipeline.core.config import help_field
 from pipeline.data.decoding import ClipSpec, DataStats, seed_of
-from pipeline.data.shards import ShardIndex, Unit, assign_units, plan_units
+from pipeline.data.shard_index import ShardIndex, Unit, assign_units, plan_units
 from pipeline.data.streams import EvalPlan, EvalStream, TrainPlan, TrainStream
-from pipeline.errors import DataError
-from pipeline.masking import Grid, MaskConfig
+from pipeline.core.errors import DataError
+from pipeline.data.masking import Grid, MaskConfig
 from pipeline.video.transforms import MULTISCALE_SCALES, TestTransform, TrainTransform
 
 log = logging.getLogger(__name__)

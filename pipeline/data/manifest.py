@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import IO, Iterable, Sequence
 from urllib.parse import unquote
 
-from pipeline.errors import DataError
+from pipeline.core.errors import DataError
 
 COLUMNS = ("uri", "label", "split", "start", "end")
 ALLOWED_SCHEMES = ("file", "s3")

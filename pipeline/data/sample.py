@@ -11,7 +11,7 @@ import importlib.util
 from pathlib import Path
 
 from pipeline.data.manifest import ManifestEntry
-from pipeline.errors import DataError
+from pipeline.core.errors import DataError
 
 SAMPLE_EXTENSIONS = (".mp4",)
 

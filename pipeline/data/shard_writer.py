@@ -5,7 +5,7 @@ carry no time, owner or host, so the same samples in the same order give byte-id
 A shard is first written to a temporary local file and then published atomically (rename, or a
 single S3 PUT) together with a state file under ``_state/`` that says which manifest entries it
 covers: a rerun trusts a shard only if both exist and its bytes still match.
-(Reading shards is :mod:`pipeline.data.shards`.)
+(Reading shards is :mod:`pipeline.data.shard_index`.)
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline import io as sio
+from pipeline.core import io as sio
 from pipeline.data.manifest import ManifestEntry
 
 INDEX_NAME = "index.json"

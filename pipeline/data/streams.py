@@ -29,9 +29,9 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from pipeline.data.decoding import ClipSpec, DataStats, SampleError, TestViews, TrainViews, seed_of, test_views, train_views
-from pipeline.data.shards import RawSample, ShardFault, Unit, read_unit
-from pipeline.errors import DataError
-from pipeline.masking import Grid, MaskConfig, make_masks
+from pipeline.data.shard_index import RawSample, ShardFault, Unit, read_unit
+from pipeline.core.errors import DataError
+from pipeline.data.masking import Grid, MaskConfig, make_masks
 
 log = logging.getLogger(__name__)
 

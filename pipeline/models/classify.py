@@ -7,7 +7,7 @@ from torch import nn
 
 from pipeline.models.hooks import ParamHooks
 from pipeline.models.layers import AttnImpl, init_linear_trunc_normal, reset_adapters
-from pipeline.models.registry import ArchSpec
+from pipeline.models.sizes import ArchSpec
 from pipeline.models.vit import VideoViT
 
 # Official fine-tuning default (--init_scale 0.001): a near-zero head starts from uniform logits.

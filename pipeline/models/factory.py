@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from pipeline.models.classify import Classifier
-from pipeline.models.config import ModelConfig
+from pipeline.models.model_config import ModelConfig
 from pipeline.models.pretrain import PretrainModel
-from pipeline.models.registry import ArchSpec, get_spec
+from pipeline.models.sizes import ArchSpec, get_spec
 
 Task = Literal["pretrain", "classify"]
 
@@ -58,7 +58,7 @@ def create_model_from_config(cfg: ModelConfig, task: Task = "pretrain", device: 
                          drop_path=cfg.drop_path, layer_scale_init=cfg.layer_scale_init,
                          attn_impl=cfg.attn_impl, **cfg.arch_overrides(), **options)
     if cfg.init:
-        from pipeline.models.checkpoints import load_file
+        from pipeline.models.weights import load_file
 
         load_file(model, cfg.init)
     return model

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.models.registry import ArchSpec
+from pipeline.models.sizes import ArchSpec
 
 _CELL = 4
 

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from pipeline.models.layers import AttnImpl, Block, PatchEmbed, SinCosPosEmbed, drop_path_rates
-from pipeline.models.registry import ArchSpec
+from pipeline.models.sizes import ArchSpec
 
 
 def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
-from pipeline.errors import TubeletError, one_line
+from pipeline.core.errors import TubeletError, one_line
 from pipeline.submission.preflight import JobSpec, SubmissionError, redacted, repo_root
-from pipeline.tracking import git_commit, redact_url
+from pipeline.infra.tracking import git_commit, redact_url
 
 # No module-level import of ray here (nor of anything that imports it): Ray's core reads
 # RAY_AUTH_MODE once, when ray is imported, and ``use_token_auth`` must be able to set it first.
@@ -86,7 +86,7 @@ class RayAuth:
 def ray_auth(env: Mapping[str, str] | None = None) -> RayAuth:
     """Ray's own rules: RAY_AUTH_TOKEN > RAY_AUTH_TOKEN_PATH > ~/.ray/auth_token.
 
-    With RAY_AUTH_MODE unset a token that exists is used (as ``pipeline.orchestration`` does for
+    With RAY_AUTH_MODE unset a token that exists is used (as ``pipeline.orchestration.ray_train`` does for
     drivers): a cluster without authentication ignores the header, one with it needs it.
     """
     env = os.environ if env is None else env

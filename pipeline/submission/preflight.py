@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.config import SECRET_MARKERS, load_config, to_dict
-from pipeline.errors import TubeletError
-from pipeline.job_env import JOB_ENV
-from pipeline.tracking import check_reachable, redact_url
+from pipeline.core.config import SECRET_MARKERS, load_config, to_dict
+from pipeline.core.errors import TubeletError
+from pipeline.core.job_env import JOB_ENV
+from pipeline.infra.tracking import check_reachable, redact_url
 
 if TYPE_CHECKING:
     from jobs.registry import Job
@@ -162,7 +162,7 @@ def is_secret_name(name: str) -> bool:
 def runtime_env(root: Path | None = None, env: Mapping[str, str] | None = None, extra_env: Sequence[str] = (),
                 forward_secrets: bool = True) -> dict[str, Any]:
     """The Ray runtime env of a submitted job: this checkout as working dir, storage/tracking env
-    (:data:`pipeline.job_env.JOB_ENV`, the names its driver passes on to its workers) and ``extra_env``.
+    (:data:`pipeline.core.job_env.JOB_ENV`, the names its driver passes on to its workers) and ``extra_env``.
 
     ``forward_secrets=False`` leaves credentials to the cluster (KubeRay Secrets, instance
     profiles) and forwards only endpoints and URIs. The values are real: print ``redacted(...)``.

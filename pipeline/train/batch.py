@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.pixels import normalize_pixels
+from pipeline.core.pixels import normalize_pixels
 from pipeline.train.mixup import Mixup
 
 

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pipeline.errors import TubeletError
+from pipeline.core.errors import TubeletError
 
 _host_syncs = 0
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipeline.config import help_field
+from pipeline.core.config import help_field
 from pipeline.data.loader import DataConfig
-from pipeline.engine import DeepSpeedConfig, OptimConfig
-from pipeline.masking import MaskConfig
-from pipeline.models.config import ModelConfig
-from pipeline.tracking import TrackingConfig
+from pipeline.infra.engine import DeepSpeedConfig, OptimConfig
+from pipeline.data.masking import MaskConfig
+from pipeline.models.model_config import ModelConfig
+from pipeline.infra.tracking import TrackingConfig
 
 
 @dataclass

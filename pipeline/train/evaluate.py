@@ -17,14 +17,14 @@ from typing import Any
 
 import torch
 
-from pipeline import io as sio
-from pipeline.config import config_hash
+from pipeline.core import io as sio
+from pipeline.core.config import config_hash
 from pipeline.data.loader import eval_loader
-from pipeline.data.shards import ShardIndex
-from pipeline.errors import DataError
-from pipeline.evaluation import confusion_picture, evaluate_pass
-from pipeline.registry import load_classifier
-from pipeline.tracking import make_tracker
+from pipeline.data.shard_index import ShardIndex
+from pipeline.core.errors import DataError
+from pipeline.train.scoring import confusion_picture, evaluate_pass
+from pipeline.train.model_registry import load_classifier
+from pipeline.infra.tracking import make_tracker
 from pipeline.train import comm
 from pipeline.train.finetune_config import EvaluateConfig
 

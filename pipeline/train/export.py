@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from pipeline import engine as eng
-from pipeline import io as sio
+from pipeline.infra import engine as eng
+from pipeline.core import io as sio
 from pipeline.models import create_model_from_config
-from pipeline.models.checkpoints import to_official
-from pipeline.models.config import ModelConfig
+from pipeline.models.weights import to_official
+from pipeline.models.model_config import ModelConfig
 from pipeline.train.checkpoint import LOOP_FILE
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ linear head; layer-wise lr decay (``optim.layer_decay``, through the model's lay
 drop path, mixup / cutmix with label smoothing (soft-target cross entropy), warm-up + cosine
 per step, repeated augmentation from the loader. Validation on ``finetune.val_split`` once per
 epoch (or every ``val_every`` steps); the best and the last weights are kept as model folders
-(:mod:`pipeline.registry`) under ``<run>/export/{best,last}``, and resumable DeepSpeed
+(:mod:`pipeline.train.model_registry`) under ``<run>/export/{best,last}``, and resumable DeepSpeed
 checkpoints as in pre-training. ``finetune.mode = "linear_probe"`` freezes the encoder.
 """
 
@@ -19,19 +19,19 @@ from typing import Any
 
 import torch
 
-from pipeline import engine as eng
-from pipeline import io as sio
-from pipeline.config import config_hash, to_dict
+from pipeline.infra import engine as eng
+from pipeline.core import io as sio
+from pipeline.core.config import config_hash, to_dict
 from pipeline.data.loader import EvalLoader, TrainLoader, eval_loader, supervised_loader
-from pipeline.data.shards import ShardIndex
-from pipeline.errors import DataError
-from pipeline.evaluation import evaluate_pass
+from pipeline.data.shard_index import ShardIndex
+from pipeline.core.errors import DataError
+from pipeline.train.scoring import evaluate_pass
 from pipeline.models import create_model_from_config
-from pipeline.models.checkpoints import load_file
+from pipeline.models.weights import load_file
 from pipeline.models.flops import classify_macs
-from pipeline.models.registry import get_spec
-from pipeline.registry import ModelCard, write_model_folder
-from pipeline.tracking import make_tracker
+from pipeline.models.sizes import get_spec
+from pipeline.train.model_registry import ModelCard, write_model_folder
+from pipeline.infra.tracking import make_tracker
 from pipeline.train import checkpoint as ckpt
 from pipeline.train import comm
 from pipeline.train.batch import model_input

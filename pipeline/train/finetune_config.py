@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pipeline.config import help_field
+from pipeline.core.config import help_field
 from pipeline.data.loader import DataConfig
-from pipeline.engine import DeepSpeedConfig, OptimConfig
-from pipeline.models.config import ModelConfig
-from pipeline.tracking import TrackingConfig
+from pipeline.infra.engine import DeepSpeedConfig, OptimConfig
+from pipeline.models.model_config import ModelConfig
+from pipeline.infra.tracking import TrackingConfig
 from pipeline.train.config import RunSection, ScalingSection, TrainSection
 from pipeline.train.mixup import MixupConfig
 

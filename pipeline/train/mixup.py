@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import help_field
+from pipeline.core.config import help_field
 
 
 @dataclass

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.errors import TubeletError
+from pipeline.core.errors import TubeletError
 from pipeline.train import comm
 
 log = logging.getLogger(__name__)

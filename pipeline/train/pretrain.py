@@ -18,17 +18,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline import engine as eng
-from pipeline import io as sio
-from pipeline.config import config_hash, to_dict
+from pipeline.infra import engine as eng
+from pipeline.core import io as sio
+from pipeline.core.config import config_hash, to_dict
 from pipeline.data.loader import TrainLoader, pretrain_loader
-from pipeline.errors import DataError
-from pipeline.masking import token_grid
+from pipeline.core.errors import DataError
+from pipeline.data.masking import token_grid
 from pipeline.models import create_model_from_config
-from pipeline.models.checkpoints import load_file
+from pipeline.models.weights import load_file
 from pipeline.models.flops import token_counts, train_flops_per_clip
-from pipeline.models.registry import get_spec
-from pipeline.tracking import make_tracker, reconstruction_grid
+from pipeline.models.sizes import get_spec
+from pipeline.infra.tracking import make_tracker, reconstruction_grid
 from pipeline.train import checkpoint as ckpt
 from pipeline.train import comm
 from pipeline.train.batch import model_input

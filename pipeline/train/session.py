@@ -1,7 +1,7 @@
 """Where checkpoints go and come from: a Ray Train run, or a plain folder (tests, one process).
 
 The loop only calls ``restore_dir()``, ``staging_dir(step)`` and ``report(metrics, dir)``;
-:class:`pipeline.orchestration.RayTrainSession` implements them with Ray Train's storage.
+:class:`pipeline.orchestration.ray_train.RayTrainSession` implements them with Ray Train's storage.
 """
 
 from __future__ import annotations

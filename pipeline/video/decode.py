@@ -26,7 +26,7 @@ from typing import Any, Literal
 import av
 import numpy as np
 
-from pipeline.errors import VideoError
+from pipeline.core.errors import VideoError
 from pipeline.video.probe import VideoInfo, VideoSource, error_detail, open_container, probe, video_stream
 
 log = logging.getLogger(__name__)

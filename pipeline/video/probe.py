@@ -1,6 +1,6 @@
 """Probe a video (frames, fps, duration, size, codec) with PyAV, and classify why one is bad.
 
-Every failure is a :class:`~pipeline.errors.VideoError` whose one-line message is the quarantine
+Every failure is a :class:`~pipeline.core.errors.VideoError` whose one-line message is the quarantine
 reason: ``missing file``, ``zero bytes``, ``unreadable: ...``, ``not a video: ...``,
 ``no video stream``, ``truncated or corrupt stream: ...``, ``too short: 3 frames < 8 required``,
 ``absurd size: ...``. Probing reads the headers and decodes the first frame, plus a packet demux
@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import av
 
-from pipeline.errors import VideoError
+from pipeline.core.errors import VideoError
 
 VideoSource = str | os.PathLike | bytes | bytearray | memoryview
 

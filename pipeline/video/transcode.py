@@ -17,7 +17,7 @@ from fractions import Fraction
 import av
 import numpy as np
 
-from pipeline.errors import VideoError
+from pipeline.core.errors import VideoError
 from pipeline.video.encode import DEFAULT_CRF, DEFAULT_PRESET, H264Writer
 from pipeline.video.probe import (
     DEFAULT_MAX_FRAMES,

@@ -4,7 +4,7 @@ Layouts. Input: uint8 frames ``[T, H, W, C]`` (what :func:`pipeline.video.decode
 returns; a numpy array or a tensor). Internally ``[T, C, H, W]`` so one ``interpolate`` call
 resizes every frame of a clip at once. Output: uint8 crops (what the loader ships: 4x fewer
 bytes than float32 through shared memory) or float32 ``[C, T, H, W]`` (the model's ``B, C, T, H, W``
-without the batch), normalised with the ImageNet mean/std of :mod:`pipeline.pixels`.
+without the batch), normalised with the ImageNet mean/std of :mod:`pipeline.core.pixels`.
 
 Resizing is bilinear **with antialiasing**: VideoMAE (V1 and V2) runs ``GroupMultiScaleCrop`` on
 PIL images, and PIL's bilinear resize filters over the whole downscaled footprint, which is what
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.pixels import IMAGENET_MEAN, IMAGENET_STD, normalize_pixels
+from pipeline.core.pixels import IMAGENET_MEAN, IMAGENET_STD, normalize_pixels
 
 MULTISCALE_SCALES = (1.0, 0.875, 0.75, 0.66)
 
@@ -103,7 +103,7 @@ def normalize(x: torch.Tensor, mean: tuple[float, ...] = IMAGENET_MEAN, std: tup
 
     Writes into ``out`` (float32 ``[C, T, H, W]``, e.g. a slot of a batch tensor) when given. The
     loader no longer calls it (it ships uint8; :mod:`pipeline.train.batch` normalises on the
-    training device with the same :func:`~pipeline.pixels.normalize_pixels`).
+    training device with the same :func:`~pipeline.core.pixels.normalize_pixels`).
     """
     return normalize_pixels(x.permute(1, 0, 2, 3), mean, std, out=out)
 
@@ -159,7 +159,7 @@ class TrainTransform:
     ``torch.Generator`` or an int seed). Repeated augmentation = call it k times on one clip.
     ``t.crop`` and ``t.normalize`` are its two halves: the loader ships the uint8 crops and the
     training process normalises them on its device (:mod:`pipeline.train.batch`), always with the
-    ImageNet mean/std of :mod:`pipeline.pixels` (so there is no per-transform mean/std to disagree).
+    ImageNet mean/std of :mod:`pipeline.core.pixels` (so there is no per-transform mean/std to disagree).
     """
 
     size: int = 224

@@ -17,7 +17,7 @@ The modules, by responsibility:
 
 - :mod:`~pipeline.workflow.stages`: what each stage job's outputs must be (one :class:`StageKind` per job);
 - :mod:`~pipeline.workflow.state`: the state file and the fingerprints that tell stale outputs;
-- :mod:`~pipeline.workflow.runs`: the parent and stage runs in MLflow (through :mod:`pipeline.tracking`);
+- :mod:`~pipeline.workflow.runs`: the parent and stage runs in MLflow (through :mod:`pipeline.infra.tracking`);
 - :mod:`~pipeline.workflow.runner`: the loop over the stages;
 - :mod:`~pipeline.workflow.summary`: what the pipeline produced, read back.
 """

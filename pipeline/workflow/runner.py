@@ -21,16 +21,16 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline import io as sio
-from pipeline.config import to_toml
-from pipeline.errors import TubeletError, one_line
-from pipeline.tracking import TrackingConfig, child_config, resolve_uri
+from pipeline.core import io as sio
+from pipeline.core.config import to_toml
+from pipeline.core.errors import TubeletError, one_line
+from pipeline.infra.tracking import TrackingConfig, child_config, resolve_uri
 from pipeline.train.checkpoint import latest_checkpoint
 from pipeline.workflow.runs import Runs
 from pipeline.workflow.stages import Check, kind_of
 from pipeline.workflow.state import STATE_FILE, changed_keys, load_state, save_state
 from pipeline.workflow.summary import summarize
-from pipeline.workflow_config import Jobs, PipelineConfig, Stage, pipeline_root, plan_stages, stable_config
+from pipeline.workflow.pipeline_config import Jobs, PipelineConfig, Stage, pipeline_root, plan_stages, stable_config
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ class Runner:
         """One Ray for every stage, started when the first stage needs it (a rerun that skips all needs none)."""
         if self._ray_on:
             return
-        from pipeline.orchestration import ray_session
+        from pipeline.orchestration.ray_train import ray_session
 
         need = [s.cfg.scaling.num_workers * s.cfg.scaling.cpus_per_worker + 1 for s in self.stages
                 if s.selected and hasattr(s.cfg, "scaling")]

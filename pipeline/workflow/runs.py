@@ -2,16 +2,16 @@
 
 A stage job logs into the child run made for it (``tracking.run_id``; the child carries
 ``mlflow.parentRunId``); a stage that did not finish logs into its own earlier child run when
-rerun. Everything goes through :mod:`pipeline.tracking`.
+rerun. Everything goes through :mod:`pipeline.infra.tracking`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pipeline.config import config_hash, to_dict
-from pipeline.tracking import MlflowTracker, TrackingConfig, close_run, metric_history, run_is_active
-from pipeline.workflow_config import STAGES, PipelineConfig, given
+from pipeline.core.config import config_hash, to_dict
+from pipeline.infra.tracking import MlflowTracker, TrackingConfig, close_run, metric_history, run_is_active
+from pipeline.workflow.pipeline_config import STAGES, PipelineConfig, given
 
 
 class Runs:

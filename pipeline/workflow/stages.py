@@ -19,13 +19,13 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from pipeline import io as sio
+from pipeline.core import io as sio
 from pipeline.data.shard_writer import INDEX_NAME, QUARANTINE_NAME
-from pipeline.registry import CARD, WEIGHTS, model_folder
-from pipeline.tracking import is_registered
+from pipeline.train.model_registry import CARD, WEIGHTS, model_folder
+from pipeline.infra.tracking import is_registered
 from pipeline.train.checkpoint import LOOP_FILE, latest_checkpoint
 from pipeline.workflow.state import fingerprint, read_json
-from pipeline.workflow_config import Stage
+from pipeline.workflow.pipeline_config import Stage
 
 if TYPE_CHECKING:
     from pipeline.workflow.runs import Runs
@@ -56,7 +56,7 @@ def _checkpoint_step(run_dir: str) -> int | None:
 def check_shard(stage: Stage) -> Check:
     """Complete when every manifest row is in a shard that verifies or in quarantine.jsonl, and
     index.json describes exactly those shards (the shard job's own resume logic decides)."""
-    from pipeline.sharding import prepare
+    from pipeline.orchestration.sharding import prepare
 
     cfg = stage.cfg.shard
     plan = prepare(cfg)  # reads the manifest, verifies existing shards (shard.verify: sha256 | size)
@@ -126,7 +126,7 @@ def check_finetune(stage: Stage, run_id: str = "") -> Check:
         f" (val top-1 {top1:.3f})" if top1 is not None else "")
     name = cfg.tracking.registered_model
     if name and run_id and not is_registered(cfg.tracking.tracking_uri, name, run_id):
-        from pipeline.registry import register_model
+        from pipeline.train.model_registry import register_model
 
         return Check(False, f"{reason}; not registered as {name} yet: registering",
                      finish=lambda: register_model(cfg.tracking.tracking_uri, run_id, name,

@@ -11,9 +11,9 @@ import hashlib
 import json
 from typing import Any
 
-from pipeline import io as sio
-from pipeline.errors import TubeletError
-from pipeline.workflow_config import Stage, stable_config
+from pipeline.core import io as sio
+from pipeline.core.errors import TubeletError
+from pipeline.workflow.pipeline_config import Stage, stable_config
 
 STATE_FILE = "pipeline_state.json"
 

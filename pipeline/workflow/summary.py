@@ -11,10 +11,10 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from pipeline import io as sio
+from pipeline.core import io as sio
 from pipeline.data.shard_writer import INDEX_NAME
-from pipeline.registry import CARD
-from pipeline.tracking import redact_url
+from pipeline.train.model_registry import CARD
+from pipeline.infra.tracking import redact_url
 from pipeline.workflow.state import STATE_FILE, read_json
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import bench_pretrain_value as bench
-from pipeline.data.shards import ShardIndex
+from pipeline.data.shard_index import ShardIndex
 
 
 def test_default_recipe_and_budget_grid():

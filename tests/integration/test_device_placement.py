@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.config import load_config
+from pipeline.core.config import load_config
 from pipeline.models import create_model
-from pipeline.registry import ModelCard, write_model_folder
+from pipeline.train.model_registry import ModelCard, write_model_folder
 from pipeline.train import comm
 from pipeline.train.finetune_config import EvaluateConfig
 from tests.integration.test_extract import _cfg as extract_cfg
@@ -40,7 +40,7 @@ def meta_device(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_extraction_runs_on_the_training_device(data: dict[str, Path], tmp_path: Path,  # noqa: F811
                                                  monkeypatch: pytest.MonkeyPatch, meta_device: None) -> None:
-    import pipeline.extract as extract
+    import pipeline.train.extract as extract
 
     monkeypatch.setattr(extract, "extract_pass", _probe)
     cfg = extract_cfg(data, tmp_path / "features", "scaling.use_gpu=true", "model.init=")

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from pipeline.engine import DeepSpeedConfig, OptimConfig
+from pipeline.infra.engine import DeepSpeedConfig, OptimConfig
 from tests.local_cluster import free_port
 
 TINY = dict(num_frames=4, img_size=32)
@@ -30,7 +30,7 @@ def _model():
 def _batch(size: int, decoder_ratio: float = 0.5):
     """A fixed batch: video [size, 3, 4, 32, 32] and both masks. V1 masks (ratio 0) give every
     sample the same loss-token count, so a 2-rank mean of means equals the 1-rank mean."""
-    from pipeline.masking import MaskConfig, make_masks
+    from pipeline.data.masking import MaskConfig, make_masks
 
     gen = torch.Generator().manual_seed(1)
     video = torch.randn(size, 3, TINY["num_frames"], TINY["img_size"], TINY["img_size"], generator=gen)
@@ -67,7 +67,7 @@ def _entry(rank: int, world: int, port: int, fn, args) -> None:
 def _stage_worker(rank, world, stage, out: Path):
     from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
 
-    from pipeline.engine import build_engine
+    from pipeline.infra.engine import build_engine
 
     if stage == 1:  # as Ray Train does: the group exists before the engine is built
         torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
@@ -106,7 +106,7 @@ def test_zero_stage_trains_on_two_ranks(stage, tmp_path):
 
 
 def _precision_worker(rank, world, out: Path):
-    from pipeline.engine import build_engine, grad_norm, load_checkpoint, save_checkpoint
+    from pipeline.infra.engine import build_engine, grad_norm, load_checkpoint, save_checkpoint
 
     ds = DeepSpeedConfig(zero_stage=2, precision="bf16", grad_clip=1.0, gradient_accumulation_steps=2)
     engine, schedule = build_engine(_model(), ds, OptimConfig(lr=2e-3, warmup_steps=1), micro_batch=2, total_steps=10)
@@ -142,7 +142,7 @@ OPTIM = OptimConfig(lr=1e-3, warmup_steps=1, schedule="constant")
 
 
 def _save_worker(rank, world, ckpt: Path):
-    from pipeline.engine import build_engine, save_checkpoint
+    from pipeline.infra.engine import build_engine, save_checkpoint
 
     engine, schedule = build_engine(_model, DeepSpeedConfig(zero_stage=2, precision="fp32"), OPTIM,
                                     micro_batch=2, total_steps=10)
@@ -155,7 +155,7 @@ def _save_worker(rank, world, ckpt: Path):
 
 
 def _resume_worker(rank, world, universal: Path, out: Path):
-    from pipeline.engine import build_engine, load_checkpoint
+    from pipeline.infra.engine import build_engine, load_checkpoint
 
     engine, schedule = build_engine(_model, DeepSpeedConfig(zero_stage=2, precision="fp32"), OPTIM,
                                     micro_batch=4, total_steps=10, load_universal=True)
@@ -167,7 +167,7 @@ def _resume_worker(rank, world, universal: Path, out: Path):
 
 
 def test_two_rank_checkpoint_resumes_on_one_rank(tmp_path):
-    from pipeline.engine import consolidate_fp32, to_universal
+    from pipeline.infra.engine import consolidate_fp32, to_universal
 
     ckpt, universal = tmp_path / "ckpt", tmp_path / "universal"
     _spawn(_save_worker, 2, ckpt)
@@ -188,8 +188,8 @@ def test_two_rank_checkpoint_resumes_on_one_rank(tmp_path):
 
 
 def test_unknown_checkpoint_is_a_one_line_error(tmp_path):
-    from pipeline.engine import to_universal
-    from pipeline.errors import TubeletError
+    from pipeline.infra.engine import to_universal
+    from pipeline.core.errors import TubeletError
 
     with pytest.raises(TubeletError, match="no checkpoint 'nope'"):
         to_universal(tmp_path, "nope", tmp_path / "out")

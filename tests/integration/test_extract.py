@@ -13,12 +13,12 @@ import torch
 
 from jobs import extract as extract_job
 from jobs._cli import job_main
-from pipeline.config import load_config
-from pipeline.data.shards import ShardIndex
+from pipeline.core.config import load_config
+from pipeline.data.shard_index import ShardIndex
 from pipeline.data.synthetic import generate_synthetic
-from pipeline.extract import ExtractConfig, pool_views, read_features
+from pipeline.train.extract import ExtractConfig, pool_views, read_features
 from pipeline.models import create_model
-from pipeline.sharding import ShardSection, shard
+from pipeline.orchestration.sharding import ShardSection, shard
 
 REPO = Path(__file__).resolve().parents[2]
 CLIPS, CROPS = 2, 2

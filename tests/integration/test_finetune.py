@@ -17,11 +17,11 @@ from jobs import evaluate as evaluate_job
 from jobs import finetune as finetune_job
 from jobs import predict as predict_job
 from jobs._cli import job_main
-from pipeline.config import load_config
+from pipeline.core.config import load_config
 from pipeline.data.synthetic import generate_synthetic
 from pipeline.models import create_model
-from pipeline.registry import load_classifier
-from pipeline.sharding import ShardSection, shard
+from pipeline.train.model_registry import load_classifier
+from pipeline.orchestration.sharding import ShardSection, shard
 from pipeline.train.finetune_config import EvaluateConfig, FinetuneConfig
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from jobs import finetune as finetune_job
-from pipeline import io as sio
-from pipeline.errors import TubeletError
-from pipeline.registry import CARD, FINETUNE_INIT_FILES, WEIGHTS, register_model, resolve_init
+from pipeline.core import io as sio
+from pipeline.core.errors import TubeletError
+from pipeline.train.model_registry import CARD, FINETUNE_INIT_FILES, WEIGHTS, register_model, resolve_init
 from tests.integration.test_finetune import _ft, data  # noqa: F401 - the labelled shards fixture
 
 REPO = Path(__file__).resolve().parents[2]

@@ -59,7 +59,7 @@ def _bf16_worker(rank: int, world: int, out: Path) -> None:
     """Per ZeRO stage: a bf16 vit_tiny engine, 4 steps at lr 1e-3, a checkpoint, the fp32 masters."""
     from deepspeed.utils import safe_get_full_fp32_param
 
-    from pipeline.engine import DeepSpeedConfig, OptimConfig, build_engine
+    from pipeline.infra.engine import DeepSpeedConfig, OptimConfig, build_engine
     from pipeline.train import checkpoint as ckpt
     from tests.integration.test_engine_dist import _batch, _model
 

@@ -24,7 +24,7 @@ from mlflow import MlflowClient
 from jobs import pipeline as pipeline_job
 from jobs._cli import job_main
 from pipeline.data.synthetic import generate_synthetic
-from pipeline.workflow_config import PipelineConfig
+from pipeline.workflow.pipeline_config import PipelineConfig
 
 CLASSES = sorted(["left", "right", "cw", "ccw"])
 STEPS = 6  # pre-training steps; the fault comes right after the step-3 checkpoint

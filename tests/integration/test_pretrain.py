@@ -13,12 +13,12 @@ import torch
 from mlflow import MlflowClient
 
 from jobs.pretrain import run
-from pipeline.config import load_config
+from pipeline.core.config import load_config
 from pipeline.data.sample import sample_videos
 from pipeline.data.synthetic import generate_synthetic
 from pipeline.models import create_model
-from pipeline.models.checkpoints import load_official
-from pipeline.sharding import ShardSection, shard
+from pipeline.models.weights import load_official
+from pipeline.orchestration.sharding import ShardSection, shard
 from pipeline.train.config import PretrainConfig
 
 REPO = Path(__file__).resolve().parents[2]

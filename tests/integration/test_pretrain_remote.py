@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from pipeline import io as sio
+from pipeline.core import io as sio
 from pipeline.data.synthetic import generate_synthetic
 from tests.local_cluster import cluster_env, running
 
@@ -125,7 +125,7 @@ def test_pretrain_on_two_node_cluster(local_cluster: dict, tmp_path: Path) -> No
 @pytest.fixture(scope="module")
 def s3_shards(s3_server: str, ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> str:
     from jobs.shard import ShardJobConfig, run as shard_run
-    from pipeline.config import load_config
+    from pipeline.core.config import load_config
 
     root = tmp_path_factory.mktemp("remote-data")
     out = f"s3://tubelet/{uuid.uuid4().hex[:8]}/shards"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.engine import DeepSpeedConfig, OptimConfig
+from pipeline.infra.engine import DeepSpeedConfig, OptimConfig
 from tests.integration.test_engine_dist import _batch, _model, _spawn, _train
 
 OPTIM = OptimConfig(lr=1e-3, warmup_steps=1, schedule="constant")
@@ -24,7 +24,7 @@ OPTIM = OptimConfig(lr=1e-3, warmup_steps=1, schedule="constant")
 def _worker(rank: int, world: int, stage: int, precision: str, root: Path) -> None:
     import torch.distributed as dist
 
-    from pipeline.engine import build_engine, load_checkpoint, save_checkpoint
+    from pipeline.infra.engine import build_engine, load_checkpoint, save_checkpoint
     from pipeline.train.checkpoint import files_for_rank
 
     ds = DeepSpeedConfig(zero_stage=stage, precision=precision)
@@ -45,7 +45,7 @@ def _worker(rank: int, world: int, stage: int, precision: str, root: Path) -> No
     _train(engine, schedule, shard, 1, start=2)
     _train(restored, schedule, shard, 1, start=2)
     with torch.no_grad():  # ZeRO-3 partitions: gather both models' parameters to compare
-        from pipeline.engine import gathered
+        from pipeline.infra.engine import gathered
 
         with gathered(engine.module), gathered(restored.module):
             diff = max((a.float() - b.float()).abs().max().item()

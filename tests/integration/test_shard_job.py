@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from pipeline import io as sio
+from pipeline.core import io as sio
 from pipeline.data.sample import sample_videos
 from pipeline.data.synthetic import generate_synthetic
-from pipeline.sharding import ShardSection, format_report, shard
+from pipeline.orchestration.sharding import ShardSection, format_report, shard
 from pipeline.video.decode import decode_frames
 from pipeline.video.encode import encode_h264
 from tests.unit.video_fixtures import moving_frames, psnr
@@ -128,7 +128,7 @@ def test_rerun_keeps_every_shard_byte_identical(inputs: dict, local_run: dict) -
 
 def test_interrupted_run_resumes_to_identical_shards(inputs: dict, local_run: dict, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    import pipeline.sharding as sharding
+    import pipeline.orchestration.sharding as sharding
 
     calls = {"n": 0}
     real = sharding.write_state

@@ -188,7 +188,7 @@ def step_lines(text: str) -> list[int]:
 @pytest.fixture(scope="session")
 def pretrain_shards(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> str:
     from pipeline.data.synthetic import generate_synthetic
-    from pipeline.sharding import ShardSection, shard
+    from pipeline.orchestration.sharding import ShardSection, shard
 
     root = tmp_path_factory.mktemp("reliability-data")
     entries = generate_synthetic(root / "videos", num_per_class=2, classes=["left", "right", "cw"], frames=12,

@@ -1,7 +1,7 @@
 """What the servers the project starts listen on, read from the kernel (psutil) for exactly the
 processes this test started.
 
-- The embedded Ray of ``pipeline.orchestration.ray_session`` (GCS, raylet, workers, agents):
+- The embedded Ray of ``pipeline.orchestration.ray_train.ray_session`` (GCS, raylet, workers, agents):
   127.0.0.1 only.
 - The local two-node cluster of ``cluster/local/up.sh``: the dashboard / Jobs API on 127.0.0.1
   only; Ray 2.60's CLI cannot keep the rest on loopback (see the xfail below).
@@ -41,7 +41,7 @@ def listeners(pids: list[int]) -> list[tuple[int, str, str, int]]:
 
 EMBEDDED = """
 import sys
-from pipeline.orchestration import ray_session
+from pipeline.orchestration.ray_train import ray_session
 with ray_session(num_cpus=2):
     import ray
     ray.get([ray.remote(lambda: 1).remote() for _ in range(2)])  # start workers too

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.data.loader import DataConfig, eval_loader
-from pipeline.sharding import ShardSection, shard
+from pipeline.orchestration.sharding import ShardSection, shard
 from pipeline.video.encode import encode_h264
 from tests.unit.shard_fixtures import sample, tiny_mp4, write_index
 from tests.unit.video_fixtures import moving_frames, write_with_pyav

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from pipeline import io as sio
+from pipeline.core import io as sio
 from tests.integration.test_pretrain_remote import TINY, _pretrain
 
 FETCHED = re.compile(r"rank (\d+) restore fetched (\d+) of (\d+) files, (\d+) of (\d+) bytes: (\[.*\])")

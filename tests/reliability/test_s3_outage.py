@@ -1,6 +1,6 @@
 """The S3 endpoint goes away in the middle of a sharding job that writes to it.
 
-- It comes back on the same port a few seconds later: ``pipeline.io`` retries with backoff and
+- It comes back on the same port a few seconds later: ``pipeline.core.io`` retries with backoff and
   the job finishes; every shard verifies.
 - It stays away: the job stops within its retry budget with a one-line error, and the shards it
   had published are intact and kept by the rerun once the endpoint is back.
@@ -25,10 +25,10 @@ from moto.server import ThreadedMotoServer
 
 from jobs._cli import job_main
 from jobs.shard import ShardJobConfig, run as shard_run
-import pipeline.sharding as sharding
-from pipeline import io as sio
+import pipeline.orchestration.sharding as sharding
+from pipeline.core import io as sio
 from pipeline.data.synthetic import generate_synthetic
-from pipeline.sharding import ShardSection, shard
+from pipeline.orchestration.sharding import ShardSection, shard
 
 pytestmark = pytest.mark.reliability
 BUCKET = "outage"
@@ -98,7 +98,7 @@ def _cut_after_first_shard(ep: Endpoint, monkeypatch: pytest.MonkeyPatch, down_f
                 timers[0].start()
 
     monkeypatch.setattr(sharding, "write_state", write_state)
-    io_log = logging.getLogger("pipeline.io")
+    io_log = logging.getLogger("pipeline.core.io")
     monkeypatch.setattr(io_log, "handlers", [*io_log.handlers, BackAfterFirstRetry(logging.WARNING)])
     return timers
 
@@ -120,7 +120,7 @@ def test_endpoint_back_on_the_same_port_the_job_finishes(endpoint: Endpoint, man
                                                          caplog: pytest.LogCaptureFixture,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     prefix = f"s3://{BUCKET}/back"
-    caplog.set_level(logging.WARNING, logger="pipeline.io")
+    caplog.set_level(logging.WARNING, logger="pipeline.core.io")
     timers = _cut_after_first_shard(endpoint, monkeypatch, down_for=2.0)
     index, report = shard(_cfg(manifest, prefix))
     assert timers, "the job never met the outage: nothing was tested"

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from mlflow import MlflowClient
 
-from pipeline import io as sio
+from pipeline.core import io as sio
 from pipeline.data.synthetic import generate_synthetic
 from tests.reliability.conftest import REPO, SECRETS, Job, secret_env, short_tmp
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from pipeline.data.synthetic import generate_synthetic
-from pipeline.sharding import _TEMPORARY, ShardSection, shard
+from pipeline.orchestration.sharding import _TEMPORARY, ShardSection, shard
 from tests.reliability.conftest import Job, secret_env, short_tmp, survivors
 
 pytestmark = pytest.mark.reliability

@@ -13,19 +13,19 @@ PIPELINE = ROOT / "pipeline"
 
 # Layer of a pipeline module (dotted name without "pipeline."); a module's prefix decides.
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "config", "io", "pixels", "job_env"),
+    ("core",),
     ("video",),
     ("models",),
-    ("masking", "data"),
-    ("engine", "tracking", "capacity"),
-    ("train", "evaluation", "extract", "inference", "registry"),
-    ("orchestration", "sharding"),
-    ("workflow", "workflow_config", "submission"),
+    ("data",),
+    ("infra",),
+    ("train",),
+    ("orchestration",),
+    ("workflow", "submission"),
 ]
 ALLOWED = {  # third-party package -> the pipeline modules that may import it
-    "deepspeed": {"engine"},
-    "mlflow": {"tracking"},
-    "ray": {"orchestration", "sharding", "submission.client"},
+    "deepspeed": {"infra.engine"},
+    "mlflow": {"infra.tracking"},
+    "ray": {"orchestration.ray_train", "orchestration.sharding", "submission.client"},
 }
 
 

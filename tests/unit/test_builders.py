@@ -16,7 +16,7 @@ from pipeline.data.builders import (
     ssv2_label,
 )
 from pipeline.data.manifest import ManifestEntry
-from pipeline.errors import DataError
+from pipeline.core.errors import DataError
 
 
 def touch(path: Path) -> Path:

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from pipeline.errors import TubeletError
+from pipeline.core.errors import TubeletError
 from pipeline.models import create_model
-from pipeline.models.checkpoints import CheckpointError, load_file, load_official, to_official
+from pipeline.models.weights import CheckpointError, load_file, load_official, to_official
 
 TINY = dict(num_frames=4, img_size=64)
 D, DEPTH, MLP, DD, DDEPTH, P = 96, 2, 384, 64, 2, 2 * 16 * 16 * 3  # vit_tiny
@@ -109,7 +109,7 @@ def test_load_file_and_loaded_model_runs(tmp_path):
     torch.save({"model": official, "epoch": 3}, path)
     model = create_model("vit_tiny", **TINY)
     assert not load_file(model, path).missing
-    from pipeline.masking import running_cell_mask, tube_mask
+    from pipeline.data.masking import running_cell_mask, tube_mask
 
     enc = tube_mask(1, model.spec.grid, 0.75)
     assert torch.isfinite(model(torch.randn(1, 3, 4, 64, 64), enc, running_cell_mask(1, model.spec.grid, 0.5)))
@@ -118,8 +118,8 @@ def test_load_file_and_loaded_model_runs(tmp_path):
 def test_init_specs_resolve_to_one_weights_file_or_one_line_error(tmp_path):
     """``model.init`` as a file, a pre-training run folder or a fine-tuning run folder; else one line."""
     from jobs.finetune import resolve_init
-    from pipeline.extract import resolve_model
-    from pipeline.registry import weights_file
+    from pipeline.train.extract import resolve_model
+    from pipeline.train.model_registry import weights_file
 
     pretrain_run, finetune_run = tmp_path / "pretrain", tmp_path / "finetune"
     (pretrain_run / "export").mkdir(parents=True)

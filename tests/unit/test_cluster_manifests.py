@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from jobs._cli import resolve_config_path
-from pipeline.config import load_config
+from pipeline.core.config import load_config
 from pipeline.submission import config_class, is_secret_name
 
 REPO = Path(__file__).resolve().parents[2]

@@ -102,7 +102,7 @@ def test_outside_a_process_group_the_values_come_back() -> None:
 
 
 def test_training_process_leaves_the_loader_workers_their_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline import orchestration
+    from pipeline.orchestration import ray_train as orchestration
 
     monkeypatch.setattr(orchestration, "RayTrainSession", lambda **kw: None)
     threads: dict[str, int] = {}

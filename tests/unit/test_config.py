@@ -8,7 +8,7 @@ from typing import Literal
 
 import pytest
 
-from pipeline.config import ConfigError, config_hash, describe, flatten, help_field, load_config, to_dict, to_toml
+from pipeline.core.config import ConfigError, config_hash, describe, flatten, help_field, load_config, to_dict, to_toml
 
 
 @dataclass
@@ -100,9 +100,9 @@ def test_every_shipped_job_config_loads() -> None:
     from jobs.plan import PlanConfig
     from jobs.shard import ShardJobConfig
     from pipeline.train.config import PretrainConfig
-    from pipeline.extract import ExtractConfig
+    from pipeline.train.extract import ExtractConfig
     from pipeline.train.finetune_config import EvaluateConfig, FinetuneConfig
-    from pipeline.workflow_config import PipelineConfig
+    from pipeline.workflow.pipeline_config import PipelineConfig
 
     classes = {"dataset": DatasetJobConfig, "plan": PlanConfig, "shard": ShardJobConfig, "pretrain": PretrainConfig,
                "finetune": FinetuneConfig, "evaluate": EvaluateConfig, "extract": ExtractConfig,

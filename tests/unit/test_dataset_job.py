@@ -14,7 +14,7 @@ import pytest
 
 from jobs._cli import job_main
 from jobs.dataset import DatasetJobConfig, run
-from pipeline.config import load_config
+from pipeline.core.config import load_config
 from pipeline.data.manifest import read_manifest
 from pipeline.data.sample import sample_manifest, sample_videos
 

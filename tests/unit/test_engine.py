@@ -12,8 +12,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pipeline.config import ConfigError, load_config
-from pipeline.engine import (DeepSpeedConfig, EngineError, LrSchedule, OptimConfig,
+from pipeline.core.config import ConfigError, load_config
+from pipeline.infra.engine import (DeepSpeedConfig, EngineError, LrSchedule, OptimConfig,
                              compute_dtype, deepspeed_config, global_batch, lr_at, peak_lr, set_lr, warmup_steps)
 from pipeline.models import create_model, param_groups
 
@@ -158,7 +158,7 @@ def test_sections_load_from_toml_with_overrides(tmp_path):
 
 def test_no_deepspeed_import_for_pure_parts():
     # Importing deepspeed is slow and fixes its accelerator; the config must not trigger it.
-    code = "import sys, pipeline.engine as e; e.deepspeed_config(e.DeepSpeedConfig(), e.OptimConfig(), 1, 1); " \
+    code = "import sys, pipeline.infra.engine as e; e.deepspeed_config(e.DeepSpeedConfig(), e.OptimConfig(), 1, 1); " \
            "print('deepspeed' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.engine import set_lr
-from pipeline.evaluation import (EvalResult, aggregate_views, classification_report, confusion_picture,
+from pipeline.infra.engine import set_lr
+from pipeline.train.scoring import (EvalResult, aggregate_views, classification_report, confusion_picture,
                                  evaluate_pass, _merge)
 from pipeline.models import create_model, param_groups
 

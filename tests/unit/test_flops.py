@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from pipeline.masking import running_cell_mask, tube_mask
+from pipeline.data.masking import running_cell_mask, tube_mask
 from pipeline.models import create_model, get_spec
 from pipeline.models.flops import classify_macs, pretrain_macs, token_counts, train_flops_per_clip
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import io as sio
-from pipeline.errors import StorageError
+from pipeline.core import io as sio
+from pipeline.core.errors import StorageError
 
 
 def test_local_round_trip_and_listing(tmp_path: Path) -> None:

@@ -18,9 +18,9 @@ import torch
 
 from pipeline.data import streams
 from pipeline.data.loader import DataConfig, eval_loader, pretrain_loader, supervised_loader
-from pipeline.data.shards import ShardIndex, Unit, assign_units, plan_units
-from pipeline.errors import DataError
-from pipeline.masking import MaskConfig, token_grid
+from pipeline.data.shard_index import ShardIndex, Unit, assign_units, plan_units
+from pipeline.core.errors import DataError
+from pipeline.data.masking import MaskConfig, token_grid
 from tests.unit.shard_fixtures import corrupt_header, make_shards, sample, truncate, write_index, write_tar
 
 GRID = token_grid(4, 32, 16, 2)  # (2, 2, 2): 8 tokens
@@ -92,7 +92,7 @@ def test_a_plus_joined_split_is_the_union_in_index_order(tmp_path):
 
 
 def test_units_partition_and_balance():
-    from pipeline.data.shards import ShardInfo
+    from pipeline.data.shard_index import ShardInfo
 
     shards = [ShardInfo(f"s{i}", f"/x/s{i}", "train", n) for i, n in enumerate([7, 1, 2, 5, 3])]
     deal = assign_units(plan_units(shards, 2), 2, random.Random(0))
@@ -192,7 +192,7 @@ def test_shard_metadata_replaces_the_per_sample_probe(monkeypatch):
     """A sample whose .json holds the probe jobs.shard stored is opened without probing it again (same
     views as a probed one); a sample whose .json lacks fields is still probed."""
     from pipeline.data import decoding
-    from pipeline.data.shards import RawSample
+    from pipeline.data.shard_index import RawSample
     from pipeline.video import decode
     from pipeline.video.probe import probe
 
@@ -434,7 +434,7 @@ def test_s3_shards_stream_through_the_webdataset_opener(even, monkeypatch):
 
 def test_stated_info_past_the_bomb_limits_is_not_trusted():
     from pipeline.data.decoding import stated_info
-    from pipeline.data.shards import RawSample
+    from pipeline.data.shard_index import RawSample
 
     good = {"num_frames": 16, "fps": 15.0, "duration": 1.07, "width": 64, "height": 48, "codec": "h264",
             "pix_fmt": "yuv420p", "bit_rate": None, "size_bytes": 1000, "rotation": 0, "frames_from": "metadata"}

@@ -17,7 +17,7 @@ from pipeline.data.manifest import (
     read_manifest,
     write_manifest,
 )
-from pipeline.errors import DataError
+from pipeline.core.errors import DataError
 
 ENTRIES = [
     ManifestEntry("/data/b.mp4", "walk", "val"),

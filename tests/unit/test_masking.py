@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pipeline.masking import (MaskConfig, decoder_mask, make_masks, random_mask,
+from pipeline.data.masking import (MaskConfig, decoder_mask, make_masks, random_mask,
                               running_cell_mask, running_cell_maps, token_grid, tube_mask)
 
 GRID = (8, 14, 14)

@@ -86,7 +86,7 @@ def test_mixing_on_the_device_equals_mixing_the_loaders_float_batch() -> None:
     """Fine-tuning: uint8 batch -> model_input (normalise, then mix, on the device) gives the video
     and soft targets that mixing the loader's normalised float32 batch on the CPU gave, bit for bit,
     for unmixed, mixup and cutmix batches (the mixer draws from the same global RNG either way)."""
-    from pipeline.pixels import normalize_pixels
+    from pipeline.core.pixels import normalize_pixels
     from pipeline.train.batch import model_input
 
     mixer = Mixup(MixupConfig(mixup_alpha=0.8, cutmix_alpha=1.0, prob=0.8, label_smoothing=0.1), num_classes=5)

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from pipeline.masking import decoder_mask, running_cell_mask, tube_mask
+from pipeline.data.masking import decoder_mask, running_cell_mask, tube_mask
 from pipeline.models import create_model, list_models, param_groups
 from pipeline.models.flops import param_counts
 from pipeline.models.pretrain import IMAGENET_MEAN, IMAGENET_STD, mask_to_index, patchify, unpatchify
-from pipeline.models.registry import PAPER_ENCODER_PARAMS_M
+from pipeline.models.sizes import PAPER_ENCODER_PARAMS_M
 
 TINY = dict(num_frames=4, img_size=64)  # grid (2, 4, 4): 32 tokens
 
@@ -234,7 +234,7 @@ def test_benchmark_quick_smoke(tmp_path):
 
 
 def test_adapters_start_as_identity_and_only_they_train_in_adapter_mode():
-    from pipeline.models.checkpoints import load_official
+    from pipeline.models.weights import load_official
     from pipeline.train.finetune import freeze_for_mode
 
     torch.manual_seed(0)

@@ -132,7 +132,7 @@ def test_shm_per_node_of_the_shipped_configs():
 def test_cluster_plan_states_shared_memory_per_node():
     """/dev/shm per node = GPUs per node x the loader's in-flight uint8 batches (jobs.plan --shm's rule)."""
     from jobs.plan import loader_shm_bytes, make_cluster_plan, train_clip_bytes
-    from pipeline.config import load_config
+    from pipeline.core.config import load_config
     from pipeline.data.loader import DataConfig
 
     cfg = load_config(PlanConfig, None, ["model.name=vit_g", "plan.batch_per_gpu=12", "cluster.loader_workers=10",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.config import ConfigError, load_config
-from pipeline.engine import DeepSpeedConfig, OptimConfig, deepspeed_config
+from pipeline.core.config import ConfigError, load_config
+from pipeline.infra.engine import DeepSpeedConfig, OptimConfig, deepspeed_config
 from pipeline.train.config import PretrainConfig
 from pipeline.train.numerics import NonFiniteFault, NonFiniteGuard, NonFiniteLossError
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from jobs import submit as cli
-from pipeline.config import ConfigError
+from pipeline.core.config import ConfigError
 from pipeline.submission import (EXCLUDES, JobSpec, RayAuth, SubmissionError, check_address, check_tracking,
                                  cluster_address, job_names, ray_auth, redacted, resolve_config, runtime_env,
                                  tracking_warnings)
-from pipeline.tracking import TrackingError
+from pipeline.infra.tracking import TrackingError
 from tests.local_cluster import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -104,8 +104,8 @@ def test_runtime_env_forwards_storage_and_tracking_but_not_ray_auth() -> None:
 
 
 def test_a_job_gets_at_least_what_its_driver_passes_on_to_its_workers() -> None:
-    from pipeline.job_env import JOB_ENV
-    from pipeline.orchestration import FORWARDED_ENV
+    from pipeline.core.job_env import JOB_ENV
+    from pipeline.orchestration.ray_train import FORWARDED_ENV
 
     everything = {name: f"value-of-{name}" for name in (*JOB_ENV, "RAY_AUTH_TOKEN", "RAY_AUTH_MODE")}
     sent = runtime_env(root=REPO, env=everything)["env_vars"]

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from pipeline.config import config_hash, help_field
-from pipeline.tracking import (MlflowTracker, NullTracker, TrackingConfig, TrackingError, make_tracker,
+from pipeline.core.config import config_hash, help_field
+from pipeline.infra.tracking import (MlflowTracker, NullTracker, TrackingConfig, TrackingError, make_tracker,
                                reconstruction_grid, redact_url, resolve_uri, safe_params)
 
 

@@ -8,7 +8,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from pipeline.errors import VideoError
+from pipeline.core.errors import VideoError
 from pipeline.video import decode as decode_mod
 from pipeline.video.decode import decode_frames, fallback_counts, open_video
 from pipeline.video.encode import encode_h264

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from jobs.pipeline import JOBS
-from pipeline.config import ConfigError, load_config
+from pipeline.core.config import ConfigError, load_config
 from pipeline.workflow import (EXPORTS, StageError, changed_keys, check_evaluate, check_finetune, check_pretrain,
                                compact_toml, fingerprint, load_state, mlflow_ui_command, save_state)
-from pipeline.workflow_config import PipelineConfig, Stage, given, plan_stages, stable_config
+from pipeline.workflow.pipeline_config import PipelineConfig, Stage, given, plan_stages, stable_config
 
 REPO = Path(__file__).resolve().parents[2]
 URI = "sqlite:////tmp/never-opened.db"
@@ -201,11 +201,11 @@ def test_state_file_round_trip_and_ui_command(tmp_path: Path) -> None:
 
 
 def test_a_stage_logs_into_the_child_run_made_for_it(tmp_path: Path) -> None:
-    """What the pipeline relies on in pipeline.tracking: ``tracking.run_id`` attaches to a run made
+    """What the pipeline relies on in pipeline.infra.tracking: ``tracking.run_id`` attaches to a run made
     beforehand; its first start logs the params, a resumed start only sets RUNNING and the tags."""
     from mlflow import MlflowClient
 
-    from pipeline.tracking import MlflowTracker, TrackingConfig, child_config
+    from pipeline.infra.tracking import MlflowTracker, TrackingConfig, child_config
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     base = TrackingConfig(tracking_uri=uri, experiment="unit", system_metrics=False)

@@ -23,9 +23,9 @@ from typing import Any, BinaryIO
 import webdataset as wds
 from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
-from pipeline import io
+from pipeline.core import io
 from pipeline.data.shard_writer import INDEX_NAME
-from pipeline.errors import DataError, StorageError, one_line
+from pipeline.core.errors import DataError, StorageError, one_line
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from typing import Literal, Sequence
 
 import torch
 
-from pipeline.config import help_field
+from pipeline.core.config import help_field
 
 Grid = tuple[int, int, int]
 

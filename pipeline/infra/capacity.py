@@ -27,8 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pipeline.config import help_field
-from pipeline.models.registry import ArchSpec
+from pipeline.core.config import help_field
+from pipeline.models.sizes import ArchSpec
 
 # Dense bf16 tensor-core peaks (no sparsity), vendor data sheets.
 GPU_PEAK_TFLOPS = {"a100": 312.0, "h100": 989.0, "h200": 989.0, "l40s": 362.0}

@@ -6,7 +6,7 @@ and they send the same names:
 
 - a submitter (``pipeline.submission``) puts them in the job's runtime env, plus any name the
   user adds with ``--env``, and leaves the secret-named ones out with ``--no-forward-secrets``;
-- a driver (``pipeline.orchestration``) passes them on to its Ray workers, less what those
+- a driver (``pipeline.orchestration.ray_train``) passes them on to its Ray workers, less what those
   workers already have (the job's runtime env, or the environment an embedded Ray inherited).
 
 Never RAY_AUTH_MODE / RAY_AUTH_TOKEN: a cluster's nodes carry their own token (the driver a job

@@ -2,7 +2,7 @@
 
 Every call goes through :func:`retrying`, which retries transient failures (connection
 refused/reset, timeouts, throttling, 5xx) with exponential backoff and turns what is left into a
-one-line :class:`~pipeline.errors.StorageError`. "Not found" and "access denied" are not
+one-line :class:`~pipeline.core.errors.StorageError`. "Not found" and "access denied" are not
 transient and fail at once.
 
 S3 settings come from the standard environment (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
@@ -23,7 +23,7 @@ from typing import Any, Callable, TypeVar
 
 import fsspec
 
-from pipeline.errors import StorageError
+from pipeline.core.errors import StorageError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

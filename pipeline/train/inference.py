@@ -11,10 +11,10 @@ from pathlib import Path
 from torch import nn
 
 from pipeline.data.decoding import ClipSpec, SampleError, test_views
-from pipeline.data.shards import RawSample
-from pipeline.errors import VideoError
-from pipeline.evaluation import video_scores
-from pipeline.registry import ModelCard
+from pipeline.data.shard_index import RawSample
+from pipeline.core.errors import VideoError
+from pipeline.train.scoring import video_scores
+from pipeline.train.model_registry import ModelCard
 from pipeline.video.transforms import TestTransform, TrainTransform
 
 
@@ -33,7 +33,7 @@ def predict_video(model: nn.Module, card: ModelCard, video: str | Path | bytes, 
                   num_clips: int = 0, num_crops: int = 0) -> list[tuple[str, float]]:
     """Top-``k`` ``(class name, probability)`` for one video (a path or its bytes).
 
-    Raises :class:`~pipeline.errors.VideoError` (one line) when the file is missing or cannot be decoded.
+    Raises :class:`~pipeline.core.errors.VideoError` (one line) when the file is missing or cannot be decoded.
     """
     name = str(video)[:200] if not isinstance(video, bytes) else "<bytes>"
     if not isinstance(video, bytes):

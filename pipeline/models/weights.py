@@ -25,7 +25,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from pipeline.errors import TubeletError
+from pipeline.core.errors import TubeletError
 
 log = logging.getLogger(__name__)
 

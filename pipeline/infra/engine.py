@@ -30,8 +30,8 @@ from typing import Any, Callable, Literal
 import torch
 from torch import nn
 
-from pipeline.config import help_field
-from pipeline.errors import TubeletError
+from pipeline.core.config import help_field
+from pipeline.core.errors import TubeletError
 from pipeline.models.hooks import param_groups
 
 Precision = Literal["bf16", "fp32", "fp16"]

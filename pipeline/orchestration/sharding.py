@@ -24,15 +24,15 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pipeline import io as sio
-from pipeline.config import help_field
+from pipeline.core import io as sio
+from pipeline.core.config import help_field
 from pipeline.data.ingest import IngestOptions, ingest
 from pipeline.data.manifest import ManifestEntry, Reject, label_names, manifest_format, parse_manifest_lines
 from pipeline.data.shard_writer import (
     INDEX_NAME, INDEX_VERSION, QUARANTINE_NAME, STATE_DIR, Sample, ShardState, TarShardWriter, read_state,
     sample_key, shard_name, verify_shard, write_state,
 )
-from pipeline.errors import DataError, StorageError
+from pipeline.core.errors import DataError, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def _results(items: list[PlanItem], opts: IngestOptions, cfg: ShardSection) -> I
     """Ingest ``items`` with Ray tasks, yielding results in plan order with bounded memory."""
     import ray
 
-    from pipeline.orchestration import forwarded_env
+    from pipeline.orchestration.ray_train import forwarded_env
 
     # The driver's storage settings travel with each task, so workers of a Ray started earlier
     # (a test's, a cluster's) read the same endpoint with the same credentials.

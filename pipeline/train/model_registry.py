@@ -12,7 +12,7 @@ with an alias (STACK.md: a state dict + config is a simpler contract than ``mlfl
 ``model.init`` of every job goes through :func:`resolve_init` once, on the driver: local paths,
 ``s3://`` files and folders, ``runs:/`` and ``models:/`` URIs become one concrete uri (local or
 ``s3://``) that the workers get in their config; each node then downloads a remote file once
-into its cache (:func:`pipeline.io.cached_copy`). MLflow is reached through :mod:`pipeline.tracking`.
+into its cache (:func:`pipeline.core.io.cached_copy`). MLflow is reached through :mod:`pipeline.infra.tracking`.
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline import io as sio
-from pipeline.errors import TubeletError
+from pipeline.core import io as sio
+from pipeline.core.errors import TubeletError
 from pipeline.models import create_model_from_config
-from pipeline.models.checkpoints import CheckpointError
-from pipeline.models.config import ModelConfig
-from pipeline.tracking import (TrackingConfig, TrackingError, model_version_source, redact_url, register_version,
+from pipeline.models.weights import CheckpointError
+from pipeline.models.model_config import ModelConfig
+from pipeline.infra.tracking import (TrackingConfig, TrackingError, model_version_source, redact_url, register_version,
                                resolve_uri, run_artifact_uri)
 
 log = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ def load_classifier(spec: str, model_cfg: ModelConfig | None = None,
                     tracking: TrackingConfig | str | None = None) -> tuple[nn.Module, ModelCard]:
     """A classifier in eval mode and its card, from a registry or run URI, a model / run folder, or a
     weights file (then ``model_cfg`` gives the architecture and the card has no class names).
-    Remote weights are read through the node's cache (:func:`pipeline.io.cached_copy`)."""
+    Remote weights are read through the node's cache (:func:`pipeline.core.io.cached_copy`)."""
     resolved = resolve_init(spec, tracking, model_folders=True)
     if not sio.exists(sio.join(resolved, CARD)):
         if model_cfg is None:

@@ -29,7 +29,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
-from pipeline.errors import TubeletError
+from pipeline.core.errors import TubeletError
 
 T = TypeVar("T")
 

@@ -17,9 +17,9 @@ from typing import Any
 
 import ray
 
-from pipeline import io as sio
-from pipeline.errors import TubeletError
-from pipeline.job_env import JOB_ENV
+from pipeline.core import io as sio
+from pipeline.core.errors import TubeletError
+from pipeline.core.job_env import JOB_ENV
 
 log = logging.getLogger(__name__)
 

@@ -31,8 +31,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from pipeline.config import SECRET_MARKERS, config_hash, flatten, help_field, to_dict, to_toml
-from pipeline.errors import TubeletError
+from pipeline.core.config import SECRET_MARKERS, config_hash, flatten, help_field, to_dict, to_toml
+from pipeline.core.errors import TubeletError
 
 log = logging.getLogger(__name__)
 
@@ -433,7 +433,7 @@ __all__ = ["MlflowTracker", "NullTracker", "Tracker", "TrackingConfig", "Trackin
 
 
 # ------------------------------------------------------------------------------------------
-# Model registry and run artifacts (for pipeline.registry: this module alone imports mlflow)
+# Model registry and run artifacts (for pipeline.train.model_registry: this module alone imports mlflow)
 
 
 def _registry_client(tracking_uri: str) -> Any:

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.config import ConfigError, flatten, help_field, load_config, to_dict
-from pipeline.sharding import ShardSection
+from pipeline.core.config import ConfigError, flatten, help_field, load_config, to_dict
+from pipeline.orchestration.sharding import ShardSection
 from pipeline.train.config import PretrainConfig
 from pipeline.train.finetune_config import EvaluateConfig, FinetuneConfig
 
@@ -184,7 +184,7 @@ class Stage:
 
 def pipeline_root(section: PipelineSection) -> str:
     """``<output>/<name>``; absolute when local (Ray workers run in their own working directory)."""
-    from pipeline import io as sio
+    from pipeline.core import io as sio
 
     output = section.output if sio.is_remote(section.output) else str(Path(section.output).absolute())
     return sio.join(output, section.name)
@@ -192,7 +192,7 @@ def pipeline_root(section: PipelineSection) -> str:
 
 def plan_stages(cfg: PipelineConfig, jobs: Jobs, tracking_uri: str) -> list[Stage]:
     """Every stage's config: base file < wiring < the keys given in its table; in run order."""
-    from pipeline import io as sio
+    from pipeline.core import io as sio
 
     p, root = cfg.pipeline, pipeline_root(cfg.pipeline)
     track = {"tracking.tracking_uri": tracking_uri, "tracking.experiment": p.experiment}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from pipeline.config import help_field
+from pipeline.core.config import help_field
 
 
 @dataclass
@@ -29,7 +29,7 @@ class ModelConfig:
                                             "finetune.mode=adapter trains only these and the head)")
 
     def arch_overrides(self) -> dict[str, int]:
-        """The input-size, patch and adapter fields, as :func:`~pipeline.models.registry.get_spec` overrides."""
+        """The input-size, patch and adapter fields, as :func:`~pipeline.models.sizes.get_spec` overrides."""
         out = {"num_frames": self.num_frames, "img_size": self.img_size, "tubelet_size": self.tubelet_size,
                "adapter_dim": self.adapter_dim}
         return {**out, "patch_size": self.patch_size} if self.patch_size else out

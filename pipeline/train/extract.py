@@ -32,14 +32,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline import io as sio
-from pipeline.config import help_field
+from pipeline.core import io as sio
+from pipeline.core.config import help_field
 from pipeline.data.loader import DataConfig, eval_loader
-from pipeline.errors import DataError
+from pipeline.core.errors import DataError
 from pipeline.models import create_model_from_config
-from pipeline.models.config import ModelConfig
-from pipeline.registry import load_classifier, model_folder, read_card, weights_file
-from pipeline.tracking import TrackingConfig
+from pipeline.models.model_config import ModelConfig
+from pipeline.train.model_registry import load_classifier, model_folder, read_card, weights_file
+from pipeline.infra.tracking import TrackingConfig
 from pipeline.train import comm
 from pipeline.train.batch import model_input
 from pipeline.train.config import RunSection, ScalingSection
