@@ -267,6 +267,38 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     return _build(cls, data)
 
 
+def with_values(cfg: T, values: dict[str, Any]) -> T:
+    """A copy of ``cfg`` with flat ``{"section.key": value}`` changes, each checked and coerced as
+    a TOML value would be; ``cfg`` itself is left as it was (resolved configs are not mutated)."""
+    nested: dict[str, Any] = {}
+    for path, value in values.items():
+        *parents, leaf = path.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return _replaced(cfg, nested, "")
+
+
+def _replaced(obj: Any, changes: dict[str, Any], prefix: str) -> Any:
+    hints, names = _hints(type(obj)), _field_names(type(obj))
+    kwargs = {}
+    for name, value in changes.items():
+        key = ".".join(filter(None, [prefix, name]))
+        if name not in names:
+            where = f"[{prefix}]" if prefix else "top level"
+            raise ConfigError(f"unknown key {key!r} in {where}; valid keys: {', '.join(names)}")
+        current = getattr(obj, name)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            kwargs[name] = _replaced(current, value, key)
+        else:
+            kwargs[name] = _coerce(value, hints[name], key)
+    try:
+        return dataclasses.replace(obj, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{prefix or type(obj).__name__}: {exc}") from None
+
+
 def to_dict(cfg: Any, redact: bool = True) -> dict[str, Any]:
     """The config as plain data; with ``redact``, secret-looking fields become ``"***"`` and so do
     the credentials of URLs (``s3://key:secret@host`` -> ``s3://***@host``)."""

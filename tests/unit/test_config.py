@@ -124,3 +124,16 @@ def test_a_job_can_give_a_section_its_own_defaults(tmp_path: Path) -> None:
     cfg = load_config(Custom, toml, ["inner.flag=true"])
     assert (cfg.inner.size, cfg.inner.kind, cfg.inner.ratio, cfg.inner.flag) == (99, "random", 0.25, True)
     assert load_config(Custom).inner.size == 99
+
+
+def test_with_values_returns_a_checked_copy_and_leaves_the_original() -> None:
+    from pipeline.core.config import with_values
+
+    cfg = load_config(Job)
+    changed = with_values(cfg, {"inner.size": "7", "other.kind": "random", "other.pair": [0.1, 0.2]})
+    assert (changed.inner.size, changed.other.kind, changed.other.pair) == (7, "random", (0.1, 0.2))
+    assert (cfg.inner.size, cfg.other.kind) == (4, "tube"), "the original is not mutated"
+    with pytest.raises(ConfigError, match="unknown key 'inner.sise'"):
+        with_values(cfg, {"inner.sise": 1})
+    with pytest.raises(ConfigError, match="inner.size: expected int"):
+        with_values(cfg, {"inner.size": "many"})
