@@ -234,11 +234,11 @@ class RawDecode:
 
 def our_loader(shards: Path, k: int, batch: int, num_frames: int, stride: int, size: int,
                grid: tuple[int, int, int]) -> Iterator[dict[str, Any]]:
-    from pipeline.data.loader import DataConfig, pretrain_loader
+    from pipeline.data.loader import TrainDataConfig, pretrain_loader
     from pipeline.data.masking import MaskConfig
 
-    cfg = DataConfig(shards=str(shards), num_frames=num_frames, sampling_rate=stride, input_size=size,
-                     repeated_aug=k, batch_size=batch, num_workers=0, shuffle_buffer=8, decode_threads=1)
+    cfg = TrainDataConfig(shards=str(shards), num_frames=num_frames, sampling_rate=stride, input_size=size,
+                          repeated_aug=k, batch_size=batch, num_workers=0, shuffle_buffer=8, decode_threads=1)
     return pretrain_loader(cfg, MaskConfig(), grid).forever()
 
 

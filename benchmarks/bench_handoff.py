@@ -75,12 +75,12 @@ class Float32Handoff(IterableDataset):
 
 def loader_batches(shards: Path, a: argparse.Namespace, float32: bool) -> Iterator[dict[str, Any]]:
     """An endless stream of pre-training batches from one worker process (shared-memory hand-off)."""
-    from pipeline.data.loader import DataConfig, pretrain_loader
+    from pipeline.data.loader import TrainDataConfig, pretrain_loader
     from pipeline.data.streams import TrainStream
     from pipeline.data.masking import MaskConfig, token_grid
 
-    cfg = DataConfig(shards=str(shards), num_frames=a.num_frames, sampling_rate=a.stride, input_size=a.input_size,
-                     repeated_aug=a.views, batch_size=a.batch, num_workers=1, prefetch_factor=2, shuffle_buffer=4)
+    cfg = TrainDataConfig(shards=str(shards), num_frames=a.num_frames, sampling_rate=a.stride, input_size=a.input_size,
+                          repeated_aug=a.views, batch_size=a.batch, num_workers=1, prefetch_factor=2, shuffle_buffer=4)
     loader = pretrain_loader(cfg, MaskConfig(), token_grid(a.num_frames, a.input_size, 16, 2))
     stream: IterableDataset = TrainStream(loader._plan())  # endless: the worker cycles over its shard
     return iter(DataLoader(Float32Handoff(stream) if float32 else stream, batch_size=None, num_workers=1,

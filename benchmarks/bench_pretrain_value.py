@@ -141,7 +141,7 @@ def make_data(a: argparse.Namespace, work: Path) -> tuple[Path, dict[str, int]]:
 
 def _size(a: argparse.Namespace) -> list[str]:
     return [f"model.name={a.model}", f"model.num_frames={a.num_frames}", f"model.img_size={a.img_size}",
-            f"model.patch_size={a.patch_size}", f"data.num_frames={a.num_frames}", f"data.input_size={a.img_size}",
+            f"model.patch_size={a.patch_size}",
             f"data.sampling_rate={a.sampling_rate}", "data.num_workers=0"]
 
 

@@ -53,8 +53,7 @@ CPU = Shape("vit_tiny", 4, 32, 2, "fp32", 4, 48, 16)
 
 
 def _size(s: Shape) -> list[str]:
-    return [f"model.name={s.model}", f"model.num_frames={s.frames}", f"model.img_size={s.size}",
-            f"data.num_frames={s.frames}", f"data.input_size={s.size}", f"data.sampling_rate={s.sampling_rate}"]
+    return [f"model.name={s.model}", f"model.num_frames={s.frames}", f"model.img_size={s.size}", f"data.sampling_rate={s.sampling_rate}"]
 
 
 def make_shards(work: Path, s: Shape) -> Path:

@@ -48,8 +48,7 @@ GB = 1e9
 
 # zero_optimization keys the library's DeepSpeedConfig does not expose (see the module docstring).
 SUB_GROUP_SIZE = 50_000_000
-TINY_OVERRIDES = ["model.name=vit_tiny", "model.num_frames=8", "model.img_size=64", "data.num_frames=8",
-                  "data.input_size=64", "deepspeed.offload_optimizer=none", "deepspeed.offload_param=none",
+TINY_OVERRIDES = ["model.name=vit_tiny", "model.num_frames=8", "model.img_size=64", "deepspeed.offload_optimizer=none", "deepspeed.offload_param=none",
                   "optim.impl=torch", "deepspeed.precision=fp32"]
 
 

@@ -13,6 +13,7 @@ checkpointing). Nothing is allocated: the model is built on the ``meta`` device.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any, Literal
 
 from pipeline.infra.capacity import ClusterSection, cluster_plan, format_cluster_plan, paper_check
 from pipeline.core.config import help_field
-from pipeline.data.loader import DataConfig
+from pipeline.data.loader import FinetuneDataConfig
 from pipeline.data.masking import MaskConfig
 from pipeline.models import ModelConfig, create_model_from_config
 from pipeline.models.flops import param_counts, pretrain_macs, train_flops_per_clip
@@ -61,7 +62,7 @@ def zero_memory(params: int, world_size: int, precision: str) -> dict[str, float
 
 def make_plan(cfg: PlanConfig) -> dict[str, Any]:
     """The plan as plain data (what ``--json`` prints)."""
-    spec = create_model_from_config(ModelConfig(**{**cfg.model.__dict__, "init": ""}), device="meta").spec
+    spec = create_model_from_config(dataclasses.replace(cfg.model, init=""), device="meta").spec
     params = param_counts(spec, layer_scale=cfg.model.layer_scale_init > 0)
     m = cfg.mask
     # "with" uses the configured running-cell ratio, or the V2 default 0.5 when the config says V1.
@@ -90,9 +91,8 @@ SIZES = ("vit_s", "vit_b", "vit_l", "vit_h", "vit_g")
 def _pretrain_cost(cfg: PlanConfig, name: str) -> tuple[ArchSpec, int, float]:
     """Spec, parameters (encoder + decoder) and fwd+bwd FLOPs per clip of size ``name`` at the
     configured input and masks."""
-    model = ModelConfig(**{**cfg.model.__dict__, "init": "", "name": name})
-    if name != cfg.model.name:
-        model.patch_size = 0  # each size's own patch (14 for vit_g)
+    # another size than the configured one gets its own patch (14 for vit_g)
+    model = dataclasses.replace(cfg.model, init="", name=name, patch_size=cfg.model.patch_size if name == cfg.model.name else 0)
     spec = create_model_from_config(model, device="meta").spec
     params = param_counts(spec, layer_scale=cfg.model.layer_scale_init > 0)["total"]
     m = cfg.mask
@@ -104,7 +104,7 @@ def make_cluster_plan(cfg: PlanConfig) -> dict[str, Any]:
     the VideoMAE V2 ViT-g paper check."""
     spec, params, flops = _pretrain_cost(cfg, cfg.model.name)
     c = cfg.cluster
-    data = DataConfig(num_frames=spec.num_frames, input_size=spec.img_size, batch_size=cfg.plan.batch_per_gpu,
+    data = FinetuneDataConfig(num_frames=spec.num_frames, input_size=spec.img_size, batch_size=cfg.plan.batch_per_gpu,
                       num_workers=c.loader_workers, prefetch_factor=c.prefetch_factor)
     shm = loader_shm_bytes(data, train_clip_bytes(data, spec.num_tokens))
     plan = cluster_plan(spec, params, flops, c, shm_bytes_per_gpu=shm)
@@ -147,7 +147,7 @@ def config_rows(root: str | Path = CONFIGS) -> list[dict[str, Any]]:
     for job, cls, task in (("pretrain", PretrainConfig, "pretrain"), ("finetune", FinetuneConfig, "classify")):
         for path in sorted(Path(root, job).glob("*.toml")):
             cfg = load_config(cls, path, [])
-            model = create_model_from_config(ModelConfig(**{**cfg.model.__dict__, "init": ""}), task, device="meta")
+            model = create_model_from_config(dataclasses.replace(cfg.model, init=""), task, device="meta")
             params = sum(p.numel() for p in model.parameters())
             ds, world = cfg.deepspeed, cfg.scaling.num_workers
             w, g, o = _BYTES["fp32" if ds.precision == "fp32" else "bf16"]

@@ -51,12 +51,49 @@ class ConfigError(TubeletError, ValueError):
     """A config problem a user can fix; its message is one line and names the key."""
 
 
-def help_field(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) -> Any:
-    """A dataclass field with a help text; mutable defaults go through ``default_factory``."""
+def help_field(default: Any = dataclasses.MISSING, help: str = "", derived: str = "", **kwargs: Any) -> Any:
+    """A dataclass field with a help text; mutable defaults go through ``default_factory``.
+
+    ``derived="model.num_frames"``: the field is not a key of the job's config; the job config
+    fills it from that key (:func:`fill_derived`), so a value is stated in one place only.
+    """
+    metadata = {"help": help, **({"derived": derived} if derived else {})}
     if isinstance(default, (list, dict, set)):
         value = default
-        return dataclasses.field(default_factory=lambda: type(value)(value), metadata={"help": help}, **kwargs)
-    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+        return dataclasses.field(default_factory=lambda: type(value)(value), metadata=metadata, **kwargs)
+    return dataclasses.field(default=default, metadata=metadata, **kwargs)
+
+
+def _derived_from(cls: type, name: str) -> str:
+    f = next((f for f in dataclasses.fields(cls) if f.name == name), None)
+    return f.metadata.get("derived", "") if f is not None else ""
+
+
+def _not_a_key(key: str, source: str) -> ConfigError:
+    return ConfigError(f"{key} is not a key of this job: it follows {source}; set that instead")
+
+
+def fill_derived(root: Any) -> None:
+    """Give every ``derived`` field of ``root``'s sections the value of the key it follows.
+
+    Called from a job config's ``__post_init__``: each section holding a derived field is
+    replaced by a copy (never changed in place: it may be shared with another config).
+    """
+    for f in dataclasses.fields(root):
+        section = getattr(root, f.name)
+        if not dataclasses.is_dataclass(section):
+            continue
+        changes = {}
+        for g in dataclasses.fields(section):
+            source = g.metadata.get("derived", "")
+            if source:
+                value: Any = root
+                for part in source.split("."):
+                    value = getattr(value, part)
+                if getattr(section, g.name) != value:
+                    changes[g.name] = value
+        if changes:
+            setattr(root, f.name, dataclasses.replace(section, **changes))
 
 
 # --------------------------------------------------------------------------------------------
@@ -159,7 +196,8 @@ def _hints(cls: type) -> dict[str, Any]:
 
 
 def _field_names(cls: type) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]
+    """The keys of a config section: its fields, less the derived ones."""
+    return [f.name for f in dataclasses.fields(cls) if not f.metadata.get("derived")]
 
 
 def _default_of(cls: type, name: str) -> Any:
@@ -180,6 +218,9 @@ def _build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     hints = _hints(cls)
     names = _field_names(cls)
     unknown = sorted(set(data) - set(names))
+    for name in unknown:
+        if _derived_from(cls, name):
+            raise _not_a_key(".".join(filter(None, [prefix, name])), _derived_from(cls, name))
     if unknown:
         where = f"[{prefix}]" if prefix else "top level"
         raise ConfigError(
@@ -212,17 +253,17 @@ def _parse_cli_value(text: str) -> Any:
         return text
 
 
-def apply_override(data: dict[str, Any], cls: type, assignment: str) -> None:
-    """Apply ``section.key=value`` to the raw dict ``data``, checking the key path against ``cls``."""
-    if "=" not in assignment:
-        raise ConfigError(f"override {assignment!r} must look like section.key=value")
-    path, _, raw = assignment.partition("=")
+def _leaf_node(data: dict[str, Any], cls: type, path: str, what: str) -> tuple[dict[str, Any], str, Any]:
+    """The raw table of ``data`` that holds the key ``path`` (checked against ``cls``), the leaf
+    name and its type; missing tables are created."""
     parts = [p.strip() for p in path.strip().split(".") if p.strip()]
     if not parts:
-        raise ConfigError(f"override {assignment!r} has an empty key")
+        raise ConfigError(f"{what} has an empty key")
     node_cls, node = cls, data
     for depth, part in enumerate(parts):
         hints = _hints(node_cls)
+        if _derived_from(node_cls, part):
+            raise _not_a_key(".".join(parts[: depth + 1]), _derived_from(node_cls, part))
         if part not in hints:
             prefix = ".".join(parts[:depth])
             where = f"[{prefix}]" if prefix else "top level"
@@ -233,26 +274,43 @@ def apply_override(data: dict[str, Any], cls: type, assignment: str) -> None:
         if depth == len(parts) - 1:
             if dataclasses.is_dataclass(tp):
                 raise ConfigError(f"{path.strip()!r} is a section; set one of its keys: {', '.join(_field_names(tp))}")
-            node[part] = _parse_cli_value(raw.strip())
-            # Strings that look like numbers stay strings where a string is expected.
-            if tp is str or (get_origin(tp) in (typing.Union, types.UnionType) and str in get_args(tp)):
-                if not isinstance(node[part], str) and node[part] is not None:
-                    node[part] = raw.strip()
-            return
+            return node, part, tp
         if not dataclasses.is_dataclass(tp):
             raise ConfigError(f"{'.'.join(parts[: depth + 1])!r} is a value, not a section")
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"{'.'.join(parts[: depth + 1])!r} must be a table")
         node_cls = tp
+    raise AssertionError("unreachable")
+
+
+def apply_override(data: dict[str, Any], cls: type, assignment: str) -> None:
+    """Apply ``section.key=value`` to the raw dict ``data``, checking the key path against ``cls``."""
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r} must look like section.key=value")
+    path, _, raw = assignment.partition("=")
+    node, leaf, tp = _leaf_node(data, cls, path, f"override {assignment!r}")
+    node[leaf] = _parse_cli_value(raw.strip())
+    # Strings that look like numbers stay strings where a string is expected.
+    if tp is str or (get_origin(tp) in (typing.Union, types.UnionType) and str in get_args(tp)):
+        if not isinstance(node[leaf], str) and node[leaf] is not None:
+            node[leaf] = raw.strip()
+
+
+def apply_value(data: dict[str, Any], cls: type, path: str, value: Any) -> None:
+    """Set the key ``path`` of the raw dict ``data`` to a typed value (checked when ``cls`` is built)."""
+    node, leaf, _ = _leaf_node(data, cls, path, f"key {path!r}")
+    node[leaf] = list(value) if isinstance(value, tuple) else value
 
 
 # --------------------------------------------------------------------------------------------
 # Public API
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> T:
-    """Build ``cls`` from defaults, then the TOML file at ``path``, then ``overrides``."""
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                values: dict[str, Any] | None = None) -> T:
+    """Build ``cls`` from defaults, then the TOML file at ``path``, then ``overrides`` (``--set``
+    text), then ``values`` (flat ``{"section.key": typed value}``, e.g. from another config)."""
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -264,6 +322,8 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
             raise ConfigError(f"{p}: invalid TOML: {exc}") from None
     for assignment in overrides:
         apply_override(data, cls, assignment)
+    for key, value in (values or {}).items():
+        apply_value(data, cls, key, value)
     return _build(cls, data)
 
 
@@ -285,6 +345,8 @@ def _replaced(obj: Any, changes: dict[str, Any], prefix: str) -> Any:
     kwargs = {}
     for name, value in changes.items():
         key = ".".join(filter(None, [prefix, name]))
+        if _derived_from(type(obj), name):
+            raise _not_a_key(key, _derived_from(type(obj), name))
         if name not in names:
             where = f"[{prefix}]" if prefix else "top level"
             raise ConfigError(f"unknown key {key!r} in {where}; valid keys: {', '.join(names)}")
@@ -304,6 +366,8 @@ def to_dict(cfg: Any, redact: bool = True) -> dict[str, Any]:
     the credentials of URLs (``s3://key:secret@host`` -> ``s3://***@host``)."""
     out: dict[str, Any] = {}
     for f in dataclasses.fields(cfg):
+        if f.metadata.get("derived"):
+            continue  # stated once, under the key it follows
         value = getattr(cfg, f.name)
         if dataclasses.is_dataclass(value):
             out[f.name] = to_dict(value, redact)
@@ -372,6 +436,8 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
     rows = []
     instance = cls()
     for f in dataclasses.fields(cls):
+        if f.metadata.get("derived"):
+            continue
         tp = _hints(cls)[f.name]
         key = f"{prefix}.{f.name}" if prefix else f.name
         if dataclasses.is_dataclass(tp):

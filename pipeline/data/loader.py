@@ -65,31 +65,29 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DataConfig:
-    """Training / evaluation data (TOML section ``[data]``)."""
+    """What every loader reads (TOML section ``[data]``); the clip size follows ``[model]``.
+
+    Jobs use the subclass with exactly their keys: :class:`TrainDataConfig` (pre-training),
+    :class:`EvalDataConfig` (evaluation, extraction), :class:`FinetuneDataConfig` (both: training
+    views, and the evaluation recipe its model card records).
+    """
 
     shards: str = help_field("", help="shard folder or s3:// prefix holding index.json (written by jobs.shard)")
     split: str = help_field("train", help="split of the shard index to read ('unlabelled+train' = several)")
-    num_frames: int = help_field(16, help="frames per clip (T)")
+    num_frames: int = help_field(16, help="frames per clip (T)", derived="model.num_frames")
     sampling_rate: int = help_field(4, help="stride between sampled frames (4 for Kinetics, 2 for SSv2)")
-    input_size: int = help_field(224, help="side of the square crop fed to the model")
-    scales: tuple[float, ...] = help_field(MULTISCALE_SCALES, help="multi-scale crop scales of the short side")
-    flip: bool = help_field(False, help="random horizontal flip (VideoMAE pre-training: off)")
-    repeated_aug: int = help_field(4, help="views (clips) cut from each decoded video (VideoMAE V2: 4)")
+    input_size: int = help_field(224, help="side of the square crop fed to the model", derived="model.img_size")
     batch_size: int = help_field(8, help="clips (views) per batch per rank; videos per batch for evaluation")
     num_workers: int = help_field(2, help="loader worker processes per rank (0 = decode in the training process)")
     prefetch_factor: int = help_field(2, help="batches each worker prepares ahead")
-    shuffle_buffer: int = help_field(64, help="undecoded samples per worker shuffled together")
     seed: int = help_field(0, help="data order and augmentation seed")
     max_decode_error_fraction: float = help_field(0.05, help="stop when this fraction of samples seen fails")
     error_check_after: int = help_field(20, help="samples seen before the error fraction is checked")
     decode_backend: Literal["auto", "decord", "pyav"] = help_field("auto", help="video decoder")
     decode_threads: int = help_field(1, help="decoder threads per worker (0 = decoder's choice)")
-    test_num_clips: int = help_field(5, help="evaluation: temporal clips per video")
-    test_num_crops: int = help_field(3, help="evaluation: spatial crops per clip")
 
     def __post_init__(self) -> None:
-        for name in ("num_frames", "sampling_rate", "input_size", "repeated_aug", "batch_size", "test_num_clips",
-                     "test_num_crops", "prefetch_factor"):
+        for name in ("num_frames", "sampling_rate", "input_size", "batch_size", "prefetch_factor"):
             if getattr(self, name) < 1:
                 raise ValueError(f"data.{name} must be >= 1, got {getattr(self, name)}")
         if self.num_workers < 0:
@@ -102,13 +100,60 @@ class DataConfig:
         """Logical readers per rank: one per worker process (one in-process reader with 0 workers)."""
         return max(1, self.num_workers)
 
+    def train_views(self) -> tuple[TrainTransform, int]:
+        """The training crop and the views cut per decoded video (a plain centre-scale crop here)."""
+        return TrainTransform(size=self.input_size, scales=(1.0,), flip=False), 1
+
+    def test_views(self) -> tuple[TestTransform, int]:
+        """The test crops and the temporal clips per video (one centre crop of one clip here)."""
+        return TestTransform(size=self.input_size, short_side=self.input_size, num_crops=1), 1
+
     def clip_spec(self) -> ClipSpec:
-        return ClipSpec(
-            num_frames=self.num_frames, stride=self.sampling_rate, views=self.repeated_aug,
-            train=TrainTransform(size=self.input_size, scales=tuple(self.scales), flip=self.flip),
-            test=TestTransform(size=self.input_size, short_side=self.input_size, num_crops=self.test_num_crops),
-            test_clips=self.test_num_clips, backend=self.decode_backend, threads=self.decode_threads,
-        )
+        train, views = self.train_views()
+        test, test_clips = self.test_views()
+        return ClipSpec(num_frames=self.num_frames, stride=self.sampling_rate, views=views, train=train, test=test,
+                        test_clips=test_clips, backend=self.decode_backend, threads=self.decode_threads)
+
+
+@dataclass
+class TrainDataConfig(DataConfig):
+    """Training data: + the augmentation and the views per decoded video (``[data]``)."""
+
+    scales: tuple[float, ...] = help_field(MULTISCALE_SCALES, help="multi-scale crop scales of the short side")
+    flip: bool = help_field(False, help="random horizontal flip (VideoMAE pre-training: off)")
+    repeated_aug: int = help_field(4, help="views (clips) cut from each decoded video (VideoMAE V2: 4)")
+    shuffle_buffer: int = help_field(64, help="undecoded samples per worker shuffled together")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.repeated_aug < 1:
+            raise ValueError(f"data.repeated_aug must be >= 1, got {self.repeated_aug}")
+
+    def train_views(self) -> tuple[TrainTransform, int]:
+        return TrainTransform(size=self.input_size, scales=tuple(self.scales), flip=self.flip), self.repeated_aug
+
+
+@dataclass
+class EvalDataConfig(DataConfig):
+    """Evaluation data: + the test views per video (``[data]``)."""
+
+    test_num_clips: int = help_field(5, help="evaluation: temporal clips per video")
+    test_num_crops: int = help_field(3, help="evaluation: spatial crops per clip")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.test_num_clips < 1 or self.test_num_crops < 1:
+            raise ValueError(f"data.test_num_clips and data.test_num_crops must be >= 1, "
+                             f"got {self.test_num_clips} and {self.test_num_crops}")
+
+    def test_views(self) -> tuple[TestTransform, int]:
+        return (TestTransform(size=self.input_size, short_side=self.input_size, num_crops=self.test_num_crops),
+                self.test_num_clips)
+
+
+@dataclass
+class FinetuneDataConfig(TrainDataConfig, EvalDataConfig):
+    """Fine-tuning data: training views, and the test views validation and the model card use."""
 
 
 def _check_rank(rank: int, world_size: int) -> None:
@@ -164,7 +209,7 @@ class TrainLoader:
     epochs. ``epoch`` / ``step`` say where the next batch comes from.
     """
 
-    def __init__(self, cfg: DataConfig, rank: int = 0, world_size: int = 1, *, mask: MaskConfig | None = None,
+    def __init__(self, cfg: TrainDataConfig, rank: int = 0, world_size: int = 1, *, mask: MaskConfig | None = None,
                  grid: Grid | None = None, require_labels: bool = False, index: ShardIndex | None = None) -> None:
         _check_rank(rank, world_size)
         if (mask is None) != (grid is None):
@@ -267,7 +312,7 @@ class EvalLoader:
     ranks may yield different counts (gather results at the end, not per step).
     """
 
-    def __init__(self, cfg: DataConfig, rank: int = 0, world_size: int = 1, *, require_labels: bool = True,
+    def __init__(self, cfg: EvalDataConfig, rank: int = 0, world_size: int = 1, *, require_labels: bool = True,
                  index: ShardIndex | None = None) -> None:
         _check_rank(rank, world_size)
         self.cfg, self.rank, self.world_size, self.require_labels = cfg, rank, world_size, require_labels
@@ -295,16 +340,16 @@ class EvalLoader:
                             f"{'; '.join(list(self.stats.reasons)[-3:])}")
 
 
-def pretrain_loader(cfg: DataConfig, mask: MaskConfig, grid: Grid, rank: int = 0, world_size: int = 1) -> TrainLoader:
+def pretrain_loader(cfg: TrainDataConfig, mask: MaskConfig, grid: Grid, rank: int = 0, world_size: int = 1) -> TrainLoader:
     """VideoMAE V2 pre-training batches with ``enc_mask`` / ``dec_mask`` for token ``grid`` (T', H', W')."""
     return TrainLoader(cfg, rank, world_size, mask=mask, grid=grid)
 
 
-def supervised_loader(cfg: DataConfig, rank: int = 0, world_size: int = 1) -> TrainLoader:
+def supervised_loader(cfg: TrainDataConfig, rank: int = 0, world_size: int = 1) -> TrainLoader:
     """Fine-tuning batches (labels required; ``repeated_aug`` views per decoded video, no masks)."""
     return TrainLoader(cfg, rank, world_size, require_labels=True)
 
 
-def eval_loader(cfg: DataConfig, rank: int = 0, world_size: int = 1, require_labels: bool = True) -> EvalLoader:
+def eval_loader(cfg: EvalDataConfig, rank: int = 0, world_size: int = 1, require_labels: bool = True) -> EvalLoader:
     """Evaluation / prediction batches of ``test_num_clips x test_num_crops`` views per video."""
     return EvalLoader(cfg, rank, world_size, require_labels=require_labels)

@@ -57,9 +57,6 @@ class TrackingConfig:
     run_id: str = help_field("", help="log into this existing run instead of creating one (set by jobs.pipeline)")
     system_metrics: bool = help_field(True, help="log CPU/memory/disk/network (and GPU) usage")
     system_metrics_interval: float = help_field(10.0, help="seconds between system-metric samples")
-    log_every: int = help_field(10, help="log training metrics every N steps")
-    image_every: int = help_field(500, help="log a reconstruction picture every N steps; 0 = never")
-    registered_model: str = help_field("", help="register the final weights under this model name ('' = no)")
     connect_timeout: float = help_field(5.0, help="seconds to wait for a tracking server at start")
 
 

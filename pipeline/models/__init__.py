@@ -7,11 +7,12 @@
 """
 
 from pipeline.models.classify import Classifier
-from pipeline.models.model_config import ModelConfig
+from pipeline.models.model_config import ClassifierConfig, FinetuneModelConfig, ModelConfig, PretrainModelConfig
 from pipeline.models.factory import build, create_model, create_model_from_config
 from pipeline.models.hooks import param_groups
 from pipeline.models.pretrain import PretrainModel
 from pipeline.models.sizes import ArchSpec, get_spec, list_models
 
-__all__ = ["ArchSpec", "Classifier", "ModelConfig", "PretrainModel", "build", "create_model",
+__all__ = ["ArchSpec", "Classifier", "ClassifierConfig", "FinetuneModelConfig", "ModelConfig", "PretrainModel",
+           "PretrainModelConfig", "build", "create_model",
            "create_model_from_config", "get_spec", "list_models", "param_groups"]

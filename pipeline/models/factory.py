@@ -49,14 +49,9 @@ def create_model(name: str, task: Task = "pretrain", device: str | torch.device 
 
 def create_model_from_config(cfg: ModelConfig, task: Task = "pretrain", device: str | torch.device | None = None,
                              **options: Any) -> nn.Module:
-    """Model from a ``[model]`` section; loads ``cfg.init`` (official or our layout) when set."""
-    if task == "classify":
-        options.setdefault("num_classes", cfg.num_classes)
-    else:
-        options.setdefault("normalize_target", cfg.normalize_target)
-    model = create_model(cfg.name, task, device=device, grad_checkpointing=cfg.grad_checkpointing,
-                         drop_path=cfg.drop_path, layer_scale_init=cfg.layer_scale_init,
-                         attn_impl=cfg.attn_impl, **cfg.arch_overrides(), **options)
+    """Model from a ``[model]`` section (its :meth:`~ModelConfig.model_options`, then ``options``);
+    loads ``cfg.init`` (official or our layout) when set."""
+    model = create_model(cfg.name, task, device=device, **cfg.arch_overrides(), **{**cfg.model_options(), **options})
     if cfg.init:
         from pipeline.models.weights import load_file
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipeline.core.config import help_field
-from pipeline.data.loader import DataConfig
+from pipeline.core.config import fill_derived, help_field
+from pipeline.data.loader import TrainDataConfig
 from pipeline.infra.engine import DeepSpeedConfig, OptimConfig
 from pipeline.data.masking import MaskConfig
-from pipeline.models.model_config import ModelConfig
+from pipeline.models.model_config import PretrainModelConfig
 from pipeline.infra.tracking import TrackingConfig
 
 
@@ -21,12 +21,12 @@ class RunSection:
 
 @dataclass
 class TrainSection:
+    """The schedule of a training loop (TOML section ``[train]``)."""
+
     steps: int = help_field(100, help="optimizer steps in total")
     log_every: int = help_field(10, help="steps between metric logs and progress lines")
     checkpoint_every: int = help_field(50, help="steps between checkpoints (one is always written at the end)")
-    image_every: int = help_field(50, help="steps between reconstruction pictures (0 = never)")
     keep_checkpoints: int = help_field(2, help="checkpoints kept in Ray Train storage")
-    export: bool = help_field(True, help="write consolidated fp32 weights (ours + official layout) at the end")
     max_nonfinite: int = help_field(
         5, help="non-finite (NaN/inf) losses in a row that stop the job; each one skips its micro-batch")
     fail_at_step: int = help_field(-1, help="testing: crash rank 0 once after this step (-1 = never)")
@@ -36,6 +36,14 @@ class TrainSection:
     def __post_init__(self) -> None:
         if self.max_nonfinite < 1:
             raise ValueError(f"train.max_nonfinite must be >= 1, got {self.max_nonfinite}")
+
+
+@dataclass
+class PretrainTrainSection(TrainSection):
+    """Pre-training's schedule: + the reconstruction pictures and the fp32 export (``[train]``)."""
+
+    image_every: int = help_field(50, help="steps between reconstruction pictures (0 = never)")
+    export: bool = help_field(True, help="write consolidated fp32 weights (ours + official layout) at the end")
 
 
 @dataclass
@@ -53,11 +61,14 @@ class PretrainConfig:
     """VideoMAE V2 pre-training with Ray Train + DeepSpeed ZeRO."""
 
     run: RunSection = field(default_factory=RunSection)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: PretrainModelConfig = field(default_factory=PretrainModelConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    data: TrainDataConfig = field(default_factory=TrainDataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
-    train: TrainSection = field(default_factory=TrainSection)
+    train: PretrainTrainSection = field(default_factory=PretrainTrainSection)
     scaling: ScalingSection = field(default_factory=ScalingSection)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self) -> None:
+        fill_derived(self)  # the clip size the loader cuts is the model's

@@ -8,6 +8,7 @@ continued pre-training), ``encoder_fp32.pt`` (encoder only) and ``videomae_offic
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import tempfile
@@ -19,7 +20,7 @@ from pipeline.infra import engine as eng
 from pipeline.core import io as sio
 from pipeline.models import create_model_from_config
 from pipeline.models.weights import to_official
-from pipeline.models.model_config import ModelConfig
+from pipeline.models.model_config import PretrainModelConfig
 from pipeline.train.checkpoint import LOOP_FILE
 
 log = logging.getLogger(__name__)
@@ -74,10 +75,10 @@ def _bf16_optimizer_masters(shards: list[Path], model_states: dict) -> dict[str,
     return state
 
 
-def export_weights(checkpoint_dir: str | Path, model_cfg: ModelConfig, output: str) -> dict[str, str]:
+def export_weights(checkpoint_dir: str | Path, model_cfg: PretrainModelConfig, output: str) -> dict[str, str]:
     """Write the three weight files under ``output`` (local or s3://); returns their locations."""
     state = consolidated_state(checkpoint_dir)
-    model = create_model_from_config(ModelConfig(**{**model_cfg.__dict__, "init": ""}), "pretrain")
+    model = create_model_from_config(dataclasses.replace(model_cfg, init=""), "pretrain")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or [k for k in missing if "pos" not in k]:
         raise RuntimeError(f"checkpoint does not match model {model_cfg.name}: missing {missing[:3]}, "

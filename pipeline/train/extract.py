@@ -33,11 +33,11 @@ import torch
 from torch import nn
 
 from pipeline.core import io as sio
-from pipeline.core.config import help_field
-from pipeline.data.loader import DataConfig, eval_loader
+from pipeline.core.config import fill_derived, help_field
+from pipeline.data.loader import EvalDataConfig, eval_loader
 from pipeline.core.errors import DataError
 from pipeline.models import create_model_from_config
-from pipeline.models.model_config import ModelConfig
+from pipeline.models.model_config import ClassifierConfig
 from pipeline.train.model_registry import load_classifier, model_folder, read_card, weights_file
 from pipeline.infra.tracking import TrackingConfig
 from pipeline.train import comm
@@ -72,11 +72,14 @@ class ExtractConfig:
     """
 
     run: RunSection = field(default_factory=RunSection)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    model: ClassifierConfig = field(default_factory=ClassifierConfig)
+    data: EvalDataConfig = field(default_factory=EvalDataConfig)
     extract: ExtractSection = field(default_factory=ExtractSection)
     scaling: ScalingSection = field(default_factory=ScalingSection)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self) -> None:
+        fill_derived(self)  # the clip size the loader cuts is the model's
 
 
 @dataclass
@@ -222,7 +225,7 @@ def resolve_model(spec: str, tracking_uri: str = "") -> str:
     return weights_file(spec)
 
 
-def model_arch(cfg: ExtractConfig) -> ModelConfig:
+def model_arch(cfg: ExtractConfig) -> ClassifierConfig:
     """The ``[model]`` section the features come from: the model folder's card, else ``cfg.model``."""
     init = cfg.model.init
     if init and model_folder(init):  # a model folder (local or s3:), not a weights file

@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pipeline.core.config import help_field
-from pipeline.data.loader import DataConfig
+from pipeline.core.config import fill_derived, help_field
+from pipeline.data.loader import EvalDataConfig, FinetuneDataConfig
 from pipeline.infra.engine import DeepSpeedConfig, OptimConfig
-from pipeline.models.model_config import ModelConfig
+from pipeline.models.model_config import ClassifierConfig, FinetuneModelConfig
 from pipeline.infra.tracking import TrackingConfig
 from pipeline.train.config import RunSection, ScalingSection, TrainSection
 from pipeline.train.mixup import MixupConfig
@@ -41,19 +41,29 @@ class FinetuneSection:
 
 
 @dataclass
+class FinetuneTracking(TrackingConfig):
+    """Fine-tuning's tracking: + the model registry entry of the kept weights (``[tracking]``)."""
+
+    registered_model: str = help_field("", help="register the kept weights under this model name ('' = no)")
+
+
+@dataclass
 class FinetuneConfig:
     """Fine-tune a video classifier (pre-trained encoder + head) with Ray Train + DeepSpeed ZeRO."""
 
     run: RunSection = field(default_factory=RunSection)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    model: FinetuneModelConfig = field(default_factory=FinetuneModelConfig)
+    data: FinetuneDataConfig = field(default_factory=FinetuneDataConfig)
     mixup: MixupConfig = field(default_factory=MixupConfig)
     finetune: FinetuneSection = field(default_factory=FinetuneSection)
     optim: OptimConfig = field(default_factory=OptimConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     train: TrainSection = field(default_factory=TrainSection)
     scaling: ScalingSection = field(default_factory=ScalingSection)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    tracking: FinetuneTracking = field(default_factory=FinetuneTracking)
+
+    def __post_init__(self) -> None:
+        fill_derived(self)  # the clip size the loader cuts is the model's
 
 
 @dataclass
@@ -74,8 +84,11 @@ class EvaluateConfig:
     """
 
     run: RunSection = field(default_factory=RunSection)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    model: ClassifierConfig = field(default_factory=ClassifierConfig)
+    data: EvalDataConfig = field(default_factory=EvalDataConfig)
     eval: EvalSection = field(default_factory=EvalSection)
     scaling: ScalingSection = field(default_factory=ScalingSection)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self) -> None:
+        fill_derived(self)  # the clip size the loader cuts is the model's

@@ -33,7 +33,7 @@ from pipeline.core import io as sio
 from pipeline.core.errors import TubeletError
 from pipeline.models import create_model_from_config
 from pipeline.models.weights import CheckpointError
-from pipeline.models.model_config import ModelConfig
+from pipeline.models.model_config import ClassifierConfig
 from pipeline.infra.tracking import (TrackingConfig, TrackingError, model_version_source, redact_url, register_version,
                                resolve_uri, run_artifact_uri)
 
@@ -58,9 +58,10 @@ class ModelCard:
     metrics: dict[str, float] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)  # run name, MLflow run id, init weights, step
 
-    def model_config(self) -> ModelConfig:
-        known = set(ModelConfig.__dataclass_fields__)
-        return ModelConfig(**{**{k: v for k, v in self.model.items() if k in known}, "init": ""})
+    def model_config(self) -> ClassifierConfig:
+        """The classifier's ``[model]`` section (keys of the training-only options left out)."""
+        known = set(ClassifierConfig.__dataclass_fields__)
+        return ClassifierConfig(**{**{k: v for k, v in self.model.items() if k in known}, "init": ""})
 
 
 def write_model_folder(state: dict[str, torch.Tensor], card: ModelCard, folder: str) -> None:
@@ -183,7 +184,7 @@ def weights_file(spec: str, candidates: tuple[str, ...] = WEIGHT_FILES) -> str:
     return resolve_init(spec, None, candidates)
 
 
-def load_classifier(spec: str, model_cfg: ModelConfig | None = None,
+def load_classifier(spec: str, model_cfg: ClassifierConfig | None = None,
                     tracking: TrackingConfig | str | None = None) -> tuple[nn.Module, ModelCard]:
     """A classifier in eval mode and its card, from a registry or run URI, a model / run folder, or a
     weights file (then ``model_cfg`` gives the architecture and the card has no class names).
@@ -192,7 +193,7 @@ def load_classifier(spec: str, model_cfg: ModelConfig | None = None,
     if not sio.exists(sio.join(resolved, CARD)):
         if model_cfg is None:
             raise RegistryError(f"{spec}: a weights file needs the [model] section to know the architecture")
-        cfg = ModelConfig(**{**asdict(model_cfg), "init": spec})
+        cfg = replace(model_cfg, init=spec)
         model = create_model_from_config(replace(cfg, init=sio.cached_copy(resolved)), "classify")
         return model.eval(), ModelCard(model=asdict(cfg), class_names=[], source={"init": spec})
     card = read_card(resolved)

@@ -21,7 +21,6 @@ the chain on purpose (e.g. ``pretrain.data.shards`` = shards made elsewhere).
 from __future__ import annotations
 
 import dataclasses
-import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,8 @@ from pipeline.train.config import PretrainConfig
 from pipeline.train.finetune_config import EvaluateConfig, FinetuneConfig
 
 STAGES = ("shard", "pretrain", "finetune", "evaluate", "baseline")
+# The [model] keys that fix a classifier's weights layout and input clip (a model card carries them).
+ARCH_KEYS = ("name", "num_frames", "img_size", "tubelet_size", "patch_size", "layer_scale_init", "adapter_dim")
 
 
 def overrides_class(cls: type, name: str, first: tuple[str, Any, Any] | None = None) -> type:
@@ -112,27 +113,14 @@ def given(section: Any) -> dict[str, Any]:
     return {k: v for k, v in flatten(to_dict(section, redact=False)).items() if v is not None and k != "config"}
 
 
-def _literal(value: Any) -> str:
-    """``value`` as the TOML literal ``--set`` parses back to it."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_literal(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{json.dumps(str(k))} = {_literal(v)}" for k, v in value.items()) + " }"
-    return json.dumps(str(value))  # a JSON string is a TOML basic string
-
-
 def build_stage(cls: type, base: Path | None, *layers: dict[str, Any], prefix: str = "") -> Any:
-    """Load ``cls`` from ``base`` with each layer of flat ``{key: value}`` overrides applied in turn.
+    """Load ``cls`` from ``base`` with each layer of flat, typed ``{key: value}`` changes applied in turn.
 
     ``prefix`` puts the keys under a table of the base file (the shard job's ``[shard]``).
     Unknown keys and wrong types fail in one line, as for the stage job itself.
     """
-    overrides = [f"{prefix}{key}={_literal(value)}" for layer in layers for key, value in layer.items()]
-    return load_config(cls, base, overrides)
+    values = {f"{prefix}{key}": value for layer in layers for key, value in layer.items()}
+    return load_config(cls, base, values=values)
 
 
 def find_base(find: Callable[[str, str | None], Path | None], stage: str, spec: str) -> Path:
@@ -206,9 +194,12 @@ def plan_stages(cfg: PipelineConfig, jobs: Jobs, tracking_uri: str) -> list[Stag
     ft_wired = {"run.output": root, "run.name": "finetune", "data.shards": shards, "model.init": pt_dir, **track}
     ft = build_stage(jobs.finetune.config, ft_base, ft_wired, given(cfg.finetune))
     ft_dir = sio.join(ft.run.output, ft.run.name)
+    # Evaluation reads the fine-tuned model folder, whose card brings the architecture; wiring it
+    # here too lets the plan show the clip size the evaluation will cut.
+    arch = {f"model.{k}": getattr(ft.model, k) for k in ARCH_KEYS}
     ev = build_stage(jobs.evaluate.config, find_base(jobs.find_config, "evaluate", cfg.evaluate.config),
                      {"run.output": sio.join(root, "evaluate"), "run.name": "evaluate", "data.shards": shards,
-                      "model.init": ft_dir, **track}, given(cfg.evaluate))
+                      "model.init": ft_dir, **arch, **track}, given(cfg.evaluate))
     # The baseline is the fine-tune stage from random init: same recipe, no weights, never registered.
     bl = build_stage(jobs.finetune.config, ft_base, ft_wired, given(cfg.finetune),
                      {"run.name": "baseline", "model.init": "", "tracking.registered_model": ""}, given(cfg.baseline))

@@ -60,8 +60,7 @@ def test_evaluation_runs_on_the_training_device(data: dict[str, Path], tmp_path:
     write_model_folder(model.state_dict(), card, str(folder))
     monkeypatch.setattr(evaluate, "evaluate_pass", _probe)
     cfg = load_config(EvaluateConfig, REPO / "jobs/configs/evaluate/demo.toml", [
-        f"data.shards={data['shards']}", f"run.output={tmp_path / 'eval'}", f"model.init={folder}",
-        "data.num_frames=4", "data.input_size=32", "data.sampling_rate=2", "data.batch_size=2",
+        f"data.shards={data['shards']}", f"run.output={tmp_path / 'eval'}", f"model.init={folder}", "data.sampling_rate=2", "data.batch_size=2",
         "data.num_workers=0", "data.split=train", "tracking.enabled=false"])
     with pytest.raises(_Placed) as placed:
         evaluate.evaluate(cfg)

@@ -44,7 +44,7 @@ def data(tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> dict[str,
 def _cfg(data: dict[str, Path], out: Path, *extra: str) -> ExtractConfig:
     return load_config(ExtractConfig, REPO / "jobs/configs/extract/demo.toml", [
         f"data.shards={data['shards']}", f"run.output={out}", f"model.init={data['pretrain_run']}",
-        "model.name=vit_tiny", "model.num_frames=4", "model.img_size=32", "data.num_frames=4", "data.input_size=32",
+        "model.name=vit_tiny", "model.num_frames=4", "model.img_size=32",
         "data.sampling_rate=2", "data.batch_size=2", "data.num_workers=0", f"data.test_num_clips={CLIPS}",
         f"data.test_num_crops={CROPS}", "tracking.enabled=false", *extra])
 
@@ -105,7 +105,7 @@ def test_extract_pooled_two_workers_per_clip_one_process_and_deterministic(data:
 
 def _overrides(data: dict[str, Path], out: Path) -> list[str]:
     return [f"data.shards={data['shards']}", f"run.output={out}", f"model.init={data['pretrain_run']}",
-            "model.num_frames=4", "model.img_size=32", "data.num_frames=4", "data.input_size=32",
+            "model.num_frames=4", "model.img_size=32",
             "data.batch_size=2", "data.num_workers=0", f"data.test_num_clips={CLIPS}",
             f"data.test_num_crops={CROPS}", "tracking.enabled=false"]
 
@@ -113,7 +113,7 @@ def _overrides(data: dict[str, Path], out: Path) -> list[str]:
 def test_bad_input_is_one_line(data: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--set", f"data.shards={data['shards']}", "--set", f"run.output={tmp_path}", "--set",
             f"model.init={data['pretrain_run']}", "--set", "model.num_frames=4", "--set", "model.img_size=32",
-            "--set", "data.num_frames=8", "--set", "data.input_size=32", "--set", "tracking.enabled=false"]
+            "--set", "data.num_frames=8", "--set", "tracking.enabled=false"]
     assert job_main(ExtractConfig, extract_job.run, argv, prog="jobs.extract") == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "data.num_frames is 8 but the model" in err
+    assert err.count("\n") == 0 and "data.num_frames is not a key of this job: it follows model.num_frames" in err

@@ -48,8 +48,6 @@ config = "pretrain/demo"
 num_frames = 4
 img_size = 32
 [pretrain.data]
-num_frames = 4
-input_size = 32
 sampling_rate = 2
 batch_size = 4
 repeated_aug = 2
@@ -71,8 +69,6 @@ config = "finetune/demo"
 num_frames = 4
 img_size = 32
 [finetune.data]
-num_frames = 4
-input_size = 32
 sampling_rate = 2
 batch_size = 4
 repeated_aug = 2
@@ -94,8 +90,6 @@ registered_model = "pipeline-tiny"
 [evaluate]
 config = "evaluate/demo"
 [evaluate.data]
-num_frames = 4
-input_size = 32
 sampling_rate = 2
 num_workers = 0
 test_num_clips = 1

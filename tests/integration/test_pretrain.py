@@ -42,7 +42,7 @@ def shards(tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> str:
 def _cfg(shards: str, tmp: Path, name: str, *extra: str) -> PretrainConfig:
     return load_config(PretrainConfig, REPO / "jobs/configs/pretrain/demo.toml", [
         f"data.shards={shards}", f"run.output={tmp / 'runs'}", f"run.name={name}",
-        "model.num_frames=4", "model.img_size=32", "data.num_frames=4", "data.input_size=32",
+        "model.num_frames=4", "model.img_size=32",
         "data.sampling_rate=2", "data.batch_size=4", "data.repeated_aug=2", "data.num_workers=0",
         "optim.lr=2e-3", "optim.warmup_steps=2", "train.log_every=1", "train.image_every=0",
         f"tracking.tracking_uri=sqlite:///{tmp / 'mlflow.db'}", "tracking.system_metrics=false",

@@ -28,7 +28,7 @@ from tests.local_cluster import cluster_env, running
 
 REPO = Path(__file__).resolve().parents[2]
 UP, DOWN = REPO / "cluster/local/up.sh", REPO / "cluster/local/down.sh"
-TINY = ["model.num_frames=4", "model.img_size=32", "data.num_frames=4", "data.input_size=32",
+TINY = ["model.num_frames=4", "model.img_size=32",
         "data.sampling_rate=2", "data.batch_size=4", "data.repeated_aug=2", "data.num_workers=0",
         "train.log_every=1", "train.image_every=0", "tracking.system_metrics=false",
         "scaling.num_workers=2", "scaling.cpus_per_worker=1"]

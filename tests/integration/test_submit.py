@@ -37,7 +37,7 @@ SERVE, STOP = REPO / "cluster/mlflow/serve.sh", REPO / "cluster/mlflow/stop.sh"
 BIN = Path(sys.executable).parent
 
 # 2 steps of a 32x32, 4-frame tiny ViT on one Ray Train worker: the point is the plumbing.
-TINY = ["model.num_frames=4", "model.img_size=32", "data.num_frames=4", "data.input_size=32",
+TINY = ["model.num_frames=4", "model.img_size=32",
         "data.sampling_rate=2", "data.batch_size=4", "data.repeated_aug=2", "data.num_workers=0",
         "train.steps=2", "train.checkpoint_every=2", "train.log_every=1", "train.image_every=0",
         "tracking.system_metrics=false", "scaling.num_workers=1", "scaling.cpus_per_worker=1",

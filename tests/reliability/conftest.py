@@ -157,7 +157,7 @@ def jobs() -> Iterator[list[Job]]:
 RAY_AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
 STEP_LINE = re.compile(r"\bstep (\d+)/(\d+)\s+loss")
 RESUMED = re.compile(r"resumed at step (\d+)")
-TINY = ["model.num_frames=4", "model.img_size=32", "data.num_frames=4", "data.input_size=32",
+TINY = ["model.num_frames=4", "model.img_size=32",
         "data.sampling_rate=2", "data.batch_size=4", "data.repeated_aug=2", "data.num_workers=0",
         "train.log_every=1", "train.image_every=0", "tracking.system_metrics=false",
         "scaling.num_workers=2", "scaling.cpus_per_worker=1"]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.data.loader import DataConfig, eval_loader
+from pipeline.data.loader import EvalDataConfig, eval_loader
 from pipeline.orchestration.sharding import ShardSection, shard
 from pipeline.video.encode import encode_h264
 from tests.unit.shard_fixtures import sample, tiny_mp4, write_index
@@ -127,8 +127,8 @@ def test_tar_members_with_unsafe_names_are_counted_and_skipped(tmp_path: Path, c
                 tar.addfile(info, io.BytesIO(s[ext]))
     write_index(shards, [("train-000000.tar", "train", 3)])
     around = _listing(tmp_path.parent)
-    cfg = DataConfig(shards=str(shards), num_frames=4, sampling_rate=2, input_size=32, batch_size=4,
-                     num_workers=0, test_num_clips=1, test_num_crops=1, max_decode_error_fraction=1.0)
+    cfg = EvalDataConfig(shards=str(shards), num_frames=4, sampling_rate=2, input_size=32, batch_size=4,
+                         num_workers=0, test_num_clips=1, test_num_crops=1, max_decode_error_fraction=1.0)
     caplog.set_level("WARNING")
     loader = eval_loader(cfg)
     keys = [k for batch in loader for k in batch["keys"]]

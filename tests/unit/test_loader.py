@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from pipeline.data import streams
-from pipeline.data.loader import DataConfig, eval_loader, pretrain_loader, supervised_loader
+from pipeline.data.loader import FinetuneDataConfig, eval_loader, pretrain_loader, supervised_loader
 from pipeline.data.shard_index import ShardIndex, Unit, assign_units, plan_units
 from pipeline.core.errors import DataError
 from pipeline.data.masking import MaskConfig, token_grid
@@ -26,11 +26,11 @@ from tests.unit.shard_fixtures import corrupt_header, make_shards, sample, trunc
 GRID = token_grid(4, 32, 16, 2)  # (2, 2, 2): 8 tokens
 
 
-def config(root: Path, **kw: object) -> DataConfig:
+def config(root: Path, **kw: object) -> FinetuneDataConfig:
     base = dict(shards=str(root), num_frames=4, sampling_rate=2, input_size=32, repeated_aug=2, batch_size=4,
                 num_workers=0, shuffle_buffer=4, error_check_after=10)
     base.update(kw)
-    return DataConfig(**base)  # type: ignore[arg-type]
+    return FinetuneDataConfig(**base)  # type: ignore[arg-type]
 
 
 def run(loader, n: int | None = None) -> list[dict]:

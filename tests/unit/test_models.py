@@ -270,12 +270,13 @@ def test_adapters_start_as_identity_and_only_they_train_in_adapter_mode():
 
 
 def test_raw_pixel_targets_and_patch_size_from_the_model_section():
-    from pipeline.models import ModelConfig, create_model_from_config
+    from pipeline.models import ClassifierConfig, ModelConfig, PretrainModelConfig, create_model_from_config
 
-    cfg = ModelConfig(name="vit_tiny", num_frames=4, img_size=32, patch_size=8, normalize_target=False)
+    cfg = PretrainModelConfig(name="vit_tiny", num_frames=4, img_size=32, patch_size=8, normalize_target=False)
     model = create_model_from_config(cfg, "pretrain")
     assert model.spec.patch_size == 8 and model.spec.grid == (2, 4, 4) and not model.normalize_target
-    assert create_model_from_config(cfg, "classify").spec.patch_size == 8
+    classifier = ClassifierConfig(name="vit_tiny", num_frames=4, img_size=32, patch_size=8)
+    assert create_model_from_config(classifier, "classify").spec.patch_size == 8
     assert create_model_from_config(ModelConfig(name="vit_tiny", num_frames=4, img_size=32)).spec.patch_size == 16
     video = torch.rand(2, 3, 4, 32, 32)
     norm_video = (video - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1)

@@ -133,12 +133,12 @@ def test_cluster_plan_states_shared_memory_per_node():
     """/dev/shm per node = GPUs per node x the loader's in-flight uint8 batches (jobs.plan --shm's rule)."""
     from jobs.plan import loader_shm_bytes, make_cluster_plan, train_clip_bytes
     from pipeline.core.config import load_config
-    from pipeline.data.loader import DataConfig
+    from pipeline.data.loader import FinetuneDataConfig
 
     cfg = load_config(PlanConfig, None, ["model.name=vit_g", "plan.batch_per_gpu=12", "cluster.loader_workers=10",
                                          "cluster.prefetch_factor=4", "cluster.gpus_per_node=8"])
     plan = make_cluster_plan(cfg)["plan"]
-    data = DataConfig(num_frames=16, input_size=224, batch_size=12, num_workers=10, prefetch_factor=4)
+    data = FinetuneDataConfig(num_frames=16, input_size=224, batch_size=12, num_workers=10, prefetch_factor=4)
     tokens = 8 * 16 * 16
     assert plan["shm_gib_per_node"] == pytest.approx(8 * loader_shm_bytes(data, train_clip_bytes(data, tokens)) / 1024**3)
     assert 8 < plan["shm_gib_per_node"] < 10  # ~41 uint8 batches of 12 ViT-g clips per GPU
