@@ -19,6 +19,10 @@ from typing import Any, Literal
 from pipeline.core.config import help_field
 
 
+# The [model] keys that fix a classifier's weights layout and input clip: a model card carries them.
+ARCHITECTURE_KEYS = ("name", "num_frames", "img_size", "tubelet_size", "patch_size", "layer_scale_init", "adapter_dim")
+
+
 @dataclass
 class ModelConfig:
     """Which model to build, at which input size, from which weights (TOML section ``[model]``)."""

@@ -33,7 +33,7 @@ from pipeline.core import io as sio
 from pipeline.core.errors import TubeletError
 from pipeline.models import create_model_from_config
 from pipeline.models.weights import CheckpointError
-from pipeline.models.model_config import ClassifierConfig
+from pipeline.models.model_config import ARCHITECTURE_KEYS, ClassifierConfig
 from pipeline.infra.tracking import (TrackingConfig, TrackingError, model_version_source, redact_url, register_version,
                                resolve_uri, run_artifact_uri)
 
@@ -182,6 +182,16 @@ def weights_file(spec: str, candidates: tuple[str, ...] = WEIGHT_FILES) -> str:
     """The weights file ``spec`` names (local or ``s3://``): the file itself, or the first of
     ``candidates`` in the folder ``spec``. Raises CheckpointError (one line) for anything else."""
     return resolve_init(spec, None, candidates)
+
+
+def card_architecture(init: str) -> dict[str, Any]:
+    """The architecture keys (``model.<key>``: value) of the model folder ``init`` resolves to, from its
+    card; empty for a weights file (then the job's ``[model]`` section describes it). ``init`` is
+    a resolved location (local or ``s3://``), as :func:`resolve_init` returns it."""
+    if not init or not sio.exists(sio.join(init, CARD)):
+        return {}
+    card = read_card(init)
+    return {f"model.{k}": card.model[k] for k in ARCHITECTURE_KEYS if k in card.model}
 
 
 def load_classifier(spec: str, model_cfg: ClassifierConfig | None = None,

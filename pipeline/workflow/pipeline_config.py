@@ -27,13 +27,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.core.config import ConfigError, flatten, help_field, load_config, to_dict
+from pipeline.models.model_config import ARCHITECTURE_KEYS
 from pipeline.orchestration.sharding import ShardSection
 from pipeline.train.config import PretrainConfig
 from pipeline.train.finetune_config import EvaluateConfig, FinetuneConfig
 
 STAGES = ("shard", "pretrain", "finetune", "evaluate", "baseline")
-# The [model] keys that fix a classifier's weights layout and input clip (a model card carries them).
-ARCH_KEYS = ("name", "num_frames", "img_size", "tubelet_size", "patch_size", "layer_scale_init", "adapter_dim")
 
 
 def overrides_class(cls: type, name: str, first: tuple[str, Any, Any] | None = None) -> type:
@@ -196,7 +195,7 @@ def plan_stages(cfg: PipelineConfig, jobs: Jobs, tracking_uri: str) -> list[Stag
     ft_dir = sio.join(ft.run.output, ft.run.name)
     # Evaluation reads the fine-tuned model folder, whose card brings the architecture; wiring it
     # here too lets the plan show the clip size the evaluation will cut.
-    arch = {f"model.{k}": getattr(ft.model, k) for k in ARCH_KEYS}
+    arch = {f"model.{k}": getattr(ft.model, k) for k in ARCHITECTURE_KEYS}
     ev = build_stage(jobs.evaluate.config, find_base(jobs.find_config, "evaluate", cfg.evaluate.config),
                      {"run.output": sio.join(root, "evaluate"), "run.name": "evaluate", "data.shards": shards,
                       "model.init": ft_dir, **arch, **track}, given(cfg.evaluate))
