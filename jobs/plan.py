@@ -90,9 +90,8 @@ SIZES = ("vit_s", "vit_b", "vit_l", "vit_h", "vit_g")
 def _pretrain_cost(cfg: PlanConfig, name: str) -> tuple[ArchSpec, int, float]:
     """Spec, parameters (encoder + decoder) and fwd+bwd FLOPs per clip of size ``name`` at the
     configured input and masks."""
-    model = ModelConfig(**{**cfg.model.__dict__, "init": "", "name": name})
-    if name != cfg.model.name:
-        model.patch_size = 0  # each size's own patch (14 for vit_g)
+    own_patch = {} if name == cfg.model.name else {"patch_size": 0}  # each size's own patch (14 for vit_g)
+    model = ModelConfig(**{**cfg.model.__dict__, "init": "", "name": name, **own_patch})
     spec = create_model_from_config(model, device="meta").spec
     params = param_counts(spec, layer_scale=cfg.model.layer_scale_init > 0)["total"]
     m = cfg.mask
