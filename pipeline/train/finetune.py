@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,19 +115,14 @@ def train_step(s: Setup, batches: Any, mixer: Mixup) -> tuple[torch.Tensor, torc
     losses: list[torch.Tensor] = []
     correct = torch.zeros(())
     while len(losses) < s.engine.gradient_accumulation_steps():
-        t0 = time.monotonic()
-        batch = next(batches)
-        s.meter.data_wait(time.monotonic() - t0)
+        batch = loop.next_batch(s, batches)
         video, target = model_input(batch["video"], s.engine.device, s.dtype, mixer, batch["label"])
         logits = s.engine(video)
         target = target.to(logits.device)
-        loss = s.fault(soft_target_cross_entropy(logits, target), s.step + 1)
-        if s.guard.skip(loss, s.step + 1):
-            continue
-        s.engine.backward(loss)
-        s.engine.step()
-        losses.append(loss.detach().float())
-        correct = (logits.detach().argmax(-1) == target.argmax(-1)).float().mean()
+        loss = loop.backward_step(s, soft_target_cross_entropy(logits, target))
+        if loss is not None:
+            losses.append(loss)
+            correct = (logits.detach().argmax(-1) == target.argmax(-1)).float().mean()
     s.meter.step()
     return torch.stack(losses).mean(), correct
 

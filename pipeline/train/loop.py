@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +101,26 @@ def setup(cfg: Any, session: Session, build: Callable[[], torch.nn.Module], load
     comm.check_placement(engine.module, engine.device, offloaded=cfg.deepspeed.offload_param != "none")
     return Setup(engine, schedule, loader, meter, eng.compute_dtype(cfg.deepspeed), step, run_id,
                  guard(cfg, step if restore is not None else -1), fault(cfg, rank, world), state)
+
+
+def next_batch(s: Setup, batches: Any) -> Any:
+    """The next micro-batch; the time spent waiting for it goes to the meter."""
+    t0 = time.monotonic()
+    batch = next(batches)
+    s.meter.data_wait(time.monotonic() - t0)
+    return batch
+
+
+def backward_step(s: Setup, loss: torch.Tensor) -> torch.Tensor | None:
+    """Backward and engine step for the micro-batch loss of step ``s.step + 1``; its detached fp32
+    value, or None when it is not finite on some rank: then every rank skips it (no backward, no
+    ``engine.step()``) and ``s.guard`` counts and limits these."""
+    loss = s.fault(loss, s.step + 1)
+    if s.guard.skip(loss, s.step + 1):
+        return None
+    s.engine.backward(loss)
+    s.engine.step()
+    return loss.detach().float()
 
 
 def guard(cfg: Any, last_checkpoint: int) -> NonFiniteGuard:

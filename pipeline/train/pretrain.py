@@ -11,7 +11,6 @@ logging and checkpointing on a schedule; the parts the training loops share are 
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import numpy as np
@@ -77,15 +76,10 @@ def train_step(s: Setup, batches: Any) -> tuple[torch.Tensor, dict[str, Any]]:
     losses: list[torch.Tensor] = []
     last: dict[str, Any] = {}
     while len(losses) < s.engine.gradient_accumulation_steps():
-        t0 = time.monotonic()
-        last = next(batches)
-        s.meter.data_wait(time.monotonic() - t0)
-        loss = s.fault(s.engine(*_to_device(last, s.engine, s.dtype)), s.step + 1)
-        if s.guard.skip(loss, s.step + 1):
-            continue
-        s.engine.backward(loss)
-        s.engine.step()
-        losses.append(loss.detach().float())
+        last = loop.next_batch(s, batches)
+        loss = loop.backward_step(s, s.engine(*_to_device(last, s.engine, s.dtype)))
+        if loss is not None:
+            losses.append(loss)
     s.meter.step()
     return torch.stack(losses).mean(), last
 
