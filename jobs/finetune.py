@@ -19,18 +19,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import warnings
 
 from jobs._cli import job_main
 from pipeline.core import io as sio
-from pipeline.core.config import to_toml
+from pipeline.core.config import to_toml, with_values
 from pipeline.data.shard_index import ShardIndex
 from pipeline.models.weights import CheckpointError, LoadReport
+from pipeline.orchestration.driver import resolve_on_driver
 from pipeline.orchestration.ray_train import fit
 from pipeline.train.model_registry import CARD, FINETUNE_INIT_FILES, register_model
 from pipeline.train.model_registry import resolve_init as resolve_init_uri
-from pipeline.infra.tracking import resolve_uri
 from pipeline.train.finetune import check_config, class_names, finetune
 from pipeline.train.finetune_config import FinetuneConfig
 
@@ -65,26 +64,21 @@ def check_init(cfg: FinetuneConfig) -> LoadReport | None:
         return load_official(model, state)
 
 
-def prepare(cfg: FinetuneConfig) -> list[str]:
-    """Driver-side checks and path resolution; returns the class names. Fails in one line."""
+def prepare(cfg: FinetuneConfig) -> FinetuneConfig:
+    """Driver-side checks, then the resolved config (absolute paths, tracking URI, ``model.init`` as
+    one concrete file, ``model.num_classes`` from the shard labels when asked); ``cfg`` is left as
+    it was. Fails in one line."""
     check_config(cfg)
-    for section, key in (("data", "shards"), ("run", "output")):
-        obj = getattr(cfg, section)
-        value = getattr(obj, key)
-        if value and not sio.is_remote(value):
-            setattr(obj, key, os.path.abspath(value))  # Ray Train workers run in their own directory
-    if cfg.tracking.enabled:
-        cfg.tracking.tracking_uri = resolve_uri(cfg.tracking)
-    cfg.model.init = resolve_init_uri(cfg.model.init, cfg.tracking, FINETUNE_INIT_FILES)
+    cfg = resolve_on_driver(cfg, FINETUNE_INIT_FILES)
     index = ShardIndex.load(cfg.data.shards)
     if cfg.finetune.classes_from_data and index.labels and len(index.labels) != cfg.model.num_classes:
         print(f"model.num_classes: {cfg.model.num_classes} -> {len(index.labels)} (labels of the shard index)")
-        cfg.model.num_classes = len(index.labels)
-    names = class_names(cfg, index)
+        cfg = with_values(cfg, {"model.num_classes": len(index.labels)})
+    class_names(cfg, index)
     report = check_init(cfg)
     if report is not None:
         print(f"init {cfg.model.init}: {report}")
-    return names
+    return cfg
 
 
 def kept_folder(cfg: FinetuneConfig) -> str:
@@ -97,10 +91,10 @@ def kept_folder(cfg: FinetuneConfig) -> str:
 
 
 def run(cfg: FinetuneConfig) -> int:
-    prepare(cfg)
+    cfg = prepare(cfg)
     run_dir = sio.join(cfg.run.output, cfg.run.name)
     sio.write_text(sio.join(run_dir, "finetune.toml"), to_toml(cfg))
-    fit(cfg, finetune)
+    fit(cfg, finetune, keep_checkpoints=cfg.train.keep_checkpoints, loader_workers=cfg.data.num_workers)
     folder = kept_folder(cfg)
     card = json.loads(sio.read_text(sio.join(folder, CARD)))
     print(f"run: {run_dir}  model: {folder}  metrics: {card['metrics']}")

@@ -11,39 +11,30 @@ same command works as the entrypoint of ``ray job submit``.
 from __future__ import annotations
 
 import logging
-import os
 
 from jobs._cli import job_main
 from pipeline.core import io as sio
 from pipeline.core.config import to_toml
+from pipeline.orchestration.driver import resolve_on_driver
 from pipeline.orchestration.ray_train import fit
-from pipeline.train.model_registry import resolve_init
-from pipeline.infra.tracking import resolve_uri
 from pipeline.train.config import PretrainConfig
 from pipeline.train.pretrain import check_config, pretrain
 
 log = logging.getLogger("jobs.pretrain")
 
 
-def absolute_paths(cfg: PretrainConfig) -> None:
-    """Ray Train workers run in their own working directory: local paths must be absolute."""
-    for section, key in (("data", "shards"), ("run", "output")):
-        obj = getattr(cfg, section)
-        value = getattr(obj, key)
-        if value and not sio.is_remote(value):
-            setattr(obj, key, os.path.abspath(value))
+def prepare(cfg: PretrainConfig) -> PretrainConfig:
+    """Driver-side checks, then the resolved config (absolute paths, tracking URI, ``model.init`` as
+    one concrete file); ``cfg`` is left as it was. Fails in one line."""
+    check_config(cfg)
+    return resolve_on_driver(cfg)
 
 
 def run(cfg: PretrainConfig) -> int:
-    check_config(cfg)
-    absolute_paths(cfg)
-    if cfg.tracking.enabled:  # decided here, where the user's working directory and env are
-        cfg.tracking.tracking_uri = resolve_uri(cfg.tracking)
-    # Once, here: the workers get one concrete local or s3:// file (each node caches its copy).
-    cfg.model.init = resolve_init(cfg.model.init, cfg.tracking)
+    cfg = prepare(cfg)
     run_dir = sio.join(cfg.run.output, cfg.run.name)
     sio.write_text(sio.join(run_dir, "pretrain.toml"), to_toml(cfg))
-    result = fit(cfg, pretrain)
+    result = fit(cfg, pretrain, keep_checkpoints=cfg.train.keep_checkpoints, loader_workers=cfg.data.num_workers)
     checkpoint = result.checkpoint
     if checkpoint is not None and cfg.train.export:
         from pipeline.train.export import export_weights

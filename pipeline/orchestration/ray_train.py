@@ -1,6 +1,9 @@
-"""Where Ray starts: an embedded Ray on this machine by default, a cluster when asked.
+"""Where Ray starts, and how a per-rank loop runs on Ray Train workers.
 
-``RAY_ADDRESS`` (or an explicit address) connects to a running cluster; otherwise
+:func:`fit` runs ``loop(cfg, session)`` (``pretrain``, ``finetune``, ``evaluate`` or ``extract``,
+each handed in as itself) on every worker with a :class:`RayTrainSession` (rank, world size,
+checkpoints in the run's storage). Ray is an embedded Ray on this machine by default, a cluster
+when asked: ``RAY_ADDRESS`` (or an explicit address) connects to a running cluster; otherwise
 ``ray.init(address="local")`` starts a fresh embedded Ray that only this process uses and that
 is shut down when the job ends. A Ray already initialised by the caller (a test, a Ray job's
 driver) is reused and left running.
@@ -13,7 +16,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import ray
 
@@ -100,7 +103,8 @@ def ray_session(address: str = "", num_cpus: int | None = None) -> Iterator[dict
 
 
 class RayTrainSession:
-    """:class:`pipeline.train.session.Session` on Ray Train V2: checkpoints in the run's storage.
+    """:class:`pipeline.train.session.Session` on Ray Train V2: the worker's rank and world size from
+    Ray Train's context, checkpoints in the run's storage.
 
     Each rank stages its part of a checkpoint in a local temporary folder and reports it; Ray
     Train merges the ranks' files into one checkpoint folder in storage (local or ``s3://``)
@@ -162,7 +166,7 @@ def _train_worker(config: dict[str, Any]) -> None:
 
     The worker's CPUs are shared with its loader processes (each single-threaded: PyTorch's
     DataLoader sets one thread per worker process), so the training process takes what they
-    leave: ``cpus_per_worker - data.num_workers`` threads, at least one, unless
+    leave: ``cpus_per_worker - loader_workers`` threads, at least one, unless
     ``scaling.torch_threads`` says otherwise.
 
     Relaunching a run by name, or restarting workers after a crash, continues from the run's
@@ -174,7 +178,7 @@ def _train_worker(config: dict[str, Any]) -> None:
     from pipeline.train.checkpoint import latest_checkpoint
 
     cfg, loop = config["cfg"], config["loop"]
-    loaders = getattr(getattr(cfg, "data", None), "num_workers", 0)
+    loaders = config["loader_workers"]
     torch.set_num_threads(cfg.scaling.torch_threads or max(1, cfg.scaling.cpus_per_worker - loaders))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     run_dir = sio.join(cfg.run.output, cfg.run.name)
@@ -198,11 +202,22 @@ def worker_error(error: BaseException) -> TubeletError | None:
     return None
 
 
-def fit(cfg: Any, loop: Callable[[Any, Any], Any], storage: tuple[str, Any] | None = None) -> Any:
+class FitConfig(Protocol):
+    """What :func:`fit` reads of a job config: ``run.name``, ``run.output`` and the ``scaling`` section
+    (``num_workers``, ``use_gpu``, ``cpus_per_worker``, ``max_failures``, ``torch_threads``)."""
+
+    run: Any
+    scaling: Any
+
+
+def fit(cfg: FitConfig, loop: Callable[[Any, Any], Any], *, keep_checkpoints: int | None = None,
+        loader_workers: int = 0, storage: tuple[str, Any] | None = None) -> Any:
     """Run ``loop(cfg, session)`` on ``cfg.scaling.num_workers`` Ray Train workers and return the
-    Result. ``cfg`` has ``run`` and ``scaling`` sections (and ``train.keep_checkpoints`` when the
-    job checkpoints). ``storage``: Ray Train's ``(storage_path, filesystem)``; default: the run's
-    own output (:func:`storage_for`), where the training jobs keep their checkpoints.
+    Result. ``keep_checkpoints``: how many checkpoints Ray Train keeps (None: all; the training
+    jobs pass ``train.keep_checkpoints``). ``loader_workers``: loader processes per worker
+    (``data.num_workers``), whose CPUs the training process leaves them. ``storage``: Ray Train's
+    ``(storage_path, filesystem)``; default: the run's own output (:func:`storage_for`), where
+    the training jobs keep their checkpoints.
 
     Inside :func:`ray_session` (embedded Ray, or the cluster at ``RAY_ADDRESS``); a worker's
     :class:`TubeletError` is raised as itself, any other failure as Ray Train's error.
@@ -211,20 +226,19 @@ def fit(cfg: Any, loop: Callable[[Any, Any], Any], storage: tuple[str, Any] | No
     from ray.train.torch import TorchTrainer
 
     storage_path, storage_fs = storage or storage_for(cfg.run.output)
-    keep = getattr(getattr(cfg, "train", None), "keep_checkpoints", None)  # None: Ray Train keeps all
     # Logical CPUs may exceed physical ones: Ray Train's controller needs a slot besides the workers.
     cpus = max(os.cpu_count() or 1, cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + 1)
     with ray_session(num_cpus=cpus):  # before the trainer: it must not start a Ray of its own
         trainer = TorchTrainer(
             _train_worker,
-            train_loop_config={"cfg": cfg, "loop": loop},
+            train_loop_config={"cfg": cfg, "loop": loop, "loader_workers": loader_workers},
             scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                          resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
             run_config=RunConfig(name=cfg.run.name, storage_path=storage_path, storage_filesystem=storage_fs,
                                  # the driver's storage / tracking env, also when Ray was started by someone else
                                  worker_runtime_env={"env_vars": forwarded_env()},
                                  failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
-                                 checkpoint_config=CheckpointConfig(num_to_keep=keep)),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints)),
         )
         try:
             result = trainer.fit()  # Ray Train V2 raises what V1 returned in result.error

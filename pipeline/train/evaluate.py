@@ -1,4 +1,6 @@
-"""Multi-view evaluation, run by every rank: ``evaluate(cfg)`` -> the report (identical on all ranks).
+"""Multi-view evaluation, run by every rank: ``evaluate(cfg, session)`` -> the report (identical on
+all ranks). The shape of every per-rank loop; rank and world size come from the session (it
+writes no checkpoints).
 
 Each rank scores its share of the split's videos (``test_num_clips x test_num_crops`` views,
 softmax averaged per video); the scores are gathered, and rank 0 writes
@@ -18,31 +20,30 @@ from typing import Any
 import torch
 
 from pipeline.core import io as sio
-from pipeline.core.config import config_hash
 from pipeline.data.loader import eval_loader
 from pipeline.data.shard_index import ShardIndex
 from pipeline.core.errors import DataError
 from pipeline.train.scoring import confusion_picture, evaluate_pass
 from pipeline.train.model_registry import load_classifier
-from pipeline.infra.tracking import make_tracker
 from pipeline.train import comm
+from pipeline.train import loop
 from pipeline.train.finetune_config import EvaluateConfig
+from pipeline.train.session import Session
 
 log = logging.getLogger(__name__)
 
 
 def check_inputs(cfg: EvaluateConfig, card_data: dict[str, Any]) -> None:
     """The clip shape the model was trained on must be the one the loader cuts."""
-    if not cfg.data.shards:
-        raise DataError("data.shards is not set (a folder or s3:// prefix written by jobs.shard)")
+    loop.require_shards(cfg)
     for key, want in (("num_frames", card_data.get("num_frames")), ("input_size", card_data.get("input_size"))):
         if want is not None and getattr(cfg.data, key) != want:
             raise DataError(f"data.{key} is {getattr(cfg.data, key)} but the model was trained with {want}")
 
 
-def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
+def evaluate(cfg: EvaluateConfig, session: Session) -> dict[str, Any]:
     """Score the split, gather, write the report (rank 0); returns the report on every rank."""
-    rank, world = comm.rank_world()
+    rank, world = session.rank, session.world_size
     model, card = load_classifier(cfg.model.init, cfg.model, cfg.tracking.tracking_uri or None)
     check_inputs(cfg, card.data)
     index = ShardIndex.load(cfg.data.shards)
@@ -52,10 +53,9 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     if index.labels and card.class_names and list(index.labels) != card.class_names:
         raise DataError(f"the shards' labels {list(index.labels)[:5]} differ from the model's {card.class_names[:5]}")
     dtype = torch.bfloat16 if cfg.eval.precision == "bf16" else torch.float32
-    model.to(comm.training_device(), dtype)  # the GPU this rank reserved, not the CPU the weights loaded on
-    tracker = make_tracker(cfg.tracking, rank)
-    tracker.start(run_name=cfg.run.name, config=cfg, tags={"stage": "evaluate", "model": cfg.model.init,
-                                                           "config_hash": config_hash(cfg)})
+    device = comm.training_device()  # the GPU this rank reserved, not the CPU the weights loaded on
+    model.to(device, dtype)
+    tracker = loop.start_tracker(cfg, "evaluate", rank, world, device, model=cfg.model.init)
     status = "FAILED"
     try:
         t0 = time.monotonic()

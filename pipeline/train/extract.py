@@ -14,8 +14,10 @@ Rows go to ``<output>/features/part-{rank:05d}.{parquet,npz}`` (sorted by key, c
 NPZ arrays: the same names, ``feature`` as one float32 ``[rows, D]`` matrix.
 :func:`read_features` reads either back, all parts, sorted by (key, clip).
 
-No collective is used: ranks never wait for each other, and the result does not depend on the
-number of ranks (the same weights on every rank; random init is seeded with ``run.seed``).
+The per-rank loop is ``extract(cfg, session)``, the shape of every loop (rank and world size come
+from the session; it writes no checkpoints). No collective is used: ranks never wait for each
+other, and the result does not depend on the number of ranks (the same weights on every rank;
+random init is seeded with ``run.seed``).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from pipeline.infra.tracking import TrackingConfig
 from pipeline.train import comm
 from pipeline.train.batch import model_input
 from pipeline.train.config import RunSection, ScalingSection
+from pipeline.train.session import Session
 
 log = logging.getLogger(__name__)
 
@@ -256,9 +259,10 @@ def load_encoder(cfg: ExtractConfig) -> tuple[nn.Module, str]:
 # Per rank
 
 
-def extract(cfg: ExtractConfig, rank: int = 0, world: int = 1) -> dict[str, Any]:
+def extract(cfg: ExtractConfig, session: Session) -> dict[str, Any]:
     """Extract this rank's share and write its part + counts; returns the counts."""
     t0 = time.monotonic()
+    rank, world = session.rank, session.world_size
     model, described = load_encoder(cfg)
     device = comm.training_device() if cfg.scaling.use_gpu else torch.device("cpu")  # this rank's own GPU
     dtype = torch.bfloat16 if cfg.extract.precision == "bf16" else torch.float32

@@ -1,4 +1,5 @@
-"""The fine-tuning loop, run by every rank: ``finetune(cfg, session)``.
+"""The fine-tuning loop, run by every rank: ``finetune(cfg, session)`` (the shape of every loop;
+what it shares with pre-training is in :mod:`pipeline.train.loop`).
 
 VideoMAE's recipe: encoder (from pre-training or a public checkpoint) + mean pool + fc-norm +
 linear head; layer-wise lr decay (``optim.layer_decay``, through the model's layer-id hook),
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,48 +21,36 @@ import torch
 
 from pipeline.infra import engine as eng
 from pipeline.core import io as sio
-from pipeline.core.config import config_hash, to_dict
-from pipeline.data.loader import EvalLoader, TrainLoader, eval_loader, supervised_loader
+from pipeline.core.config import to_dict
+from pipeline.data.loader import EvalLoader, eval_loader, supervised_loader
 from pipeline.data.shard_index import ShardIndex
 from pipeline.core.errors import DataError
 from pipeline.train.scoring import evaluate_pass
-from pipeline.models import create_model_from_config
-from pipeline.models.weights import load_file
 from pipeline.models.flops import classify_macs
 from pipeline.models.sizes import get_spec
 from pipeline.train.model_registry import ModelCard, write_model_folder
-from pipeline.infra.tracking import make_tracker
-from pipeline.train import checkpoint as ckpt
-from pipeline.train import comm
+from pipeline.train import loop
 from pipeline.train.batch import model_input
 from pipeline.train.finetune_config import FinetuneConfig
 from pipeline.train.meter import Meter, format_eta
 from pipeline.train.mixup import Mixup, soft_target_cross_entropy
-from pipeline.train.numerics import NonFiniteFault, NonFiniteGuard
-from pipeline.train.pretrain import data_metrics, fault, guard
 from pipeline.train.session import Session
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class Setup:
-    engine: Any
-    schedule: eng.LrSchedule
-    loader: TrainLoader
-    val: EvalLoader | None
-    meter: Meter
-    step: int
-    run_id: str
-    best: dict[str, float]  # {"top1", "step"} of the best validation so far
-    guard: NonFiniteGuard
-    fault: NonFiniteFault
+class Setup(loop.Setup):
+    """The training loop's setup (``state["best"]``: ``{"top1", "step"}`` of the best validation so
+    far) and the validation loader."""
+
+    val: EvalLoader | None = None
 
 
 def check_config(cfg: FinetuneConfig) -> None:
-    """What the config alone can show is wrong (the clip size needs no check: the data follows the model)."""
-    if not cfg.data.shards:
-        raise DataError("data.shards is not set (a folder or s3:// prefix written by jobs.shard)")
+    """What the config alone can show is wrong (the clip size needs no check: the data follows the model),
+    and labels that fit the head."""
+    loop.require_shards(cfg)
     if (cfg.finetune.mode == "adapter") != (cfg.model.adapter_dim > 0):
         raise DataError("finetune.mode=adapter and model.adapter_dim > 0 go together "
                         f"(got mode={cfg.finetune.mode}, adapter_dim={cfg.model.adapter_dim})")
@@ -78,21 +66,6 @@ def class_names(cfg: FinetuneConfig, index: ShardIndex | None = None) -> list[st
         raise DataError(f"the shards have {len(index.labels)} classes but model.num_classes is "
                         f"{cfg.model.num_classes} (or set finetune.classes_from_data=true)")
     return list(index.labels)
-
-
-def _model_factory(cfg: FinetuneConfig):
-    init = cfg.model.init
-    model_cfg = dataclasses.replace(cfg.model, init="")
-
-    def build() -> torch.nn.Module:
-        model = create_model_from_config(model_cfg, "classify")
-        if init:  # whole weights in, before the engine copies its fp32 masters
-            with eng.gathered(model):
-                load_file(model, sio.cached_copy(init))  # this node's copy of a remote init
-        freeze_for_mode(model, cfg.finetune.mode)
-        return model
-
-    return build
 
 
 def freeze_for_mode(model: torch.nn.Module, mode: str) -> None:
@@ -119,28 +92,18 @@ def setup(cfg: FinetuneConfig, session: Session, rank: int, world: int) -> Setup
     """Engine, loaders and position: fresh, or where the last checkpoint left off."""
     torch.manual_seed(cfg.run.seed)  # the same init (head, and encoder without init weights) on every rank
     loader = supervised_loader(cfg.data, rank, world)
-    with session.restore_dir() as restore_dir:
-        restore = ckpt.prepare_restore(restore_dir, rank, world, session.local_rank)
-        engine, schedule = eng.build_engine(_model_factory(cfg), cfg.deepspeed, cfg.optim, cfg.data.batch_size,
-                                            cfg.train.steps, world, load_universal=bool(restore and restore.universal))
-        torch.manual_seed(cfg.run.seed * 1000 + rank)  # from here on (drop path, mixup) each rank has its own stream
-        step, run_id, best = 0, "", {"top1": -1.0, "step": 0}
-        if restore is not None:
-            eng.load_checkpoint(engine, restore.ds_dir, restore.tag)
-            loader.load_state_dict(restore.loop["data"])
-            ckpt.restore_rng(restore.rng_file)
-            step, run_id = int(restore.loop["step"]), restore.loop.get("run_id", "")
-            best = dict(restore.loop.get("best", best))
-            log.info("resumed at step %d (best top-1 %.3f at step %d)", step, best["top1"], best["step"])
     spec = get_spec(cfg.model.name, **cfg.model.arch_overrides())
     clips = cfg.data.batch_size * world * cfg.deepspeed.gradient_accumulation_steps
     # forward + backward = 3 forward passes of 2 FLOPs per MAC (a frozen encoder in a linear probe does less)
     meter = Meter(clips, spec.num_tokens, 6.0 * classify_macs(spec, cfg.model.num_classes), cfg.train.steps)
-    return Setup(engine, schedule, loader, _val_loader(cfg, rank, world), meter, step, run_id, best,
-                 guard(cfg, step if restore is not None else -1), fault(cfg, rank, world))  # type: ignore[arg-type]
+    build = loop.model_factory(cfg, "classify", lambda model: freeze_for_mode(model, cfg.finetune.mode))
+    s = loop.setup(cfg, session, build, loader, meter, rank, world, state={"best": {"top1": -1.0, "step": 0}})
+    if s.step:
+        log.info("best top-1 so far %.3f at step %d", s.state["best"]["top1"], s.state["best"]["step"])
+    return Setup(**vars(s), val=_val_loader(cfg, rank, world))
 
 
-def train_step(s: Setup, batches: Any, mixer: Mixup, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def train_step(s: Setup, batches: Any, mixer: Mixup) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step over finite micro-batches; returns the mean soft-target loss and the train
     top-1 (against the mixed target's top class) of the last one, both on the training device.
 
@@ -149,27 +112,22 @@ def train_step(s: Setup, batches: Any, mixer: Mixup, dtype: torch.dtype) -> tupl
     losses: list[torch.Tensor] = []
     correct = torch.zeros(())
     while len(losses) < s.engine.gradient_accumulation_steps():
-        t0 = time.monotonic()
-        batch = next(batches)
-        s.meter.data_wait(time.monotonic() - t0)
-        video, target = model_input(batch["video"], s.engine.device, dtype, mixer, batch["label"])
+        batch = loop.next_batch(s, batches)
+        video, target = model_input(batch["video"], s.engine.device, s.dtype, mixer, batch["label"])
         logits = s.engine(video)
         target = target.to(logits.device)
-        loss = s.fault(soft_target_cross_entropy(logits, target), s.step + 1)
-        if s.guard.skip(loss, s.step + 1):
-            continue
-        s.engine.backward(loss)
-        s.engine.step()
-        losses.append(loss.detach().float())
-        correct = (logits.detach().argmax(-1) == target.argmax(-1)).float().mean()
+        loss = loop.backward_step(s, soft_target_cross_entropy(logits, target))
+        if loss is not None:
+            losses.append(loss)
+            correct = (logits.detach().argmax(-1) == target.argmax(-1)).float().mean()
     s.meter.step()
     return torch.stack(losses).mean(), correct
 
 
-def validate(cfg: FinetuneConfig, s: Setup, names: list[str], dtype: torch.dtype) -> dict[str, float]:
+def validate(cfg: FinetuneConfig, s: Setup, names: list[str]) -> dict[str, float]:
     """Top-1 / top-5 / mean class accuracy on the validation split (every video once, all ranks)."""
     assert s.val is not None
-    result = evaluate_pass(s.engine.module, s.val, dtype, lockstep=cfg.deepspeed.zero_stage == 3)
+    result = evaluate_pass(s.engine.module, s.val, s.dtype, lockstep=cfg.deepspeed.zero_stage == 3)
     report = result.report(names)
     return {"val_top1": report["top1"], "val_top5": report["top5"], "val_mean_class_acc": report["mean_class_accuracy"],
             "val_videos": report["num_videos"]}
@@ -191,70 +149,49 @@ def save_weights(cfg: FinetuneConfig, s: Setup, names: list[str], which: str, ra
             write_model_folder(module.state_dict(), card, sio.join(cfg.run.output, cfg.run.name, "export", which))
 
 
-def _due(step: int, every: int, last: int) -> bool:
-    return step == last or (every > 0 and step % every == 0)
-
-
 def finetune(cfg: FinetuneConfig, session: Session) -> dict[str, Any]:
     """Run (or resume) fine-tuning to ``train.steps``; returns the last metrics and the best top-1."""
     check_config(cfg)
     names = class_names(cfg)
     rank, world = eng.init_distributed()
     s = setup(cfg, session, rank, world)
-    dtype = eng.compute_dtype(cfg.deepspeed)
-    comm.check_placement(s.engine.module, s.engine.device, offloaded=cfg.deepspeed.offload_param != "none")
-    tracker = make_tracker(cfg.tracking, rank)
-    tracker.start(run_name=cfg.run.name, config=cfg, resume_run_id=s.run_id,
-                  tags={"stage": "finetune", "mode": cfg.finetune.mode, "world_size": world, "config_hash": config_hash(cfg),
-                        "dist_backend": comm.backend(), "device": str(s.engine.device)})
+    tracker = loop.start_tracker(cfg, "finetune", rank, world, s.engine.device, s.run_id, mode=cfg.finetune.mode)
     s.run_id = tracker.run_id or s.run_id
     mixer = Mixup(cfg.mixup, cfg.model.num_classes)
     val_every = cfg.finetune.val_every or s.loader.steps_per_epoch
     batches, metrics, status = s.loader.forever(), {}, "FAILED"
     try:
         while s.step < cfg.train.steps:
-            loss, acc = train_step(s, batches, mixer, dtype)
+            loss, acc = train_step(s, batches, mixer)
             s.step += 1
             lr = s.schedule.apply(s.engine, s.step)
-            if _due(s.step, cfg.train.log_every, cfg.train.steps):
-                metrics = {**comm.mean_floats({"loss": loss, "train_top1": acc}), "lr": s.schedule(s.step - 1),
-                           "grad_norm": eng.grad_norm(s.engine), "epoch": s.step / s.loader.steps_per_epoch,
-                           "nonfinite_skipped": s.guard.skipped, **s.meter.window(s.step, comm.host_syncs()),
-                           **data_metrics(s.loader)}
+            if loop.due(s.step, cfg.train.log_every, cfg.train.steps):
+                metrics = {**loop.step_metrics(s, {"loss": loss, "train_top1": acc}),
+                           "epoch": s.step / s.loader.steps_per_epoch}
                 tracker.log_metrics(metrics, s.step)
                 if rank == 0:
                     log.info("step %d/%d  loss %.4f  lr %.2e  %.1f clips/s  eta %s", s.step, cfg.train.steps,
                              metrics["loss"], metrics["lr"], metrics["clips_per_s"], format_eta(metrics["eta_s"]))
-            if s.val is not None and _due(s.step, val_every, cfg.train.steps):
-                val = validate(cfg, s, names, dtype)
+            if s.val is not None and loop.due(s.step, val_every, cfg.train.steps):
+                val = validate(cfg, s, names)
                 metrics.update(val)
                 tracker.log_metrics(val, s.step)
                 if rank == 0:
                     log.info("step %d  val top-1 %.3f  top-5 %.3f", s.step, val["val_top1"], val["val_top5"])
-                if val["val_top1"] > s.best["top1"]:
-                    s.best = {"top1": val["val_top1"], "step": s.step}
+                if val["val_top1"] > s.state["best"]["top1"]:
+                    s.state["best"] = {"top1": val["val_top1"], "step": s.step}
                     save_weights(cfg, s, names, "best", rank, val)
-            if _due(s.step, cfg.train.checkpoint_every, cfg.train.steps):
-                staging = session.staging_dir(s.step)
-                loop = {"data": s.loader.state_dict(), "world_size": world, "run_id": s.run_id, "lr": lr, "best": s.best}
-                ckpt.save(s.engine, staging, s.step, loop, rank)
-                session.report({**metrics, "step": s.step, "best_top1": s.best["top1"]}, staging)
-                s.guard.last_checkpoint = s.step
-            ckpt_fail(cfg, s.step, rank)
+            if loop.due(s.step, cfg.train.checkpoint_every, cfg.train.steps):
+                loop.save_checkpoint(s, session, {**metrics, "best_top1": s.state["best"]["top1"]}, lr, rank, world)
+            loop.maybe_fail(cfg, s.step, rank)
         save_weights(cfg, s, names, "last", rank, metrics)
-        tracker.log_metrics({"best_val_top1": s.best["top1"], "best_step": s.best["step"]}, s.step)
+        best = s.state["best"]
+        tracker.log_metrics({"best_val_top1": best["top1"], "best_step": best["step"]}, s.step)
         tracker.set_tags({"export": sio.join(cfg.run.output, cfg.run.name, "export")})
         status = "FINISHED"
     finally:
         tracker.end(status)
-    return {**metrics, "step": s.step, "run_id": s.run_id, "best": s.best}
-
-
-def ckpt_fail(cfg: FinetuneConfig, step: int, rank: int) -> None:
-    """Fault injection for tests (``train.fail_at_step``), shared with pre-training."""
-    from pipeline.train.pretrain import maybe_fail
-
-    maybe_fail(cfg, step, rank)  # type: ignore[arg-type]  # reads only run.* and train.fail_at_step
+    return {**metrics, "step": s.step, "run_id": s.run_id, "best": s.state["best"]}
 
 
 __all__ = ["check_config", "class_names", "finetune", "freeze_for_mode", "setup", "train_step", "validate"]

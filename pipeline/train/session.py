@@ -1,7 +1,10 @@
-"""Where checkpoints go and come from: a Ray Train run, or a plain folder (tests, one process).
+"""What a per-rank loop ``loop(cfg, session)`` is handed: its rank and the world size, and where
+checkpoints go and come from: a Ray Train run, or a plain folder (tests, one process).
 
-The loop only calls ``restore_dir()``, ``staging_dir(step)`` and ``report(metrics, dir)``;
-:class:`pipeline.orchestration.ray_train.RayTrainSession` implements them with Ray Train's storage.
+Every loop (``pretrain``, ``finetune``, ``evaluate``, ``extract``) reads ``rank``, ``local_rank``
+and ``world_size``; the training loops also call ``restore_dir()``, ``staging_dir(step)`` and
+``report(metrics, dir)``. :class:`pipeline.orchestration.ray_train.RayTrainSession` implements
+them with Ray Train's context and storage.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch.distributed as dist
 class Session(Protocol):
     rank: int
     local_rank: int
+    world_size: int
 
     def restore_dir(self) -> contextlib.AbstractContextManager[str | None]: ...
     def staging_dir(self, step: int) -> Path: ...
@@ -32,8 +36,8 @@ class LocalSession:
     mid-save never leaves a folder that looks complete.
     """
 
-    def __init__(self, root: str | Path, rank: int = 0, local_rank: int = 0) -> None:
-        self.root, self.rank, self.local_rank = Path(root), rank, local_rank
+    def __init__(self, root: str | Path, rank: int = 0, local_rank: int = 0, world_size: int = 1) -> None:
+        self.root, self.rank, self.local_rank, self.world_size = Path(root), rank, local_rank, world_size
         self.root.mkdir(parents=True, exist_ok=True)
         self.reports: list[dict[str, Any]] = []
 

@@ -9,7 +9,6 @@ swscale's SIMD paths (colour conversion, resize) are not guaranteed bit-exact ac
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Callable, Iterator
 from fractions import Fraction

@@ -18,6 +18,7 @@ from pipeline.models import create_model
 from pipeline.train.model_registry import ModelCard, write_model_folder
 from pipeline.train import comm
 from pipeline.train.finetune_config import EvaluateConfig
+from pipeline.train.session import LocalSession
 from tests.integration.test_extract import _cfg as extract_cfg
 from tests.integration.test_extract import data  # noqa: F401  (the module's shards fixture)
 
@@ -45,7 +46,7 @@ def test_extraction_runs_on_the_training_device(data: dict[str, Path], tmp_path:
     monkeypatch.setattr(extract, "extract_pass", _probe)
     cfg = extract_cfg(data, tmp_path / "features", "scaling.use_gpu=true", "model.init=")
     with pytest.raises(_Placed) as placed:
-        extract.extract(cfg)
+        extract.extract(cfg, LocalSession(tmp_path / "session"))
     assert placed.value.args[0] == {"meta"}
 
 
@@ -63,7 +64,7 @@ def test_evaluation_runs_on_the_training_device(data: dict[str, Path], tmp_path:
         f"data.shards={data['shards']}", f"run.output={tmp_path / 'eval'}", f"model.init={folder}", "data.sampling_rate=2", "data.batch_size=2",
         "data.num_workers=0", "data.split=train", "tracking.enabled=false"])
     with pytest.raises(_Placed) as placed:
-        evaluate.evaluate(cfg)
+        evaluate.evaluate(cfg, LocalSession(tmp_path / "session"))
     assert placed.value.args[0] == {"meta"}
 
 

@@ -207,7 +207,7 @@ def test_bad_inputs_fail_in_one_line(data: dict[str, Path], tmp_path: Path, caps
     torch.save({"model": create_model("vit_tiny", "classify", num_classes=7, num_frames=4, img_size=32).state_dict()}, other)
     cfg = load_config(FinetuneConfig, REPO / "jobs/configs/finetune/demo.toml",
                       [*SIZE, f"data.shards={data['shards']}", f"model.init={other}", "tracking.enabled=false"])
-    finetune_job.prepare(cfg)
+    cfg = finetune_job.prepare(cfg)
     assert "re-initialised head: checkpoint has 7 classes, the model 4" in capsys.readouterr().out
     report = finetune_job.check_init(cfg)
     assert report is not None and not report.unexpected

@@ -11,7 +11,6 @@ import sys
 import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 import webdataset as wds
 

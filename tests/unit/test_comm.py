@@ -112,7 +112,8 @@ def test_training_process_leaves_the_loader_workers_their_cpus(monkeypatch: pyte
         cfg = SimpleNamespace(scaling=SimpleNamespace(cpus_per_worker=cpus, torch_threads=explicit),
                               data=SimpleNamespace(num_workers=loaders),
                               run=SimpleNamespace(output="runs", name="t"))
-        orchestration._train_worker({"cfg": cfg, "loop": lambda c, s: threads.update(n=torch.get_num_threads())})
+        orchestration._train_worker({"cfg": cfg, "loop": lambda c, s: threads.update(n=torch.get_num_threads()),
+                                     "loader_workers": cfg.data.num_workers})
         return threads["n"]
 
     try:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pipeline.data.masking import decoder_mask, running_cell_mask, tube_mask
+from pipeline.data.masking import decoder_mask, tube_mask
 from pipeline.models import create_model, list_models, param_groups
 from pipeline.models.flops import param_counts
 from pipeline.models.pretrain import IMAGENET_MEAN, IMAGENET_STD, mask_to_index, patchify, unpatchify
