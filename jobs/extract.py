@@ -24,7 +24,7 @@ from jobs._cli import job_main
 from pipeline.core import io as sio
 from pipeline.core.config import config_hash, to_toml
 from pipeline.data.shard_index import ShardIndex
-from pipeline.train.extract import MANIFEST, ExtractConfig, build_manifest, check_clip_shape, clear_parts, extract
+from pipeline.train.extract import MANIFEST, ExtractConfig, build_manifest, clear_parts, extract
 from pipeline.orchestration.driver import resolve_on_driver
 from pipeline.orchestration.ray_train import fit, scratch_storage
 from pipeline.infra.tracking import make_tracker
@@ -35,13 +35,12 @@ log = logging.getLogger("jobs.extract")
 
 
 def prepare(cfg: ExtractConfig) -> ExtractConfig:
-    """The resolved config (absolute paths, the tracking URI, the model resolved once), the clip
-    shape checked; ``cfg`` is left as it was. Fails in one line."""
+    """The resolved config (absolute paths, the tracking URI, the model resolved once and a model
+    folder's architecture adopted); ``cfg`` is left as it was. Fails in one line."""
     require_shards(cfg)
     cfg = resolve_on_driver(cfg, model_folders=True)
     if not cfg.model.init:
         log.warning("model.init is empty: features of a randomly initialised %s (seed %d)", cfg.model.name, cfg.run.seed)
-    check_clip_shape(cfg)
     return cfg
 
 

@@ -236,15 +236,6 @@ def model_arch(cfg: ExtractConfig) -> ClassifierConfig:
     return cfg.model
 
 
-def check_clip_shape(cfg: ExtractConfig) -> None:
-    """The loader must cut the clip shape the encoder was built for (one line otherwise)."""
-    arch = model_arch(cfg)
-    for data_key, model_key in (("num_frames", "num_frames"), ("input_size", "img_size")):
-        have, want = getattr(cfg.data, data_key), getattr(arch, model_key)
-        if have != want:
-            raise DataError(f"data.{data_key} is {have} but the model ({arch.name}) takes {model_key}={want}")
-
-
 def load_encoder(cfg: ExtractConfig) -> tuple[nn.Module, str]:
     """The classifier whose ``forward_features`` gives the features, in eval mode, and a description."""
     if not cfg.model.init:

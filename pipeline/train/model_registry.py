@@ -185,13 +185,13 @@ def weights_file(spec: str, candidates: tuple[str, ...] = WEIGHT_FILES) -> str:
 
 
 def card_architecture(init: str) -> dict[str, Any]:
-    """The architecture keys (``model.<key>``: value) of the model folder ``init`` resolves to, from its
-    card; empty for a weights file (then the job's ``[model]`` section describes it). ``init`` is
+    """The architecture keys and the class count (``model.<key>``: value) of the model folder ``init``
+    resolves to, from its card; empty for a weights file (then the job's ``[model]`` section describes it). ``init`` is
     a resolved location (local or ``s3://``), as :func:`resolve_init` returns it."""
     if not init or not sio.exists(sio.join(init, CARD)):
         return {}
     card = read_card(init)
-    return {f"model.{k}": card.model[k] for k in ARCHITECTURE_KEYS if k in card.model}
+    return {f"model.{k}": card.model[k] for k in (*ARCHITECTURE_KEYS, "num_classes") if k in card.model}
 
 
 def load_classifier(spec: str, model_cfg: ClassifierConfig | None = None,

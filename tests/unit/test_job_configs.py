@@ -69,3 +69,26 @@ def test_the_clip_the_loader_cuts_follows_the_model(cls: type) -> None:
         load_config(cls, None, ["data.num_frames=8"])
     with pytest.raises(ConfigError, match=r"^data\.input_size is not a key of this job: it follows model\.img_size"):
         with_values(cfg, {"data.input_size": 32})
+
+
+def test_a_model_folder_brings_its_architecture_and_clip(tmp_path, caplog) -> None:  # noqa: ANN001
+    """Evaluation of a model folder cuts the clip its card records, whatever [model] said (logged)."""
+    from pipeline.orchestration.driver import resolve_on_driver
+    from pipeline.train.model_registry import ModelCard, write_model_folder
+
+    folder = tmp_path / "export" / "best"
+    card = ModelCard(model={"name": "vit_tiny", "num_frames": 4, "img_size": 32, "patch_size": 8, "num_classes": 3,
+                            "drop_path": 0.1}, class_names=["a", "b", "c"])
+    write_model_folder({}, card, str(folder))
+    cfg = load_config(EvaluateConfig, None, [f"model.init={folder}", "data.shards=s3://b/s", "tracking.enabled=false"])
+    caplog.set_level("INFO")
+    resolved = resolve_on_driver(cfg, model_folders=True)
+    m = resolved.model
+    assert (m.name, m.num_frames, m.img_size, m.patch_size, m.num_classes) == ("vit_tiny", 4, 32, 8, 3)
+    assert (resolved.data.num_frames, resolved.data.input_size) == (4, 32), "the loader cuts the model's clip"
+    assert (cfg.model.num_frames, cfg.data.num_frames) == (16, 16), "the given config is left as it was"
+    assert "model.num_frames: 16 -> 4 (the model card of" in caplog.text
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"")
+    plain = resolve_on_driver(with_values(cfg, {"model.init": str(weights)}), model_folders=True)
+    assert plain.model.num_frames == 16, "a weights file has no card: [model] describes it"
