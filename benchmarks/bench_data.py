@@ -41,8 +41,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import (CACHE, RESULTS, command, figure, interleaved, load_avg, medians, paired_ratio,
-                               write_result)
+from benchmarks.common import (
+    CACHE,
+    RESULTS,
+    command,
+    figure,
+    interleaved,
+    load_avg,
+    medians,
+    paired_ratio,
+    write_result,
+)
 
 OUT = RESULTS / "data_loading.json"
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]

@@ -32,8 +32,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from benchmarks.common import (CACHE, RESULTS, command, figure, interleaved, load_avg, medians, paired_ratio,
-                               write_result)
+from benchmarks.common import (
+    CACHE,
+    RESULTS,
+    command,
+    figure,
+    interleaved,
+    load_avg,
+    medians,
+    paired_ratio,
+    write_result,
+)
 
 OUT = RESULTS / "handoff.json"
 
@@ -76,8 +85,8 @@ class Float32Handoff(IterableDataset):
 def loader_batches(shards: Path, a: argparse.Namespace, float32: bool) -> Iterator[dict[str, Any]]:
     """An endless stream of pre-training batches from one worker process (shared-memory hand-off)."""
     from pipeline.data.loader import TrainDataConfig, pretrain_loader
-    from pipeline.data.streams import TrainStream
     from pipeline.data.masking import MaskConfig, token_grid
+    from pipeline.data.streams import TrainStream
 
     cfg = TrainDataConfig(shards=str(shards), num_frames=a.num_frames, sampling_rate=a.stride, input_size=a.input_size,
                           repeated_aug=a.views, batch_size=a.batch, num_workers=1, prefetch_factor=2, shuffle_buffer=4)
@@ -126,9 +135,9 @@ def clip_bytes(batch: dict[str, Any]) -> float:
 
 def step_cases(a: argparse.Namespace) -> dict[str, Callable[[], float]]:
     """Training steps/s of vit_tiny pre-training, uint8 -> model_input vs a pre-normalised float32 batch."""
+    from pipeline.core.pixels import normalize_pixels
     from pipeline.data.masking import MaskConfig, make_masks, token_grid
     from pipeline.models import create_model
-    from pipeline.core.pixels import normalize_pixels
     from pipeline.train.batch import model_input
 
     torch.manual_seed(0)

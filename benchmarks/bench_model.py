@@ -25,7 +25,6 @@ from typing import Any
 import torch
 
 from benchmarks.common import command, figure, load_avg, write_result
-
 from pipeline.data.masking import MaskConfig, make_masks
 from pipeline.models import create_model
 from pipeline.models.flops import pretrain_macs

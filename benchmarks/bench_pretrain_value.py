@@ -154,7 +154,7 @@ def _common(a: argparse.Namespace, work: Path, seed: int) -> list[str]:
 def pretrain(a: argparse.Namespace, work: Path, shards: Path, name: str, seed: int) -> dict[str, Any]:
     from jobs.pretrain import run
     from pipeline.core.config import load_config
-    from pipeline.train.config import PretrainConfig
+    from pipeline.train.job_configs import PretrainConfig
 
     if (work / "runs" / name).exists():
         shutil.rmtree(work / "runs" / name)  # a same-named run would resume, not restart
@@ -184,7 +184,7 @@ def pretrain(a: argparse.Namespace, work: Path, shards: Path, name: str, seed: i
 def finetune(a: argparse.Namespace, work: Path, shards: Path, name: str, init: str, seed: int) -> dict[str, Any]:
     from jobs import finetune as job
     from pipeline.core.config import load_config
-    from pipeline.train.finetune_config import FinetuneConfig
+    from pipeline.train.job_configs import FinetuneConfig
 
     if (work / "runs" / name).exists():
         shutil.rmtree(work / "runs" / name)  # a same-named run would resume, not restart
@@ -217,7 +217,7 @@ def finetune(a: argparse.Namespace, work: Path, shards: Path, name: str, init: s
 def evaluate(a: argparse.Namespace, work: Path, shards: Path, name: str, split: str, seed: int) -> dict[str, Any]:
     from jobs import evaluate as job
     from pipeline.core.config import load_config
-    from pipeline.train.finetune_config import EvaluateConfig
+    from pipeline.train.job_configs import EvaluateConfig
 
     out = work / "eval" / f"{name}-{split}"
     cfg = load_config(EvaluateConfig, REPO / "jobs/configs/evaluate/demo.toml", [

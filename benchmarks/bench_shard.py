@@ -21,8 +21,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import (CACHE, RESULTS, command, figure, interleaved, load_avg, medians, paired_ratio,
-                               shard_videos, start_ray, synthetic_videos, write_result)
+from benchmarks.common import (
+    CACHE,
+    RESULTS,
+    command,
+    figure,
+    interleaved,
+    load_avg,
+    medians,
+    paired_ratio,
+    shard_videos,
+    start_ray,
+    synthetic_videos,
+    write_result,
+)
 
 OUT = RESULTS / "sharding.json"
 

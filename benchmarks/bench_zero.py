@@ -141,8 +141,8 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(1)
-    from pipeline.infra.engine import DeepSpeedConfig, OptimConfig, build_engine, compute_dtype, init_distributed
     from pipeline.data.masking import MaskConfig, make_masks
+    from pipeline.infra.engine import DeepSpeedConfig, OptimConfig, build_engine, compute_dtype, init_distributed
     from pipeline.models import create_model
 
     rank, world = init_distributed()

@@ -141,7 +141,6 @@ def check(figures: dict[str, Any], want_backend: str, want_device: str) -> list[
 def run_smoke(work: Path, cpu: bool, gpus: int, steps: int, shards: Path | None) -> dict[str, Any]:
     """All four stages; returns the figures and the checks."""
     import ray
-
     import torch
 
     shape = CPU if cpu else GPU

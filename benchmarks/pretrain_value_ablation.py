@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 
 import pipeline.data.synthetic as synthetic
-from pipeline.data.synthetic import MOTIONS, plan_synthetic, render_video
 from pipeline.data.masking import MaskConfig, make_masks, token_grid
+from pipeline.data.synthetic import MOTIONS, plan_synthetic, render_video
 from pipeline.models import create_model
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pretrain_value_ablation.json"

@@ -140,12 +140,20 @@ def worker(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     from pipeline.core.config import load_config
-    from pipeline.infra.engine import (_deepspeed, build_model, compute_dtype, deepspeed_config, init_distributed,
-                                 peak_lr, global_batch, set_lr)
     from pipeline.data.masking import make_masks
+    from pipeline.infra.engine import (
+        _deepspeed,
+        build_model,
+        compute_dtype,
+        deepspeed_config,
+        global_batch,
+        init_distributed,
+        peak_lr,
+        set_lr,
+    )
     from pipeline.models.factory import create_model_from_config
     from pipeline.models.hooks import param_groups
-    from pipeline.train.config import PretrainConfig
+    from pipeline.train.job_configs import PretrainConfig
 
     progress = Path(args.progress)
 
@@ -228,7 +236,7 @@ def launch(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
     import psutil
 
     from pipeline.core.config import load_config
-    from pipeline.train.config import PretrainConfig
+    from pipeline.train.job_configs import PretrainConfig
 
     work = Path(tempfile.mkdtemp(prefix="vit_g_step_"))
     nvme_root = Path(args.nvme_dir) / f"tubelet-nvme-{os.getpid()}"

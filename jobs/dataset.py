@@ -16,12 +16,12 @@ from typing import Literal
 
 from jobs._cli import job_main
 from pipeline.core.config import help_field, to_toml
+from pipeline.core.errors import DataError
 from pipeline.data import builders
 from pipeline.data.builders import BuildResult
 from pipeline.data.manifest import ManifestEntry, write_manifest
 from pipeline.data.sample import sample_manifest
 from pipeline.data.synthetic import DEFAULT_CLASSES, generate_synthetic
-from pipeline.core.errors import DataError
 
 Kind = Literal["synthetic", "sample", "kinetics", "ssv2", "ucf101", "hmdb51", "folder"]
 

@@ -18,12 +18,12 @@ import logging
 from jobs._cli import job_main
 from pipeline.core import io as sio
 from pipeline.core.config import to_toml
-from pipeline.data.shard_index import ShardIndex
 from pipeline.core.errors import DataError
+from pipeline.data.shard_index import ShardIndex
 from pipeline.orchestration.driver import resolve_on_driver
 from pipeline.orchestration.ray_train import fit, scratch_storage
 from pipeline.train.evaluate import evaluate
-from pipeline.train.finetune_config import EvaluateConfig
+from pipeline.train.job_configs import EvaluateConfig
 from pipeline.train.loop import require_shards
 
 log = logging.getLogger("jobs.evaluate")

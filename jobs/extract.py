@@ -24,10 +24,11 @@ from jobs._cli import job_main
 from pipeline.core import io as sio
 from pipeline.core.config import config_hash, to_toml
 from pipeline.data.shard_index import ShardIndex
-from pipeline.train.extract import MANIFEST, ExtractConfig, build_manifest, clear_parts, extract
+from pipeline.infra.tracking import make_tracker
 from pipeline.orchestration.driver import resolve_on_driver
 from pipeline.orchestration.ray_train import fit, scratch_storage
-from pipeline.infra.tracking import make_tracker
+from pipeline.train.extract import MANIFEST, build_manifest, clear_parts, extract
+from pipeline.train.job_configs import ExtractConfig
 from pipeline.train.loop import require_shards
 from pipeline.train.session import LocalSession
 

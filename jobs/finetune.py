@@ -28,10 +28,10 @@ from pipeline.data.shard_index import ShardIndex
 from pipeline.models.weights import CheckpointError, LoadReport
 from pipeline.orchestration.driver import resolve_on_driver
 from pipeline.orchestration.ray_train import fit
+from pipeline.train.finetune import check_config, class_names, finetune
+from pipeline.train.job_configs import FinetuneConfig
 from pipeline.train.model_registry import CARD, FINETUNE_INIT_FILES, register_model
 from pipeline.train.model_registry import resolve_init as resolve_init_uri
-from pipeline.train.finetune import check_config, class_names, finetune
-from pipeline.train.finetune_config import FinetuneConfig
 
 log = logging.getLogger("jobs.finetune")
 

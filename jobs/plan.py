@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.infra.capacity import ClusterSection, cluster_plan, format_cluster_plan, paper_check
 from pipeline.core.config import help_field
 from pipeline.data.loader import FinetuneDataConfig
 from pipeline.data.masking import MaskConfig
+from pipeline.infra.capacity import ClusterSection, cluster_plan, format_cluster_plan, paper_check
 from pipeline.models import ModelConfig, create_model_from_config
 from pipeline.models.flops import param_counts, pretrain_macs, train_flops_per_clip
 from pipeline.models.sizes import ArchSpec
@@ -140,8 +140,7 @@ def config_rows(root: str | Path = CONFIGS) -> list[dict[str, Any]]:
     precision, batch, GPUs and model-state memory per GPU (the estimate above, at the config's
     own stage and world size; optimizer state offloaded to CPU/NVMe is not on the GPU)."""
     from pipeline.core.config import load_config
-    from pipeline.train.config import PretrainConfig
-    from pipeline.train.finetune_config import FinetuneConfig
+    from pipeline.train.job_configs import FinetuneConfig, PretrainConfig
 
     rows = []
     for job, cls, task in (("pretrain", PretrainConfig, "pretrain"), ("finetune", FinetuneConfig, "classify")):

@@ -17,7 +17,7 @@ from pipeline.core import io as sio
 from pipeline.core.config import to_toml
 from pipeline.orchestration.driver import resolve_on_driver
 from pipeline.orchestration.ray_train import fit
-from pipeline.train.config import PretrainConfig
+from pipeline.train.job_configs import PretrainConfig
 from pipeline.train.pretrain import check_config, pretrain
 
 log = logging.getLogger("jobs.pretrain")

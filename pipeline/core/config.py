@@ -23,11 +23,12 @@ import dataclasses
 import hashlib
 import json
 import re
-import tomllib
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
+
+import tomllib
 
 from pipeline.core.errors import TubeletError
 

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.data.shard_index import RawSample
 from pipeline.core.errors import DataError
+from pipeline.data.shard_index import RawSample
 from pipeline.video.decode import open_video
 from pipeline.video.probe import DEFAULT_MAX_FRAMES, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, VideoInfo
 from pipeline.video.sampling import test_clip_indices, train_clip_indices

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core import io as sio
+from pipeline.core.errors import StorageError, VideoError
 from pipeline.data.manifest import ManifestEntry, check_uri
 from pipeline.data.shard_writer import Sample
-from pipeline.core.errors import StorageError, VideoError
 
 log = logging.getLogger(__name__)
 

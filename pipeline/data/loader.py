@@ -53,11 +53,11 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from pipeline.core.config import help_field
+from pipeline.core.errors import DataError
 from pipeline.data.decoding import ClipSpec, DataStats, seed_of
+from pipeline.data.masking import Grid, MaskConfig
 from pipeline.data.shard_index import ShardIndex, Unit, assign_units, plan_units
 from pipeline.data.streams import EvalPlan, EvalStream, TrainPlan, TrainStream
-from pipeline.core.errors import DataError
-from pipeline.data.masking import Grid, MaskConfig
 from pipeline.video.transforms import MULTISCALE_SCALES, TestTransform, TrainTransform
 
 log = logging.getLogger(__name__)

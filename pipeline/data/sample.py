@@ -10,8 +10,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from pipeline.data.manifest import ManifestEntry
 from pipeline.core.errors import DataError
+from pipeline.data.manifest import ManifestEntry
 
 SAMPLE_EXTENSIONS = (".mp4",)
 

@@ -24,8 +24,8 @@ import webdataset as wds
 from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
 from pipeline.core import io
-from pipeline.data.shard_writer import INDEX_NAME
 from pipeline.core.errors import DataError, StorageError, one_line
+from pipeline.data.shard_writer import INDEX_NAME
 
 log = logging.getLogger(__name__)
 

@@ -28,10 +28,19 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from pipeline.data.decoding import ClipSpec, DataStats, SampleError, TestViews, TrainViews, seed_of, test_views, train_views
-from pipeline.data.shard_index import RawSample, ShardFault, Unit, read_unit
 from pipeline.core.errors import DataError
+from pipeline.data.decoding import (
+    ClipSpec,
+    DataStats,
+    SampleError,
+    TestViews,
+    TrainViews,
+    seed_of,
+    test_views,
+    train_views,
+)
 from pipeline.data.masking import Grid, MaskConfig, make_masks
+from pipeline.data.shard_index import RawSample, ShardFault, Unit, read_unit
 
 log = logging.getLogger(__name__)
 

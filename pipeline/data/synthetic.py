@@ -31,8 +31,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from pipeline.data.manifest import ManifestEntry, write_manifest
 from pipeline.core.errors import DataError
+from pipeline.data.manifest import ManifestEntry, write_manifest
 from pipeline.video.encode import encode_h264
 
 log = logging.getLogger(__name__)

@@ -7,9 +7,9 @@
 """
 
 from pipeline.models.classify import Classifier
-from pipeline.models.model_config import ClassifierConfig, FinetuneModelConfig, ModelConfig, PretrainModelConfig
 from pipeline.models.factory import build, create_model, create_model_from_config
 from pipeline.models.hooks import param_groups
+from pipeline.models.model_config import ClassifierConfig, FinetuneModelConfig, ModelConfig, PretrainModelConfig
 from pipeline.models.pretrain import PretrainModel
 from pipeline.models.sizes import ArchSpec, get_spec, list_models
 

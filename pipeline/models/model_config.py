@@ -18,7 +18,6 @@ from typing import Any, Literal
 
 from pipeline.core.config import help_field
 
-
 # The [model] keys that fix a classifier's weights layout and input clip: a model card carries them.
 ARCHITECTURE_KEYS = ("name", "num_frames", "img_size", "tubelet_size", "patch_size", "layer_scale_init", "adapter_dim")
 

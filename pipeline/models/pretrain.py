@@ -16,12 +16,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pipeline.core.pixels import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.models.hooks import ParamHooks
-from pipeline.models.layers import (AttnImpl, Block, SinCosPosEmbed, drop_path_rates, init_linear_xavier,
-                                    reset_adapters)
+from pipeline.models.layers import AttnImpl, Block, SinCosPosEmbed, drop_path_rates, init_linear_xavier, reset_adapters
 from pipeline.models.sizes import ArchSpec
 from pipeline.models.vit import VideoViT, gather_tokens, run_blocks
-from pipeline.core.pixels import IMAGENET_MEAN, IMAGENET_STD
+
 TARGET_EPS = 1e-6
 
 

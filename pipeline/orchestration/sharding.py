@@ -26,13 +26,23 @@ from pathlib import Path
 
 from pipeline.core import io as sio
 from pipeline.core.config import help_field
+from pipeline.core.errors import DataError, StorageError
 from pipeline.data.ingest import IngestOptions, ingest
 from pipeline.data.manifest import ManifestEntry, Reject, label_names, manifest_format, parse_manifest_lines
 from pipeline.data.shard_writer import (
-    INDEX_NAME, INDEX_VERSION, QUARANTINE_NAME, STATE_DIR, Sample, ShardState, TarShardWriter, read_state,
-    sample_key, shard_name, verify_shard, write_state,
+    INDEX_NAME,
+    INDEX_VERSION,
+    QUARANTINE_NAME,
+    STATE_DIR,
+    Sample,
+    ShardState,
+    TarShardWriter,
+    read_state,
+    sample_key,
+    shard_name,
+    verify_shard,
+    write_state,
 )
-from pipeline.core.errors import DataError, StorageError
 
 log = logging.getLogger(__name__)
 

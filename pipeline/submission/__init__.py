@@ -17,11 +17,31 @@ cluster. Neither imports ray at module level: Ray's core reads RAY_AUTH_MODE onc
 imported, and ``use_token_auth`` must be able to set it first.
 """
 
-from pipeline.submission.client import (TERMINAL, Cluster, RayAuth, check_address, cluster_address, ray_auth,
-                                        use_token_auth)
-from pipeline.submission.preflight import (EXCLUDES, JobSpec, SubmissionError, check_tracking, config_class,
-                                           config_names, is_secret_name, job_names, redacted, repo_root,
-                                           resolve_config, runtime_env, tracking_uri, tracking_warnings)
+from pipeline.submission.client import (
+                                        TERMINAL,
+                                        Cluster,
+                                        RayAuth,
+                                        check_address,
+                                        cluster_address,
+                                        ray_auth,
+                                        use_token_auth,
+)
+from pipeline.submission.preflight import (
+                                        EXCLUDES,
+                                        JobSpec,
+                                        SubmissionError,
+                                        check_tracking,
+                                        config_class,
+                                        config_names,
+                                        is_secret_name,
+                                        job_names,
+                                        redacted,
+                                        repo_root,
+                                        resolve_config,
+                                        runtime_env,
+                                        tracking_uri,
+                                        tracking_warnings,
+)
 
 __all__ = ["EXCLUDES", "TERMINAL", "Cluster", "JobSpec", "RayAuth", "SubmissionError", "check_address",
            "check_tracking", "cluster_address", "config_class", "config_names", "is_secret_name", "job_names",

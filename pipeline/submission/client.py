@@ -24,8 +24,8 @@ from typing import IO, Any
 from urllib.parse import urlsplit
 
 from pipeline.core.errors import TubeletError, one_line
-from pipeline.submission.preflight import JobSpec, SubmissionError, redacted, repo_root
 from pipeline.infra.tracking import git_commit, redact_url
+from pipeline.submission.preflight import JobSpec, SubmissionError, redacted, repo_root
 
 # No module-level import of ray here (nor of anything that imports it): Ray's core reads
 # RAY_AUTH_MODE once, when ray is imported, and ``use_token_auth`` must be able to set it first.

@@ -32,9 +32,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from pipeline.infra import engine as eng
 from pipeline.core import io as sio
 from pipeline.core.errors import StorageError
+from pipeline.infra import engine as eng
 
 log = logging.getLogger(__name__)
 

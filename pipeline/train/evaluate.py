@@ -20,14 +20,13 @@ from typing import Any
 import torch
 
 from pipeline.core import io as sio
+from pipeline.core.errors import DataError
 from pipeline.data.loader import eval_loader
 from pipeline.data.shard_index import ShardIndex
-from pipeline.core.errors import DataError
-from pipeline.train.scoring import confusion_picture, evaluate_pass
+from pipeline.train import comm, loop
+from pipeline.train.job_configs import EvaluateConfig
 from pipeline.train.model_registry import load_classifier
-from pipeline.train import comm
-from pipeline.train import loop
-from pipeline.train.finetune_config import EvaluateConfig
+from pipeline.train.scoring import confusion_picture, evaluate_pass
 from pipeline.train.session import Session
 
 log = logging.getLogger(__name__)

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from pipeline.infra import engine as eng
 from pipeline.core import io as sio
+from pipeline.infra import engine as eng
 from pipeline.models import create_model_from_config
-from pipeline.models.weights import to_official
 from pipeline.models.model_config import PretrainModelConfig
+from pipeline.models.weights import to_official
 from pipeline.train.checkpoint import LOOP_FILE
 
 log = logging.getLogger(__name__)

@@ -27,62 +27,29 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Literal
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable
 
 import numpy as np
 import torch
 from torch import nn
 
 from pipeline.core import io as sio
-from pipeline.core.config import fill_derived, help_field
-from pipeline.data.loader import EvalDataConfig, eval_loader
 from pipeline.core.errors import DataError
+from pipeline.data.loader import eval_loader
 from pipeline.models import create_model_from_config
 from pipeline.models.model_config import ClassifierConfig
-from pipeline.train.model_registry import load_classifier, model_folder, read_card, weights_file
-from pipeline.infra.tracking import TrackingConfig
 from pipeline.train import comm
 from pipeline.train.batch import model_input
-from pipeline.train.config import RunSection, ScalingSection
+from pipeline.train.job_configs import ExtractConfig, ExtractMode
+from pipeline.train.model_registry import load_classifier, model_folder, read_card, weights_file
 from pipeline.train.session import Session
 
 log = logging.getLogger(__name__)
 
-Mode = Literal["pooled", "per_clip"]
+Mode = ExtractMode
 FEATURES_DIR = "features"
 MANIFEST = "manifest.json"
-
-
-@dataclass
-class ExtractSection:
-    """What is written (TOML section ``[extract]``)."""
-
-    mode: Mode = help_field("pooled", help="pooled: one row per video (mean of all views); "
-                                            "per_clip: one row per temporal clip (mean of its crops)")
-    format: Literal["parquet", "npz"] = help_field("parquet", help="file format of the feature parts")
-    precision: Literal["fp32", "bf16"] = help_field("fp32", help="inference dtype (features are stored as float32)")
-    view_chunk: int = help_field(0, help="views per forward pass (0 = a whole batch of videos at once)")
-
-
-@dataclass
-class ExtractConfig:
-    """Encoder features of every video of a shard split, written as Parquet or NumPy with the sample keys.
-
-    ``model.init``: ``models:/name@alias``, a fine-tuning run / model folder, a pre-training run or
-    export folder (``pretrain_fp32.pt``), a weights file (ours or official VideoMAE; then ``model.*``
-    gives the architecture), or empty for a random init seeded with ``run.seed`` (a baseline).
-    """
-
-    run: RunSection = field(default_factory=RunSection)
-    model: ClassifierConfig = field(default_factory=ClassifierConfig)
-    data: EvalDataConfig = field(default_factory=EvalDataConfig)
-    extract: ExtractSection = field(default_factory=ExtractSection)
-    scaling: ScalingSection = field(default_factory=ScalingSection)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-
-    def __post_init__(self) -> None:
-        fill_derived(self)  # the clip size the loader cuts is the model's
 
 
 @dataclass

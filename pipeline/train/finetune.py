@@ -19,21 +19,21 @@ from typing import Any
 
 import torch
 
-from pipeline.infra import engine as eng
 from pipeline.core import io as sio
 from pipeline.core.config import to_dict
+from pipeline.core.errors import DataError
 from pipeline.data.loader import EvalLoader, eval_loader, supervised_loader
 from pipeline.data.shard_index import ShardIndex
-from pipeline.core.errors import DataError
-from pipeline.train.scoring import evaluate_pass
+from pipeline.infra import engine as eng
 from pipeline.models.flops import classify_macs
 from pipeline.models.sizes import get_spec
-from pipeline.train.model_registry import ModelCard, write_model_folder
 from pipeline.train import loop
 from pipeline.train.batch import model_input
-from pipeline.train.finetune_config import FinetuneConfig
+from pipeline.train.job_configs import FinetuneConfig
 from pipeline.train.meter import Meter, format_eta
 from pipeline.train.mixup import Mixup, soft_target_cross_entropy
+from pipeline.train.model_registry import ModelCard, write_model_folder
+from pipeline.train.scoring import evaluate_pass
 from pipeline.train.session import Session
 
 log = logging.getLogger(__name__)

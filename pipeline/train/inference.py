@@ -10,11 +10,11 @@ from pathlib import Path
 
 from torch import nn
 
+from pipeline.core.errors import VideoError
 from pipeline.data.decoding import ClipSpec, SampleError, test_views
 from pipeline.data.shard_index import RawSample
-from pipeline.core.errors import VideoError
-from pipeline.train.scoring import video_scores
 from pipeline.train.model_registry import ModelCard
+from pipeline.train.scoring import video_scores
 from pipeline.video.transforms import TestTransform, TrainTransform
 
 

@@ -31,11 +31,18 @@ from torch import nn
 
 from pipeline.core import io as sio
 from pipeline.core.errors import TubeletError
+from pipeline.infra.tracking import (
+    TrackingConfig,
+    TrackingError,
+    model_version_source,
+    redact_url,
+    register_version,
+    resolve_uri,
+    run_artifact_uri,
+)
 from pipeline.models import create_model_from_config
-from pipeline.models.weights import CheckpointError
 from pipeline.models.model_config import ARCHITECTURE_KEYS, ClassifierConfig
-from pipeline.infra.tracking import (TrackingConfig, TrackingError, model_version_source, redact_url, register_version,
-                               resolve_uri, run_artifact_uri)
+from pipeline.models.weights import CheckpointError
 
 log = logging.getLogger(__name__)
 

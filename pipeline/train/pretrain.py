@@ -16,15 +16,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.infra import engine as eng
 from pipeline.data.loader import pretrain_loader
 from pipeline.data.masking import token_grid
+from pipeline.infra import engine as eng
+from pipeline.infra.tracking import reconstruction_grid
 from pipeline.models.flops import token_counts, train_flops_per_clip
 from pipeline.models.sizes import get_spec
-from pipeline.infra.tracking import reconstruction_grid
 from pipeline.train import loop
 from pipeline.train.batch import model_input
-from pipeline.train.config import PretrainConfig
+from pipeline.train.job_configs import PretrainConfig
 from pipeline.train.loop import Setup
 from pipeline.train.meter import Meter, format_eta
 from pipeline.train.session import Session

@@ -24,8 +24,17 @@ The modules, by responsibility:
 
 from pipeline.workflow.runner import Outcome, Runner, StageError, compact_toml, run_pipeline
 from pipeline.workflow.runs import Runs
-from pipeline.workflow.stages import (EXPORTS, Check, StageKind, check, check_evaluate, check_finetune, check_pretrain,
-                                      check_shard, kind_of)
+from pipeline.workflow.stages import (
+                                      EXPORTS,
+                                      Check,
+                                      StageKind,
+                                      check,
+                                      check_evaluate,
+                                      check_finetune,
+                                      check_pretrain,
+                                      check_shard,
+                                      kind_of,
+)
 from pipeline.workflow.state import STATE_FILE, changed_keys, fingerprint, load_state, save_state
 from pipeline.workflow.summary import mlflow_ui_command, summarize
 

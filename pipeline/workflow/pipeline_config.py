@@ -29,8 +29,7 @@ from typing import Any, Callable
 from pipeline.core.config import ConfigError, flatten, help_field, load_config, to_dict
 from pipeline.models.model_config import ARCHITECTURE_KEYS
 from pipeline.orchestration.sharding import ShardSection
-from pipeline.train.config import PretrainConfig
-from pipeline.train.finetune_config import EvaluateConfig, FinetuneConfig
+from pipeline.train.job_configs import EvaluateConfig, FinetuneConfig, PretrainConfig
 
 STAGES = ("shard", "pretrain", "finetune", "evaluate", "baseline")
 

@@ -26,11 +26,11 @@ from pipeline.core.config import to_toml
 from pipeline.core.errors import TubeletError, one_line
 from pipeline.infra.tracking import TrackingConfig, child_config, resolve_uri
 from pipeline.train.checkpoint import latest_checkpoint
+from pipeline.workflow.pipeline_config import Jobs, PipelineConfig, Stage, pipeline_root, plan_stages, stable_config
 from pipeline.workflow.runs import Runs
 from pipeline.workflow.stages import Check, kind_of
 from pipeline.workflow.state import STATE_FILE, changed_keys, load_state, save_state
 from pipeline.workflow.summary import summarize
-from pipeline.workflow.pipeline_config import Jobs, PipelineConfig, Stage, pipeline_root, plan_stages, stable_config
 
 log = logging.getLogger(__name__)
 

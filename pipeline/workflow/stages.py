@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from pipeline.core import io as sio
 from pipeline.data.shard_writer import INDEX_NAME, QUARANTINE_NAME
-from pipeline.train.model_registry import CARD, WEIGHTS, model_folder
 from pipeline.infra.tracking import is_registered
 from pipeline.train.checkpoint import LOOP_FILE, latest_checkpoint
-from pipeline.workflow.state import fingerprint, read_json
+from pipeline.train.model_registry import CARD, WEIGHTS, model_folder
 from pipeline.workflow.pipeline_config import Stage
+from pipeline.workflow.state import fingerprint, read_json
 
 if TYPE_CHECKING:
     from pipeline.workflow.runs import Runs

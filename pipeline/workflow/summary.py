@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.core import io as sio
 from pipeline.data.shard_writer import INDEX_NAME
-from pipeline.train.model_registry import CARD
 from pipeline.infra.tracking import redact_url
+from pipeline.train.model_registry import CARD
 from pipeline.workflow.state import STATE_FILE, read_json
 
 if TYPE_CHECKING:

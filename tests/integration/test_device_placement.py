@@ -15,9 +15,9 @@ import torch
 
 from pipeline.core.config import load_config
 from pipeline.models import create_model
-from pipeline.train.model_registry import ModelCard, write_model_folder
 from pipeline.train import comm
-from pipeline.train.finetune_config import EvaluateConfig
+from pipeline.train.job_configs import EvaluateConfig
+from pipeline.train.model_registry import ModelCard, write_model_folder
 from pipeline.train.session import LocalSession
 from tests.integration.test_extract import _cfg as extract_cfg
 from tests.integration.test_extract import data  # noqa: F401  (the module's shards fixture)

@@ -188,8 +188,8 @@ def test_two_rank_checkpoint_resumes_on_one_rank(tmp_path):
 
 
 def test_unknown_checkpoint_is_a_one_line_error(tmp_path):
-    from pipeline.infra.engine import to_universal
     from pipeline.core.errors import TubeletError
+    from pipeline.infra.engine import to_universal
 
     with pytest.raises(TubeletError, match="no checkpoint 'nope'"):
         to_universal(tmp_path, "nope", tmp_path / "out")

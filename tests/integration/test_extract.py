@@ -16,9 +16,10 @@ from jobs._cli import job_main
 from pipeline.core.config import load_config
 from pipeline.data.shard_index import ShardIndex
 from pipeline.data.synthetic import generate_synthetic
-from pipeline.train.extract import ExtractConfig, pool_views, read_features
 from pipeline.models import create_model
 from pipeline.orchestration.sharding import ShardSection, shard
+from pipeline.train.extract import pool_views, read_features
+from pipeline.train.job_configs import ExtractConfig
 
 REPO = Path(__file__).resolve().parents[2]
 CLIPS, CROPS = 2, 2

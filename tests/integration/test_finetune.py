@@ -20,9 +20,9 @@ from jobs._cli import job_main
 from pipeline.core.config import load_config
 from pipeline.data.synthetic import generate_synthetic
 from pipeline.models import create_model
-from pipeline.train.model_registry import load_classifier
 from pipeline.orchestration.sharding import ShardSection, shard
-from pipeline.train.finetune_config import EvaluateConfig, FinetuneConfig
+from pipeline.train.job_configs import EvaluateConfig, FinetuneConfig
+from pipeline.train.model_registry import load_classifier
 
 REPO = Path(__file__).resolve().parents[2]
 # translation classes: the 4-frame 32 px tiny model learns them within the test's 48 steps (rotations it does not)

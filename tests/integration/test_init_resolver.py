@@ -130,7 +130,7 @@ def _copy(path: Path, tmp: Path) -> Path:
 def test_bad_init_stops_the_job_in_one_line_before_compute(data: dict[str, Path], prefix: str,  # noqa: F811
                                                            tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from jobs._cli import job_main
-    from pipeline.train.finetune_config import FinetuneConfig
+    from pipeline.train.job_configs import FinetuneConfig
 
     argv = ["--config", str(REPO / "jobs/configs/finetune/demo.toml"), "--set", f"data.shards={data['shards']}",
             "--set", f"run.output={tmp_path / 'runs'}", "--set", f"model.init={prefix}/absent",

@@ -12,8 +12,11 @@ import torch
 
 from jobs.pretrain import run
 from pipeline.train.numerics import NonFiniteLossError
-from tests.integration.test_pretrain import _cfg, _history
-from tests.integration.test_pretrain import shards  # noqa: F401  (the module's shard fixture)
+from tests.integration.test_pretrain import (
+    _cfg,
+    _history,
+    shards,  # noqa: F401  (the module's shard fixture)
+)
 
 # ---- non-finite losses -------------------------------------------------------------------------
 

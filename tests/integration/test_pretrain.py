@@ -19,7 +19,7 @@ from pipeline.data.synthetic import generate_synthetic
 from pipeline.models import create_model
 from pipeline.models.weights import load_official
 from pipeline.orchestration.sharding import ShardSection, shard
-from pipeline.train.config import PretrainConfig
+from pipeline.train.job_configs import PretrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -124,7 +124,8 @@ def test_pretrain_on_two_node_cluster(local_cluster: dict, tmp_path: Path) -> No
 
 @pytest.fixture(scope="module")
 def s3_shards(s3_server: str, ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> str:
-    from jobs.shard import ShardJobConfig, run as shard_run
+    from jobs.shard import ShardJobConfig
+    from jobs.shard import run as shard_run
     from pipeline.core.config import load_config
 
     root = tmp_path_factory.mktemp("remote-data")

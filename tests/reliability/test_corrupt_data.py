@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 
 from jobs._cli import job_main
 from jobs.pretrain import run as pretrain_run
-from pipeline.train.config import PretrainConfig
+from pipeline.train.job_configs import PretrainConfig
 from tests.reliability.conftest import REPO, TINY
 from tests.unit.shard_fixtures import corrupt_header, sample, truncate, write_tar
 

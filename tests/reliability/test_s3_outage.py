@@ -23,9 +23,10 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from jobs._cli import job_main
-from jobs.shard import ShardJobConfig, run as shard_run
 import pipeline.orchestration.sharding as sharding
+from jobs._cli import job_main
+from jobs.shard import ShardJobConfig
+from jobs.shard import run as shard_run
 from pipeline.core import io as sio
 from pipeline.data.synthetic import generate_synthetic
 from pipeline.orchestration.sharding import ShardSection, shard

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.core.errors import DataError
 from pipeline.data.builders import (
     build_folder,
     build_hmdb51,
@@ -16,7 +17,6 @@ from pipeline.data.builders import (
     ssv2_label,
 )
 from pipeline.data.manifest import ManifestEntry
-from pipeline.core.errors import DataError
 
 
 def touch(path: Path) -> Path:

@@ -127,7 +127,7 @@ def test_training_process_leaves_the_loader_workers_their_cpus(monkeypatch: pyte
 @pytest.mark.parametrize(("stage", "rank", "due"), [(2, 0, True), (2, 1, False), (1, 1, False), (0, 1, False),
                                                     (3, 1, True)])
 def test_reconstruction_picture_on_rank0_unless_zero3(stage: int, rank: int, due: bool) -> None:
-    from pipeline.train.config import PretrainConfig
+    from pipeline.train.job_configs import PretrainConfig
     from pipeline.train.pretrain import picture_due
 
     cfg = PretrainConfig()

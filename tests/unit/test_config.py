@@ -99,9 +99,7 @@ def test_every_shipped_job_config_loads() -> None:
     from jobs.dataset import DatasetJobConfig
     from jobs.plan import PlanConfig
     from jobs.shard import ShardJobConfig
-    from pipeline.train.config import PretrainConfig
-    from pipeline.train.extract import ExtractConfig
-    from pipeline.train.finetune_config import EvaluateConfig, FinetuneConfig
+    from pipeline.train.job_configs import EvaluateConfig, ExtractConfig, FinetuneConfig, PretrainConfig
     from pipeline.workflow.pipeline_config import PipelineConfig
 
     classes = {"dataset": DatasetJobConfig, "plan": PlanConfig, "shard": ShardJobConfig, "pretrain": PretrainConfig,

@@ -13,8 +13,19 @@ import pytest
 import torch
 
 from pipeline.core.config import ConfigError, load_config
-from pipeline.infra.engine import (DeepSpeedConfig, EngineError, LrSchedule, OptimConfig,
-                             compute_dtype, deepspeed_config, global_batch, lr_at, peak_lr, set_lr, warmup_steps)
+from pipeline.infra.engine import (
+    DeepSpeedConfig,
+    EngineError,
+    LrSchedule,
+    OptimConfig,
+    compute_dtype,
+    deepspeed_config,
+    global_batch,
+    lr_at,
+    peak_lr,
+    set_lr,
+    warmup_steps,
+)
 from pipeline.models import create_model, param_groups
 
 TINY = dict(num_frames=4, img_size=32)

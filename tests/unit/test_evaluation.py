@@ -10,9 +10,15 @@ import pytest
 import torch
 
 from pipeline.infra.engine import set_lr
-from pipeline.train.scoring import (EvalResult, aggregate_views, classification_report, confusion_picture,
-                                 evaluate_pass, _merge)
 from pipeline.models import create_model, param_groups
+from pipeline.train.scoring import (
+    EvalResult,
+    _merge,
+    aggregate_views,
+    classification_report,
+    confusion_picture,
+    evaluate_pass,
+)
 
 
 def test_views_are_averaged_as_softmax_scores_not_logits() -> None:

@@ -11,8 +11,7 @@ import pytest
 
 from jobs.registry import JOBS
 from pipeline.core.config import ConfigError, describe, load_config, to_dict, with_values
-from pipeline.train.config import PretrainConfig
-from pipeline.train.finetune_config import EvaluateConfig, FinetuneConfig
+from pipeline.train.job_configs import EvaluateConfig, FinetuneConfig, PretrainConfig
 
 
 def _keys(job: str) -> set[str]:

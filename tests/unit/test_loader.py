@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipeline.core.errors import DataError
 from pipeline.data import streams
 from pipeline.data.loader import FinetuneDataConfig, eval_loader, pretrain_loader, supervised_loader
-from pipeline.data.shard_index import ShardIndex, Unit, assign_units, plan_units
-from pipeline.core.errors import DataError
 from pipeline.data.masking import MaskConfig, token_grid
+from pipeline.data.shard_index import ShardIndex, Unit, assign_units, plan_units
 from tests.unit.shard_fixtures import corrupt_header, make_shards, sample, truncate, write_index, write_tar
 
 GRID = token_grid(4, 32, 16, 2)  # (2, 2, 2): 8 tokens

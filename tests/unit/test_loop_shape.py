@@ -60,7 +60,7 @@ def test_local_session_has_a_world_size(tmp_path: Path) -> None:
 def test_the_driver_returns_a_new_config_and_leaves_the_given_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from pipeline.core.config import load_config
     from pipeline.orchestration.driver import resolve_on_driver
-    from pipeline.train.extract import ExtractConfig
+    from pipeline.train.job_configs import ExtractConfig
 
     monkeypatch.chdir(tmp_path)
     cfg = load_config(ExtractConfig, ROOT / "jobs/configs/extract/demo.toml",

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from pipeline.core.errors import DataError
 from pipeline.data.manifest import (
     ManifestEntry,
     check_uri,
@@ -17,7 +18,6 @@ from pipeline.data.manifest import (
     read_manifest,
     write_manifest,
 )
-from pipeline.core.errors import DataError
 
 ENTRIES = [
     ManifestEntry("/data/b.mp4", "walk", "val"),

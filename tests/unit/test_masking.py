@@ -3,8 +3,16 @@
 import pytest
 import torch
 
-from pipeline.data.masking import (MaskConfig, decoder_mask, make_masks, random_mask,
-                              running_cell_mask, running_cell_maps, token_grid, tube_mask)
+from pipeline.data.masking import (
+    MaskConfig,
+    decoder_mask,
+    make_masks,
+    random_mask,
+    running_cell_maps,
+    running_cell_mask,
+    token_grid,
+    tube_mask,
+)
 
 GRID = (8, 14, 14)
 

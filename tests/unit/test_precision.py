@@ -7,7 +7,7 @@ import torch
 
 from pipeline.core.config import ConfigError, load_config
 from pipeline.infra.engine import DeepSpeedConfig, OptimConfig, deepspeed_config
-from pipeline.train.config import PretrainConfig
+from pipeline.train.job_configs import PretrainConfig
 from pipeline.train.numerics import NonFiniteFault, NonFiniteGuard, NonFiniteLossError
 
 

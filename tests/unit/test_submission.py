@@ -13,10 +13,22 @@ import pytest
 
 from jobs import submit as cli
 from pipeline.core.config import ConfigError
-from pipeline.submission import (EXCLUDES, JobSpec, RayAuth, SubmissionError, check_address, check_tracking,
-                                 cluster_address, job_names, ray_auth, redacted, resolve_config, runtime_env,
-                                 tracking_warnings)
 from pipeline.infra.tracking import TrackingError
+from pipeline.submission import (
+    EXCLUDES,
+    JobSpec,
+    RayAuth,
+    SubmissionError,
+    check_address,
+    check_tracking,
+    cluster_address,
+    job_names,
+    ray_auth,
+    redacted,
+    resolve_config,
+    runtime_env,
+    tracking_warnings,
+)
 from tests.local_cluster import free_port
 
 REPO = Path(__file__).resolve().parents[2]

@@ -11,9 +11,16 @@ import av
 import numpy as np
 import pytest
 
-from pipeline.data.manifest import read_manifest
-from pipeline.data.synthetic import MOTIONS, generate_synthetic, plan_synthetic, render_frames, render_video, split_counts
 from pipeline.core.errors import DataError
+from pipeline.data.manifest import read_manifest
+from pipeline.data.synthetic import (
+    MOTIONS,
+    generate_synthetic,
+    plan_synthetic,
+    render_frames,
+    render_video,
+    split_counts,
+)
 
 THIRDS = {"train": 1 / 3, "val": 1 / 3, "test": 1 / 3}
 TINY = dict(num_per_class=3, classes=("left", "cw"), frames=6, size=(32, 48), fps=10, seed=7, splits=THIRDS)

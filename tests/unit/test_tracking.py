@@ -9,8 +9,17 @@ import pytest
 from mlflow import MlflowClient
 
 from pipeline.core.config import config_hash, help_field
-from pipeline.infra.tracking import (MlflowTracker, NullTracker, TrackingConfig, TrackingError, make_tracker,
-                               reconstruction_grid, redact_url, resolve_uri, safe_params)
+from pipeline.infra.tracking import (
+    MlflowTracker,
+    NullTracker,
+    TrackingConfig,
+    TrackingError,
+    make_tracker,
+    reconstruction_grid,
+    redact_url,
+    resolve_uri,
+    safe_params,
+)
 
 
 @dataclass

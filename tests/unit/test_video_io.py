@@ -11,9 +11,8 @@ import pytest
 from pipeline.core.errors import VideoError
 from pipeline.video import decode as decode_mod
 from pipeline.video.decode import decode_frames, fallback_counts, open_video
-from pipeline.video.encode import encode_h264
+from pipeline.video.encode import H264Writer, encode_h264
 from pipeline.video.probe import probe
-from pipeline.video.encode import H264Writer
 from pipeline.video.transcode import transcode
 
 try:  # tests/unit on sys.path (rootdir-relative import mode) or the repo root (python -m pytest)

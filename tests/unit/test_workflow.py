@@ -11,8 +11,19 @@ import pytest
 
 from jobs.pipeline import JOBS
 from pipeline.core.config import ConfigError, load_config
-from pipeline.workflow import (EXPORTS, StageError, changed_keys, check_evaluate, check_finetune, check_pretrain,
-                               compact_toml, fingerprint, load_state, mlflow_ui_command, save_state)
+from pipeline.workflow import (
+    EXPORTS,
+    StageError,
+    changed_keys,
+    check_evaluate,
+    check_finetune,
+    check_pretrain,
+    compact_toml,
+    fingerprint,
+    load_state,
+    mlflow_ui_command,
+    save_state,
+)
 from pipeline.workflow.pipeline_config import PipelineConfig, Stage, given, plan_stages, stable_config
 
 REPO = Path(__file__).resolve().parents[2]
