@@ -32,7 +32,6 @@ import platform
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,14 +47,9 @@ GB = 1e9
 
 # zero_optimization keys the library's DeepSpeedConfig does not expose (see the module docstring).
 SUB_GROUP_SIZE = 50_000_000
-TINY_OVERRIDES = ["model.name=vit_tiny", "model.num_frames=8", "model.img_size=64", "deepspeed.offload_optimizer=none", "deepspeed.offload_param=none",
+TINY_OVERRIDES = ["model.name=vit_tiny", "model.num_frames=8", "model.img_size=64",
+                  "deepspeed.offload_optimizer=none", "deepspeed.offload_param=none",
                   "optim.impl=torch", "deepspeed.precision=fp32"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def extra_zero(ds: Any, sub_group_size: int) -> dict[str, Any]:
@@ -236,6 +230,7 @@ def launch(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
     import psutil
 
     from pipeline.core.config import load_config
+    from pipeline.core.net import free_port
     from pipeline.train.job_configs import PretrainConfig
 
     work = Path(tempfile.mkdtemp(prefix="vit_g_step_"))
@@ -246,7 +241,7 @@ def launch(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
     if "nvme" in (ds.offload_optimizer, ds.offload_param):
         nvme_root.mkdir(parents=True, exist_ok=True)
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.ranks)
-    env = dict(os.environ, DS_ACCELERATOR="cpu", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
+    env = dict(os.environ, DS_ACCELERATOR="cpu", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
                WORLD_SIZE=str(args.ranks), OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
     procs = []
     for r in range(args.ranks):

@@ -12,12 +12,7 @@ import random
 import socket
 from pathlib import Path
 
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from pipeline.core.net import free_port  # noqa: F401  (tests import it from here too)
 
 
 def _bindable(port: int) -> bool:

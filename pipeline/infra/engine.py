@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -32,6 +31,7 @@ from torch import nn
 
 from pipeline.core.config import help_field
 from pipeline.core.errors import TubeletError
+from pipeline.core.net import free_port
 from pipeline.models.hooks import param_groups
 
 Precision = Literal["bf16", "fp32", "fp16"]
@@ -204,12 +204,6 @@ def _deepspeed() -> Any:
     return deepspeed
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def init_distributed() -> tuple[int, int]:
     """Join the torch.distributed group (Ray Train / torchrun made one) or start a 1-rank one.
 
@@ -219,7 +213,7 @@ def init_distributed() -> tuple[int, int]:
     if not torch.distributed.is_initialized() and "RANK" not in os.environ:
         # A plain single process: give DeepSpeed the env it expects instead of MPI discovery.
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=os.environ.get("MASTER_PORT") or str(_free_port()))
+                          MASTER_PORT=os.environ.get("MASTER_PORT") or str(free_port()))
     deepspeed.init_distributed(dist_backend="nccl" if device_type() == "cuda" else "gloo")
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
 

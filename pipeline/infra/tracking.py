@@ -5,7 +5,8 @@
         tracker.log_metrics({"loss": 0.9, "lr": 1e-4}, step=10)
         tracker.log_image(reconstruction_grid(orig, masked, recon), "reconstruction", step=10)
 
-Every rank calls the same methods; only :func:`make_tracker` looks at the rank (STYLE rule 8).
+Every rank calls the same methods; only :func:`make_tracker` looks at the rank, so loop code
+never branches on it.
 The tracking URI is ``[tracking] tracking_uri``, else ``MLFLOW_TRACKING_URI``, else an embedded
 SQLite store ``sqlite:///runs/mlflow.db`` (this MLflow refuses a plain ``file://`` store). The
 tracker talks through an ``MlflowClient`` bound to that URI, never through mlflow's global

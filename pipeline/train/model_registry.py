@@ -4,7 +4,8 @@ A *model folder* holds ``model.pt`` (fp32 state dict of a :class:`~pipeline.mode
 and ``model.json`` (a :class:`ModelCard`: the ``[model]`` section, class names, the clip shape
 it was trained on, metrics). ``jobs.finetune`` writes one under ``<run>/export/`` and registers
 it: the folder is logged as the run's ``model/`` artifacts and a registry version points at it,
-with an alias (STACK.md: a state dict + config is a simpler contract than ``mlflow.pytorch``).
+with an alias (a state dict + card is a simpler, version-proof contract than a pickled
+``mlflow.pytorch`` model).
 
     register_model(tracking_cfg, run_id, "motion-vit", "champion", folder)
     model, card = load_classifier("models:/motion-vit@champion")   # or a folder, or a run folder

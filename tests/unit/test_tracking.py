@@ -9,6 +9,7 @@ import pytest
 from mlflow import MlflowClient
 
 from pipeline.core.config import config_hash, help_field
+from pipeline.core.net import free_port
 from pipeline.infra.tracking import (
     MlflowTracker,
     NullTracker,
@@ -139,9 +140,7 @@ def test_logging_before_start_is_an_error(cfg):
 
 
 def test_unreachable_server_fails_fast_in_one_line():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed once the block ends: nothing listens there
+    port = free_port()  # nothing listens there
     begin = time.monotonic()
     with pytest.raises(TrackingError) as err:
         make_tracker(TrackingConfig(tracking_uri=f"http://127.0.0.1:{port}", connect_timeout=2.0))
