@@ -11,7 +11,6 @@ were skipped and why, and the summary (:mod:`pipeline.workflow.summary`).
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import json
 import logging
@@ -140,9 +139,9 @@ class Runner:
         rec.update(run_id=run_id, status="running", fingerprint=fp or None, config=stable_config(stage.cfg),
                    upstream=upstream, attempts=int(rec.get("attempts", 0)) + 1, started=time.time())
         self.save()
-        cfg = copy.deepcopy(stage.cfg)  # the jobs resolve paths and class counts in place
+        cfg = stage.cfg  # the jobs never change a config: they resolve a copy on their driver
         if hasattr(cfg, "tracking"):
-            cfg.tracking = child_config(cfg.tracking, self.parent_id, stage.name, run_id)
+            cfg = dataclasses.replace(cfg, tracking=child_config(cfg.tracking, self.parent_id, stage.name, run_id))
         log.info("stage %s: %s", stage.name, why)
         t0 = time.monotonic()
         try:
