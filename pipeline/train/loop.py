@@ -31,11 +31,15 @@ from pipeline.models import create_model_from_config
 from pipeline.models.weights import load_file
 from pipeline.train import checkpoint as ckpt
 from pipeline.train import comm
+from pipeline.train.job_configs import EvaluateConfig, ExtractConfig, FinetuneConfig, PretrainConfig
 from pipeline.train.meter import Meter
 from pipeline.train.numerics import NonFiniteFault, NonFiniteGuard
 from pipeline.train.session import Session
 
 log = logging.getLogger(__name__)
+
+TrainJob = PretrainConfig | FinetuneConfig  # the configs of the loops that train (and checkpoint)
+LoopJob = TrainJob | EvaluateConfig | ExtractConfig  # the configs of every per-rank loop
 
 
 @dataclass
@@ -54,13 +58,13 @@ class Setup:
     state: dict[str, Any] = field(default_factory=dict)  # loop state saved with each checkpoint (e.g. "best")
 
 
-def require_shards(cfg: Any) -> None:
+def require_shards(cfg: LoopJob) -> None:
     """DataError unless ``data.shards`` names a shard set."""
     if not cfg.data.shards:
         raise DataError("data.shards is not set (a folder or s3:// prefix written by jobs.shard)")
 
 
-def model_factory(cfg: Any, task: str, prepare: Callable[[torch.nn.Module], None] | None = None
+def model_factory(cfg: TrainJob, task: str, prepare: Callable[[torch.nn.Module], None] | None = None
                   ) -> Callable[[], torch.nn.Module]:
     """``build()`` for :func:`~pipeline.infra.engine.build_engine`: the ``task`` model of ``cfg.model``
     with ``model.init``'s whole weights in (before the engine copies its fp32 masters), then ``prepare``."""
@@ -79,7 +83,7 @@ def model_factory(cfg: Any, task: str, prepare: Callable[[torch.nn.Module], None
     return build
 
 
-def setup(cfg: Any, session: Session, build: Callable[[], torch.nn.Module], loader: TrainLoader, meter: Meter,
+def setup(cfg: TrainJob, session: Session, build: Callable[[], torch.nn.Module], loader: TrainLoader, meter: Meter,
           rank: int, world: int, state: dict[str, Any] | None = None) -> Setup:
     """The engine and the position: fresh, or exactly where the run's last checkpoint left off
     (weights, optimizer, loader position, each rank's random stream, step, MLflow run and the
@@ -123,15 +127,15 @@ def backward_step(s: Setup, loss: torch.Tensor) -> torch.Tensor | None:
     return loss.detach().float()
 
 
-def guard(cfg: Any, last_checkpoint: int) -> NonFiniteGuard:
+def guard(cfg: TrainJob, last_checkpoint: int) -> NonFiniteGuard:
     return NonFiniteGuard(cfg.train.max_nonfinite, f"{cfg.run.output.rstrip('/')}/{cfg.run.name}", last_checkpoint)
 
 
-def fault(cfg: Any, rank: int, world: int) -> NonFiniteFault:
+def fault(cfg: TrainJob, rank: int, world: int) -> NonFiniteFault:
     return NonFiniteFault(cfg.train.fault_nonfinite_step, cfg.train.fault_nonfinite_count, rank == world - 1)
 
 
-def start_tracker(cfg: Any, stage: str, rank: int, world: int, device: Any, resume_run_id: str = "",
+def start_tracker(cfg: LoopJob, stage: str, rank: int, world: int, device: Any, resume_run_id: str = "",
                   **tags: Any) -> Tracker:
     """The rank's tracker (a no-op except on rank 0), started with the tags every loop sets."""
     tracker = make_tracker(cfg.tracking, rank)
@@ -170,7 +174,7 @@ def save_checkpoint(s: Setup, session: Session, report: dict[str, Any], lr: floa
     s.guard.last_checkpoint = s.step
 
 
-def maybe_fail(cfg: Any, step: int, rank: int) -> None:
+def maybe_fail(cfg: TrainJob, step: int, rank: int) -> None:
     """Fault injection for tests: kill rank 0's process once, right after ``train.fail_at_step``."""
     if rank != 0 or step != cfg.train.fail_at_step:
         return
