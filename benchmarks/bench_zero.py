@@ -174,9 +174,9 @@ def worker(args: argparse.Namespace) -> None:
 
 def run_stage(args: argparse.Namespace, stage: int, work: Path) -> list[dict[str, Any]]:
     """Launch 2 ranks for one stage; their results."""
-    from pipeline.infra.engine import _free_port
+    from pipeline.core.net import free_port
 
-    env = dict(os.environ, DS_ACCELERATOR="cpu", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
+    env = dict(os.environ, DS_ACCELERATOR="cpu", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
                WORLD_SIZE=str(args.ranks), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     procs = []
     for r in range(args.ranks):

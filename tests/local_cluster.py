@@ -12,7 +12,7 @@ import random
 import socket
 from pathlib import Path
 
-from pipeline.core.net import free_port  # noqa: F401  (tests import it from here too)
+from pipeline.core.net import free_port
 
 
 def _bindable(port: int) -> bool:

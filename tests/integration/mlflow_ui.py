@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.local_cluster import free_port
+from pipeline.core.net import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("TUBELET_TEST_ARTIFACTS", REPO / "runs" / "test-artifacts"))

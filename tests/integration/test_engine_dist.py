@@ -13,8 +13,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from pipeline.core.net import free_port
 from pipeline.infra.engine import DeepSpeedConfig, OptimConfig
-from tests.local_cluster import free_port
 
 TINY = dict(num_frames=4, img_size=32)
 GRID = (2, 2, 2)

@@ -27,8 +27,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.core.net import free_port
 from pipeline.submission import EXCLUDES, Cluster
-from tests.local_cluster import clean_environ, cluster_env, free_port, running
+from tests.local_cluster import clean_environ, cluster_env, running
 from tests.unit.shard_fixtures import make_shards
 
 REPO = Path(__file__).resolve().parents[2]

@@ -13,6 +13,7 @@ import pytest
 
 from jobs import submit as cli
 from pipeline.core.config import ConfigError
+from pipeline.core.net import free_port
 from pipeline.infra.tracking import TrackingError
 from pipeline.submission import (
     EXCLUDES,
@@ -29,7 +30,6 @@ from pipeline.submission import (
     runtime_env,
     tracking_warnings,
 )
-from tests.local_cluster import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "wJalrXUtnFEMI-not-a-real-key-7f3a"
