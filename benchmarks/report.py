@@ -39,6 +39,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
               ["--quick", "--model-step", "{results}/model_step.json"]),
     "zero_memory": ("bench_zero", [], ["--quick"]),
     "handoff": ("bench_handoff", [], ["--quick"]),
+    "startup": ("bench_startup", [], ["--quick"]),
 }
 ALIASES = {"hand-off": "handoff", "shard": "sharding", "data": "data_loading", "model": "model_step", "zero": "zero_memory"}
 VIT_G = "vit_g_step"

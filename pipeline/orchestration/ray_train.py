@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
@@ -46,6 +47,30 @@ def forwarded_env() -> dict[str, str]:
     if _inherited is not None:
         env = {k: v for k, v in env.items() if _inherited.get(k) != v}
     return env
+
+
+# Ray Train services with nothing to do in an embedded Ray (one node, serving one process): the
+# preemption watcher (an actor per worker group, watching for nodes being drained: an embedded
+# Ray has no other node to move to) and the controller's and workers' metrics (exported for a
+# dashboard that an embedded Ray does not run). Leaving them out saves a process and its start
+# at every job's start-up (benchmarks/bench_startup.py). A value the user set wins.
+EMBEDDED_RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_METRICS_ENABLED": "0"}
+
+
+@contextmanager
+def embedded_env() -> Iterator[None]:
+    """:data:`EMBEDDED_RAY_ENV` in this process while an embedded Ray lives: its processes inherit
+    it, and Ray Train's driver side reads it when a trainer starts."""
+    saved = {k: os.environ.get(k) for k in EMBEDDED_RAY_ENV}
+    os.environ.update({k: v for k, v in EMBEDDED_RAY_ENV.items() if k not in os.environ})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @contextmanager
@@ -89,17 +114,22 @@ def ray_session(address: str = "", num_cpus: int | None = None) -> Iterator[dict
             os.environ["RAY_AUTH_MODE"] = "token"
         log.info("connecting to Ray at %s", address)
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
-    else:
-        # Logical CPUs may exceed the physical ones: Ray Train's controller needs a slot of its own.
-        # Its processes are our children and inherit this environment: no runtime env needed.
-        _inherited = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+        try:
+            yield ray.cluster_resources()
+        finally:
+            ray.shutdown()
+        return
+    # Logical CPUs may exceed the physical ones: Ray Train's controller needs a slot of its own.
+    # Its processes are our children and inherit this environment: no runtime env needed.
+    _inherited = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+    with embedded_env():
         with _loopback_node():
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
-    try:
-        yield ray.cluster_resources()
-    finally:
-        ray.shutdown()
-        _inherited = None
+        try:
+            yield ray.cluster_resources()
+        finally:
+            ray.shutdown()
+            _inherited = None
 
 
 class RayTrainSession:
@@ -111,13 +141,17 @@ class RayTrainSession:
     and keeps the last ``num_to_keep``.
     """
 
-    def __init__(self, find_checkpoint: Any = None) -> None:
+    def __init__(self, find_checkpoint: Any = None, startup: dict[str, float] | None = None) -> None:
         import ray.train
+
+        from pipeline.train.meter import StartupClock
 
         context = ray.train.get_context()
         self.rank, self.local_rank = context.get_world_rank(), context.get_local_rank()
         self.world_size = context.get_world_size()
         self.find_checkpoint = find_checkpoint  # () -> newest complete checkpoint uri of the run, or None
+        self.startup = StartupClock(startup)  # the driver's marks (launch, ray); this worker's from here
+        self.startup.mark("workers")
 
     @contextmanager
     def restore_dir(self) -> Iterator[str | None]:
@@ -182,7 +216,7 @@ def _train_worker(config: dict[str, Any]) -> None:
     torch.set_num_threads(cfg.scaling.torch_threads or max(1, cfg.scaling.cpus_per_worker - loaders))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     run_dir = sio.join(cfg.run.output, cfg.run.name)
-    loop(cfg, RayTrainSession(find_checkpoint=lambda: latest_checkpoint(run_dir)))
+    loop(cfg, RayTrainSession(find_checkpoint=lambda: latest_checkpoint(run_dir), startup=config["startup"]))
 
 
 def worker_error(error: BaseException) -> TubeletError | None:
@@ -225,13 +259,15 @@ def fit(cfg: FitConfig, loop: Callable[[Any, Any], Any], *, keep_checkpoints: in
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
 
+    startup = {"launch": time.time()}  # the start-up clock's first marks; the workers add theirs
     storage_path, storage_fs = storage or storage_for(cfg.run.output)
     # Logical CPUs may exceed physical ones: Ray Train's controller needs a slot besides the workers.
     cpus = max(os.cpu_count() or 1, cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + 1)
     with ray_session(num_cpus=cpus):  # before the trainer: it must not start a Ray of its own
+        startup["ray"] = time.time()
         trainer = TorchTrainer(
             _train_worker,
-            train_loop_config={"cfg": cfg, "loop": loop, "loader_workers": loader_workers},
+            train_loop_config={"cfg": cfg, "loop": loop, "loader_workers": loader_workers, "startup": startup},
             scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                          resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
             run_config=RunConfig(name=cfg.run.name, storage_path=storage_path, storage_filesystem=storage_fs,

@@ -155,7 +155,8 @@ def finetune(cfg: FinetuneConfig, session: Session) -> dict[str, Any]:
     names = class_names(cfg)
     rank, world = eng.init_distributed()
     s = setup(cfg, session, rank, world)
-    tracker = loop.start_tracker(cfg, "finetune", rank, world, s.engine.device, s.run_id, mode=cfg.finetune.mode)
+    tracker = loop.start_tracker(cfg, "finetune", rank, world, s.engine.device, s.run_id, s.startup,
+                                 mode=cfg.finetune.mode)
     s.run_id = tracker.run_id or s.run_id
     mixer = Mixup(cfg.mixup, cfg.model.num_classes)
     val_every = cfg.finetune.val_every or s.loader.steps_per_epoch

@@ -32,7 +32,7 @@ from pipeline.models.weights import load_file
 from pipeline.train import checkpoint as ckpt
 from pipeline.train import comm
 from pipeline.train.job_configs import EvaluateConfig, ExtractConfig, FinetuneConfig, PretrainConfig
-from pipeline.train.meter import Meter
+from pipeline.train.meter import Meter, StartupClock
 from pipeline.train.numerics import NonFiniteFault, NonFiniteGuard
 from pipeline.train.session import Session
 
@@ -56,6 +56,8 @@ class Setup:
     guard: NonFiniteGuard
     fault: NonFiniteFault
     state: dict[str, Any] = field(default_factory=dict)  # loop state saved with each checkpoint (e.g. "best")
+    startup: StartupClock = field(default_factory=StartupClock)  # the session's: logged with the first step
+    rank: int = 0
 
 
 def require_shards(cfg: LoopJob) -> None:
@@ -103,8 +105,10 @@ def setup(cfg: TrainJob, session: Session, build: Callable[[], torch.nn.Module],
             state.update({k: restore.loop[k] for k in state if k in restore.loop})
             log.info("resumed at step %d (epoch %d, data step %d)", step, loader.epoch, loader.step)
     comm.check_placement(engine.module, engine.device, offloaded=cfg.deepspeed.offload_param != "none")
+    session.startup.mark("engine")
     return Setup(engine, schedule, loader, meter, eng.compute_dtype(cfg.deepspeed), step, run_id,
-                 guard(cfg, step if restore is not None else -1), fault(cfg, rank, world), state)
+                 guard(cfg, step if restore is not None else -1), fault(cfg, rank, world), state,
+                 session.startup, rank)
 
 
 def next_batch(s: Setup, batches: Any) -> Any:
@@ -136,12 +140,15 @@ def fault(cfg: TrainJob, rank: int, world: int) -> NonFiniteFault:
 
 
 def start_tracker(cfg: LoopJob, stage: str, rank: int, world: int, device: Any, resume_run_id: str = "",
-                  **tags: Any) -> Tracker:
-    """The rank's tracker (a no-op except on rank 0), started with the tags every loop sets."""
+                  startup: StartupClock | None = None, **tags: Any) -> Tracker:
+    """The rank's tracker (a no-op except on rank 0), started with the tags every loop sets; marks
+    the end of ``startup``'s ``tracking`` phase."""
     tracker = make_tracker(cfg.tracking, rank)
     tracker.start(run_name=cfg.run.name, config=cfg, resume_run_id=resume_run_id,
                   tags={"stage": stage, **tags, "world_size": world, "config_hash": config_hash(cfg),
                         "dist_backend": comm.backend(), "device": str(device)})
+    if startup is not None:
+        startup.mark("tracking")
     return tracker
 
 
@@ -158,10 +165,17 @@ def data_metrics(loader: TrainLoader) -> dict[str, int]:
 
 def step_metrics(s: Setup, means: dict[str, torch.Tensor]) -> dict[str, Any]:
     """What a training loop logs at ``s.step``: ``means`` averaged over ranks, lr, grad norm,
-    skipped losses, throughput and data health."""
-    return {**comm.mean_floats(means), "lr": s.schedule(s.step - 1), "grad_norm": eng.grad_norm(s.engine),
-            "nonfinite_skipped": s.guard.skipped, **s.meter.window(s.step, comm.host_syncs()),
-            **data_metrics(s.loader)}
+    skipped losses, throughput and data health; the first time, also where the start-up went
+    (``startup/*_s``: rank 0's clock, printed in one line by rank 0)."""
+    metrics = {**comm.mean_floats(means), "lr": s.schedule(s.step - 1), "grad_norm": eng.grad_norm(s.engine),
+               "nonfinite_skipped": s.guard.skipped, **s.meter.window(s.step, comm.host_syncs()),
+               **data_metrics(s.loader)}
+    if "first_step" not in s.startup.marks:
+        s.startup.mark("first_step", s.meter.first_step_at)
+        metrics.update(s.startup.metrics())
+        if s.rank == 0:
+            log.info("%s", s.startup.summary())
+    return metrics
 
 
 def save_checkpoint(s: Setup, session: Session, report: dict[str, Any], lr: float, rank: int, world: int) -> None:

@@ -110,7 +110,7 @@ def pretrain(cfg: PretrainConfig, session: Session) -> dict[str, Any]:
     check_config(cfg)
     rank, world = eng.init_distributed()
     s = setup(cfg, session, rank, world)
-    tracker = loop.start_tracker(cfg, "pretrain", rank, world, s.engine.device, s.run_id)
+    tracker = loop.start_tracker(cfg, "pretrain", rank, world, s.engine.device, s.run_id, s.startup)
     s.run_id = tracker.run_id or s.run_id
     batches, metrics, status = s.loader.forever(), {}, "FAILED"
     try:

@@ -2,7 +2,7 @@
 checkpoints go and come from: a Ray Train run, or a plain folder (tests, one process).
 
 Every loop (``pretrain``, ``finetune``, ``evaluate``, ``extract``) reads ``rank``, ``local_rank``
-and ``world_size``; the training loops also call ``restore_dir()``, ``staging_dir(step)`` and
+and ``world_size``, and marks its start-up phases on ``startup``; the training loops also call ``restore_dir()``, ``staging_dir(step)`` and
 ``report(metrics, dir)``. :class:`pipeline.orchestration.ray_train.RayTrainSession` implements
 them with Ray Train's context and storage.
 """
@@ -18,11 +18,14 @@ from typing import Any, Protocol
 
 import torch.distributed as dist
 
+from pipeline.train.meter import StartupClock
+
 
 class Session(Protocol):
     rank: int
     local_rank: int
     world_size: int
+    startup: StartupClock  # from the job's launch on the driver
 
     def restore_dir(self) -> contextlib.AbstractContextManager[str | None]: ...
     def staging_dir(self, step: int) -> Path: ...
@@ -38,6 +41,8 @@ class LocalSession:
 
     def __init__(self, root: str | Path, rank: int = 0, local_rank: int = 0, world_size: int = 1) -> None:
         self.root, self.rank, self.local_rank, self.world_size = Path(root), rank, local_rank, world_size
+        self.startup = StartupClock()  # launched now; the loop marks the rest
+        self.startup.mark("workers")
         self.root.mkdir(parents=True, exist_ok=True)
         self.reports: list[dict[str, Any]] = []
 

@@ -10,13 +10,17 @@ import pytest
 
 @pytest.fixture(scope="session")
 def ray_local() -> Iterator[None]:
-    """One embedded Ray for the session (4 logical CPUs: Ray Train's controller needs a slot)."""
+    """One embedded Ray for the session (4 logical CPUs: Ray Train's controller needs a slot), with
+    the environment every embedded Ray of the jobs gets (``EMBEDDED_RAY_ENV``)."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+    from pipeline.orchestration.ray_train import embedded_env
+
+    with embedded_env():
+        if not ray.is_initialized():
+            ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+        yield
+        ray.shutdown()
 
 
 @pytest.fixture(scope="session")

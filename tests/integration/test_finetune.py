@@ -24,6 +24,8 @@ from pipeline.orchestration.sharding import ShardSection, shard
 from pipeline.train.job_configs import EvaluateConfig, FinetuneConfig
 from pipeline.train.model_registry import load_classifier
 
+pytestmark = pytest.mark.usefixtures("mlflow_db")  # a copy of a migrated tracking DB in tmp_path (tests/conftest.py)
+
 REPO = Path(__file__).resolve().parents[2]
 # translation classes: the 4-frame 32 px tiny model learns them within the test's 48 steps (rotations it does not)
 CLASSES = sorted(["left", "right", "up", "down"])  # the shard index sorts label names

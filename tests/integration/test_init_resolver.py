@@ -17,6 +17,8 @@ from pipeline.core.errors import TubeletError
 from pipeline.train.model_registry import CARD, FINETUNE_INIT_FILES, WEIGHTS, register_model, resolve_init
 from tests.integration.test_finetune import _ft, data  # noqa: F401 - the labelled shards fixture
 
+pytestmark = pytest.mark.usefixtures("mlflow_db")  # a copy of a migrated tracking DB in tmp_path (tests/conftest.py)
+
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -18,6 +18,8 @@ from tests.integration.test_pretrain import (
     shards,  # noqa: F401  (the module's shard fixture)
 )
 
+pytestmark = pytest.mark.usefixtures("mlflow_db")  # a copy of a migrated tracking DB in tmp_path (tests/conftest.py)
+
 # ---- non-finite losses -------------------------------------------------------------------------
 
 

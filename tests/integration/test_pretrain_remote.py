@@ -5,13 +5,14 @@
   ``RAY_ADDRESS`` and its two Ray Train workers land on both nodes; ``down.sh`` stops exactly
   the recorded processes.
 - Shards on a moto S3 endpoint, Ray Train checkpoints and the exported weights under ``s3://``,
-  and a relaunch that resumes from the S3 checkpoint.
+  and a relaunch that resumes exactly from the S3 checkpoint, each rank fetching only its files.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -25,6 +26,8 @@ from mlflow import MlflowClient
 from pipeline.core import io as sio
 from pipeline.data.synthetic import generate_synthetic
 from tests.local_cluster import cluster_env, running
+
+pytestmark = pytest.mark.usefixtures("mlflow_db")  # a copy of a migrated tracking DB in tmp_path (tests/conftest.py)
 
 REPO = Path(__file__).resolve().parents[2]
 UP, DOWN = REPO / "cluster/local/up.sh", REPO / "cluster/local/down.sh"
@@ -152,21 +155,58 @@ def _pretrain(*sets: str) -> subprocess.CompletedProcess:
     return job
 
 
+FETCHED = re.compile(r"rank (\d+) restore fetched (\d+) of (\d+) files, (\d+) of (\d+) bytes: (\[.*\])")
+
+
+def _losses(tracking: str, name: str) -> dict[int, list[float]]:
+    """Every logged loss per step (a step run twice, before and after a resume, has two)."""
+    client = MlflowClient(tracking)
+    run = client.search_runs(client.get_experiment_by_name("tubelet").experiment_id,
+                             filter_string=f"attributes.run_name = '{name}'")[0]
+    out: dict[int, list[float]] = {}
+    for m in client.get_metric_history(run.info.run_id, "loss"):
+        out.setdefault(m.step, []).append(m.value)
+    return out
+
+
 def test_pretrain_with_s3_shards_and_checkpoints_resumes(s3_shards: str, tmp_path: Path) -> None:
+    """Shards, checkpoints and the export on S3 (moto server), 2 workers, ZeRO-2: 6 steps with a
+    checkpoint every 2; the step-6 checkpoint is then made incomplete (as if killed mid-upload), so
+    the relaunch by name resumes from step 4 and runs steps 5 and 6 again, with the same losses,
+    from the files each rank fetched: the shared ones and its own, never the other rank's."""
     output, tracking = f"s3://tubelet/{uuid.uuid4().hex[:8]}/runs", f"sqlite:///{tmp_path / 'mlflow.db'}"
-    sets = [f"data.shards={s3_shards}", f"run.output={output}", "run.name=s3", "train.checkpoint_every=2",
+    sets = [f"data.shards={s3_shards}", f"run.output={output}", "run.name=s3", "train.steps=6",
+            "train.checkpoint_every=2", "deepspeed.zero_stage=2", "model.drop_path=0.1",
             f"tracking.tracking_uri={tracking}", *TINY]
-
-    _pretrain(*sets, "train.steps=4")
+    _pretrain(*sets)
     run_dir = sio.join(output, "s3")
-    assert sio.exists(sio.join(run_dir, "export", "pretrain_fp32.pt"))
-    checkpoints = [u for u in sio.listdir(run_dir) if u.rstrip("/").rsplit("/", 1)[-1].startswith("checkpoint_")]
-    assert checkpoints, sio.listdir(run_dir)
-    assert _history(tracking, "s3") == [1, 2, 3, 4]
+    export = sio.join(run_dir, "export", "pretrain_fp32.pt")
+    assert sio.exists(export)
+    sio.remove(export)
+    assert sorted(_losses(tracking, "s3")) == [1, 2, 3, 4, 5, 6]
+    newest = [u for u in sio.listdir(run_dir) if u.rstrip("/").rsplit("/", 1)[-1].startswith("checkpoint_")
+              and sio.exists(sio.join(u, "loop.json")) and json.loads(sio.read_text(sio.join(u, "loop.json")))["step"] == 6]
+    assert len(newest) == 1, sio.listdir(run_dir)
+    sio.remove(sio.join(newest[0], "files", "rank1.json"))  # as if killed mid-upload: resume from step 4
 
-    # Same name, more steps: resumes from the S3 checkpoint of step 4, so steps 1-4 are neither
-    # run nor logged again.
-    job = _pretrain(*sets, "train.steps=6")
-    assert "resumed at step 4" in job.stdout + job.stderr
-    assert _history(tracking, "s3") == [1, 2, 3, 4, 5, 6]
-    assert sio.exists(sio.join(run_dir, "export", "pretrain_fp32.pt"))
+    job = _pretrain(*sets)
+    text = job.stdout + job.stderr
+    assert "resumed at step 4" in text
+    assert sio.exists(export), "the relaunch exports again"
+    records = {int(m.group(1)): m for m in FETCHED.finditer(text)}
+    assert sorted(records) == [0, 1], text[-3000:]
+    for rank, m in records.items():
+        names, other = json.loads(m.group(6)), 1 - rank
+        tag = "ds/step00000004"
+        assert {"loop.json", f"rng/rank{rank}.pt", f"{tag}/mp_rank_00_model_states.pt",
+                f"{tag}/zero_pp_rank_{rank}_mp_rank_00_optim_states.pt"} <= set(names), names
+        assert not [n for n in names if f"rank_{other}_" in n or n.endswith(f"rank{other}.pt")
+                    or n.endswith(f"rank{other}.json")], names
+        fetched, total = int(m.group(4)), int(m.group(5))
+        print(f"rank {rank}: fetched {m.group(2)} of {m.group(3)} files, {fetched} of {total} bytes")
+        assert fetched < total
+    losses = _losses(tracking, "s3")
+    assert sorted(losses) == list(range(1, 7))
+    assert all(len(losses[step]) == 1 for step in (1, 2, 3, 4)), "steps before the checkpoint ran again"
+    for step in (5, 6):  # run before and after the resume: identical
+        assert len(losses[step]) == 2 and losses[step][0] == losses[step][1], (step, losses[step])

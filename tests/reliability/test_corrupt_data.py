@@ -22,7 +22,7 @@ from pipeline.train.job_configs import PretrainConfig
 from tests.reliability.conftest import REPO, TINY
 from tests.unit.shard_fixtures import corrupt_header, sample, truncate, write_tar
 
-pytestmark = pytest.mark.reliability
+pytestmark = [pytest.mark.reliability, pytest.mark.usefixtures("mlflow_db")]  # mlflow_db: tests/conftest.py
 
 
 @pytest.fixture(scope="module")
