@@ -17,6 +17,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Protocol
 
 import ray
@@ -24,6 +25,7 @@ import ray
 from pipeline.core import io as sio
 from pipeline.core.errors import TubeletError
 from pipeline.core.job_env import JOB_ENV
+from pipeline.orchestration.console import CONSOLE_ENV, WorkerLogs, log_path, mark_worker_logs
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +98,44 @@ def _loopback_node() -> Iterator[None]:
 
 
 @contextmanager
-def ray_session(address: str = "", num_cpus: int | None = None) -> Iterator[dict[str, Any]]:
-    """Connect to Ray for the duration of a job; yields the cluster's resources."""
+def quiet_console(path: Path | None) -> Iterator[Path | None]:
+    """While Ray runs (after ``ray.init(log_to_driver=True)``): worker lines to ``path``, ours to
+    the console; yields the path (None when nothing changed: no path, or ``TUBELET_CONSOLE=all``)."""
+    if path is None or os.environ.get(CONSOLE_ENV, "").lower() == "all":
+        yield None
+        return
+    from ray._private.worker import global_worker_stdstream_dispatcher as dispatcher  # where Ray's printer hangs
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as file:
+        dispatcher.remove_handler("ray_print_logs")
+        dispatcher.add_handler("ray_print_logs", WorkerLogs(file))
+        log.info("worker logs: %s (Ray's and the libraries' messages; %s=all prints them here)", path, CONSOLE_ENV)
+        try:
+            yield path
+        finally:
+            dispatcher.remove_handler("ray_print_logs")  # ray.shutdown removes it too: either may come first
+
+
+def token_note() -> str:
+    """Say where the token of a Ray that uses token authentication is kept, when it is a file
+    (Ray 2.60 writes one to ``~/.ray/auth_token`` for a new local Ray if none exists)."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token" or os.environ.get("RAY_AUTH_TOKEN"):
+        return ""
+    path = os.path.expanduser(os.environ.get("RAY_AUTH_TOKEN_PATH") or "~/.ray/auth_token")
+    note = (f"Ray token authentication: the token is in {path} (Ray made it if it was missing; "
+            "RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN name another)")
+    log.info("%s", note)
+    return note
+
+
+@contextmanager
+def ray_session(address: str = "", num_cpus: int | None = None, log_file: Path | None = None
+                ) -> Iterator[dict[str, Any]]:
+    """Connect to Ray for the duration of a job; yields the cluster's resources.
+
+    ``log_file``: where the lines Ray streams from workers go (:func:`quiet_console`:
+    ours still reach the console); None prints them all, as Ray does."""
     if ray.is_initialized():
         yield ray.cluster_resources()
         return
@@ -114,10 +152,11 @@ def ray_session(address: str = "", num_cpus: int | None = None) -> Iterator[dict
             os.environ["RAY_AUTH_MODE"] = "token"
         log.info("connecting to Ray at %s", address)
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
-        try:
-            yield ray.cluster_resources()
-        finally:
-            ray.shutdown()
+        with quiet_console(log_file):
+            try:
+                yield ray.cluster_resources()
+            finally:
+                ray.shutdown()
         return
     # Logical CPUs may exceed the physical ones: Ray Train's controller needs a slot of its own.
     # Its processes are our children and inherit this environment: no runtime env needed.
@@ -125,11 +164,13 @@ def ray_session(address: str = "", num_cpus: int | None = None) -> Iterator[dict
     with embedded_env():
         with _loopback_node():
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
-        try:
-            yield ray.cluster_resources()
-        finally:
-            ray.shutdown()
-            _inherited = None
+        token_note()
+        with quiet_console(log_file):
+            try:
+                yield ray.cluster_resources()
+            finally:
+                ray.shutdown()
+                _inherited = None
 
 
 class RayTrainSession:
@@ -169,7 +210,6 @@ class RayTrainSession:
             yield uri
             return
         import tempfile
-        from pathlib import Path
 
         from pipeline.train.checkpoint import fetch_for_rank
 
@@ -179,7 +219,6 @@ class RayTrainSession:
 
     def staging_dir(self, step: int) -> Any:
         import tempfile
-        from pathlib import Path
 
         return Path(tempfile.mkdtemp(prefix=f"tubelet-ckpt-{step:08d}-rank{self.rank}-"))
 
@@ -215,6 +254,7 @@ def _train_worker(config: dict[str, Any]) -> None:
     loaders = config["loader_workers"]
     torch.set_num_threads(cfg.scaling.torch_threads or max(1, cfg.scaling.cpus_per_worker - loaders))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    mark_worker_logs()  # our lines reach the user's console; Ray's go to the job's worker log
     run_dir = sio.join(cfg.run.output, cfg.run.name)
     loop(cfg, RayTrainSession(find_checkpoint=lambda: latest_checkpoint(run_dir), startup=config["startup"]))
 
@@ -263,7 +303,7 @@ def fit(cfg: FitConfig, loop: Callable[[Any, Any], Any], *, keep_checkpoints: in
     storage_path, storage_fs = storage or storage_for(cfg.run.output)
     # Logical CPUs may exceed physical ones: Ray Train's controller needs a slot besides the workers.
     cpus = max(os.cpu_count() or 1, cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + 1)
-    with ray_session(num_cpus=cpus):  # before the trainer: it must not start a Ray of its own
+    with ray_session(num_cpus=cpus, log_file=log_path(sio.join(cfg.run.output, cfg.run.name))):  # before the trainer
         startup["ray"] = time.time()
         trainer = TorchTrainer(
             _train_worker,

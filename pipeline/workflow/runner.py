@@ -181,12 +181,13 @@ class Runner:
         """One Ray for every stage, started when the first stage needs it (a rerun that skips all needs none)."""
         if self._ray_on:
             return
+        from pipeline.orchestration.console import log_path
         from pipeline.orchestration.ray_train import ray_session
 
         need = [s.cfg.scaling.num_workers * s.cfg.scaling.cpus_per_worker + 1 for s in self.stages
                 if s.selected and hasattr(s.cfg, "scaling")]
         cpus = self.cfg.pipeline.num_cpus or max([os.cpu_count() or 1, *need])
-        self._ray.enter_context(ray_session(self.cfg.pipeline.ray_address, cpus))
+        self._ray.enter_context(ray_session(self.cfg.pipeline.ray_address, cpus, log_file=log_path(self.root)))
         self._ray_on = True
 
     def record(self, status: str) -> dict[str, Any]:

@@ -180,6 +180,18 @@ def short_tmp(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
 
 
+def wait_in_worker_log(run_dir: Path, pattern: re.Pattern[str], timeout: float) -> re.Match[str]:
+    """The first match of ``pattern`` in the run's worker logs (``<run>/logs/ray-*.log``), waiting for it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for path in sorted((run_dir / "logs").glob("ray-*.log")):
+            match = pattern.search(path.read_text(errors="replace"))
+            if match:
+                return match
+        time.sleep(0.5)
+    raise AssertionError(f"{pattern.pattern!r} not in the worker logs of {run_dir} after {timeout} s")
+
+
 def step_lines(text: str) -> list[int]:
     """Steps printed by rank 0, in output order."""
     return [int(m.group(1)) for m in STEP_LINE.finditer(text)]
@@ -226,8 +238,8 @@ def pretrain_faults(pretrain_shards: str, tmp_path_factory: pytest.TempPathFacto
     first = Job("jobs.pretrain", args, env=secret_env(ray_tmps[0]), log=tmp / "launch1.log")
     second: Job | None = None
     try:
-        line = first.wait_for(lambda s: re.search(r"pid=(\d+)\) world_rank=1\b", s) is not None, timeout=240)
-        rank1 = int(re.search(r"pid=(\d+)\) world_rank=1\b", line).group(1))  # type: ignore[union-attr]
+        # Ray Train says which process is rank 1; the console shows our lines only, its worker log all
+        rank1 = int(wait_in_worker_log(run_dir, re.compile(r"pid=(\d+)\) world_rank=1\b"), timeout=240).group(1))
         first.wait_for(lambda s: step_lines(s) == [6], timeout=240)
         first.remember_tree()
         assert rank1 in first.seen, f"rank 1 (pid {rank1}) is not a process of the job we started"

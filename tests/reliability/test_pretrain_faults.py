@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,20 @@ def test_killed_driver_relaunch_resumes_from_newest_complete_checkpoint(pretrain
     assert printed == list(range(expected + 1, f["steps"] + 1)), "the relaunch skipped or repeated a step"
     last = json.loads((Path(latest_checkpoint(str(f["run_dir"]))) / LOOP_FILE).read_text())
     assert last["step"] == f["steps"] and last["world_size"] == 2
+
+
+def test_the_console_shows_our_lines_and_the_worker_log_keeps_the_rest(pretrain_faults: dict[str, Any]) -> None:
+    """Ray's chatter (its controller's worker-group lines, per-rank checkpoint reports) stays off
+    the console and in the run's worker log, whose path the console names; our lines reach it."""
+    text = pretrain_faults["launch2"]
+    named = re.search(r"worker logs: (\S+\.log)", text)
+    assert named, text[-3000:]
+    log = Path(named.group(1)).read_text()
+    assert Path(named.group(1)).parent == pretrain_faults["run_dir"] / "logs"
+    assert step_lines(text) and "resumed at step" in text
+    for chatter in ("Reporting training result", "world_rank=0", "Checkpoint successfully created"):
+        assert chatter not in text, f"{chatter!r} on the console"
+        assert chatter in log, f"{chatter!r} not in the worker log"
 
 
 def test_driver_kill_takes_its_ray_down(pretrain_faults: dict[str, Any]) -> None:
