@@ -185,7 +185,7 @@ class ExtractConfig:
 
     ``model.init``: ``models:/name@alias``, a fine-tuning run / model folder, a pre-training run or
     export folder (``pretrain_fp32.pt``), a weights file (ours or official VideoMAE; then ``model.*``
-    gives the architecture), or empty for a random init seeded with ``run.seed`` (a baseline).
+    gives the architecture), or ``random`` (or empty) for a random init seeded with ``run.seed`` (a baseline).
     """
 
     run: RunSection = field(default_factory=RunSection)
