@@ -83,7 +83,7 @@ SET     ?=
 pretrain: $(STAMP) ## pre-train on the synthetic shards (make demo first): make pretrain CONFIG=pretrain/demo [SET="train.steps=100"]
 	$(PY) -m jobs.pretrain --config $(or $(CONFIG),pretrain/demo) $(foreach s,$(SET),--set '$(s)')
 
-finetune: $(STAMP) ## fine-tune on labelled shards: make finetune INIT=runs/pipeline/demo/pretrain SET="model.patch_size=8 data.sampling_rate=4"
+finetune: $(STAMP) ## fine-tune on labelled shards: make finetune INIT=runs/pipeline/demo/pretrain SET="model.patch_size=8 data.sampling_rate=4" (INIT=random: a random-init baseline; INIT is required)
 	$(PY) -m jobs.finetune --config $(or $(CONFIG),finetune/demo) $(if $(INIT),--set model.init=$(INIT)) $(foreach s,$(SET),--set '$(s)')
 
 evaluate: $(STAMP) ## multi-view evaluation: make evaluate MODEL=runs/pipeline/demo/finetune SET="data.sampling_rate=4"

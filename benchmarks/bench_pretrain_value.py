@@ -269,7 +269,7 @@ def run_seed(a: argparse.Namespace, work: Path, shards: Path, seed: int) -> dict
     t0 = time.perf_counter()
     pt = pretrain(a, work, shards, f"pt-{a.tag}-s{seed}", seed)
     results = {}
-    for init_name, init in (("pretrained", pt["run"]), ("random", "")):
+    for init_name, init in (("pretrained", pt["run"]), ("random", "random")):
         results[init_name] = run_init(a, work, shards, f"ft-{a.tag}-s{seed}-{init_name}", init, seed)
         r = results[init_name]
         print(f"[bench] seed {seed} {init_name}: budget {r['chosen_steps']} (val)  val {r['val']['top1']:.3f}  "

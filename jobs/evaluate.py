@@ -17,9 +17,10 @@ import logging
 
 from jobs._cli import job_main
 from pipeline.core import io as sio
-from pipeline.core.config import to_toml
+from pipeline.core.config import ConfigError, to_toml
 from pipeline.core.errors import DataError
 from pipeline.data.shard_index import ShardIndex
+from pipeline.models.model_config import init_weights
 from pipeline.orchestration.driver import resolve_on_driver
 from pipeline.orchestration.ray_train import fit, scratch_storage
 from pipeline.train.evaluate import evaluate
@@ -32,8 +33,9 @@ log = logging.getLogger("jobs.evaluate")
 def prepare(cfg: EvaluateConfig) -> EvaluateConfig:
     """The resolved config (absolute paths, the tracking URI, ``model.init`` as one concrete model
     folder or weights file); ``cfg`` is left as it was. Fails in one line."""
-    if not cfg.model.init:
-        raise DataError("model.init is not set: models:/name@alias, a fine-tuning run folder or a weights file")
+    if not init_weights(cfg.model.init):  # '' or "random": nothing trained to evaluate
+        raise ConfigError(f"model.init is {cfg.model.init or 'empty'}: name the model to evaluate "
+                        "(models:/name@alias, a fine-tuning run folder or a weights file)")
     require_shards(cfg)
     cfg = resolve_on_driver(cfg, model_folders=True)
     index = ShardIndex.load(cfg.data.shards)

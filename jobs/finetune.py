@@ -6,12 +6,16 @@
 ``model.init``: a pre-training run folder (its ``export/pretrain_fp32.pt``), an export folder, a
 weights file (ours or a public VideoMAE V1/V2 checkpoint, pre-trained or fine-tuned), a model
 folder (each local or ``s3://``), ``runs:/<run_id>/<path>``, ``models:/name@alias`` or
-``models:/name/<version>``; empty = random init. It is resolved once here to one concrete file;
+``models:/name/<version>``, or ``random`` for a random init (a baseline: said by name, an empty
+``model.init`` is refused in one line before anything starts). It is resolved once here to one concrete file;
 each node downloads a remote one once into its cache. The checkpoint is checked against the
 model in the driver first: another architecture or patch size stops the job in one line, a head
 with another class count is re-initialised (printed). Relaunching the same ``run.name`` resumes.
 At the end ``<run>/export/{best,last}`` hold model folders; with ``tracking.registered_model``
-the kept one is registered in MLflow with ``finetune.registered_alias``.
+the kept one is registered in MLflow, tagged with the validation top-1 it was kept on and what
+that was measured on. ``finetune.registered_alias`` moves to it per ``finetune.promote``: by
+default only when no version holds the alias or the holder scored lower on the same validation
+data; the job says in one line what happened.
 """
 
 from __future__ import annotations
@@ -25,10 +29,11 @@ from jobs._cli import job_main
 from pipeline.core import io as sio
 from pipeline.core.config import to_toml, with_values
 from pipeline.data.shard_index import ShardIndex
+from pipeline.models.model_config import RANDOM_INIT, init_weights
 from pipeline.models.weights import CheckpointError, LoadReport
 from pipeline.orchestration.driver import resolve_on_driver
 from pipeline.orchestration.ray_train import fit
-from pipeline.train.finetune import check_config, class_names, finetune
+from pipeline.train.finetune import check_config, class_names, finetune, validation_data
 from pipeline.train.job_configs import FinetuneConfig
 from pipeline.train.model_registry import CARD, FINETUNE_INIT_FILES, register_model
 from pipeline.train.model_registry import resolve_init as resolve_init_uri
@@ -36,14 +41,15 @@ from pipeline.train.model_registry import resolve_init as resolve_init_uri
 log = logging.getLogger("jobs.finetune")
 
 def resolve_init(spec: str, tracking_uri: str = "") -> str:
-    """The weights file ``model.init`` names (see the module docstring), local or s3://; '' stays ''."""
+    """The weights file ``model.init`` names (see the module docstring), local or s3://; '' and
+    ``random`` stay as they are."""
     return resolve_init_uri(spec, tracking_uri or None, FINETUNE_INIT_FILES)
 
 
 def check_init(cfg: FinetuneConfig) -> LoadReport | None:
     """Load ``model.init`` into a shapes-only (meta) classifier: the architecture check and the notes
     (skipped decoder, re-initialised head) before any worker starts. Raises CheckpointError."""
-    if not cfg.model.init:
+    if not init_weights(cfg.model.init):
         return None
     import torch
 
@@ -78,6 +84,8 @@ def prepare(cfg: FinetuneConfig) -> FinetuneConfig:
     report = check_init(cfg)
     if report is not None:
         print(f"init {cfg.model.init}: {report}")
+    elif cfg.model.init == RANDOM_INIT:
+        print(f"model.init=random: fine-tuning from a random init (run.seed {cfg.run.seed}), no pre-trained weights")
     return cfg
 
 
@@ -100,10 +108,9 @@ def run(cfg: FinetuneConfig) -> int:
     print(f"run: {run_dir}  model: {folder}  metrics: {card['metrics']}")
     run_id = card["source"].get("mlflow_run_id", "")
     if cfg.tracking.enabled and cfg.tracking.registered_model and run_id:
-        version = register_model(cfg.tracking.tracking_uri, run_id, cfg.tracking.registered_model,
-                                 cfg.finetune.registered_alias, folder)
-        alias = f"@{cfg.finetune.registered_alias}" if cfg.finetune.registered_alias else f"/{version}"
-        print(f"registered: models:/{cfg.tracking.registered_model}{alias} (version {version})")
+        registration = register_model(cfg.tracking.tracking_uri, run_id, cfg.tracking.registered_model,
+                                      cfg.finetune.registered_alias, folder, cfg.finetune.promote, validation_data(cfg))
+        print(registration.message)
     return 0
 
 

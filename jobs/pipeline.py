@@ -52,7 +52,7 @@ def format_summary(s: dict[str, Any]) -> str:
     for name, label in (("finetune", "fine-tune"), ("baseline", "baseline")):
         if name in s:
             f = s[name]
-            what = "from pre-training" if f["init"] else "from random init"
+            what = "from pre-training" if f["init"] not in ("", "random") else "from random init"
             reg = f"  registered {f['registered']}" if f.get("registered") else ""
             lines.append(f"{label:<10} val top-1 {_num(f['val_top1'])} ({what})  -> {f['model']}{reg}")
     if "evaluate" in s:

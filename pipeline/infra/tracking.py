@@ -462,10 +462,11 @@ def run_artifact_uri(tracking_uri: str, run_id: str) -> str:
         raise TrackingError(f"run {run_id} not found at {redact_url(tracking_uri)}: {_first_line(exc)}") from None
 
 
-def register_version(tracking_uri: str, run_id: str, name: str, alias: str, files: list[Path],
-                     artifact_path: str = "model") -> str:
-    """Log ``files`` as the run's ``artifact_path/`` artifacts, register a version of ``name`` from
-    them (creating the model if needed), point ``alias`` at it; returns the version number."""
+def register_version(tracking_uri: str, run_id: str, name: str, files: list[Path], artifact_path: str = "model",
+                     tags: dict[str, str] | None = None) -> str:
+    """Log ``files`` as the run's ``artifact_path/`` artifacts and register a version of ``name`` from
+    them (creating the model if needed) with ``tags``; returns the version number. Aliases are
+    moved separately (:func:`set_alias`), by whoever decides that the version earned one."""
     client = _registry_client(tracking_uri)
     for file in files:
         client.log_artifact(run_id, str(file), artifact_path)
@@ -474,10 +475,35 @@ def register_version(tracking_uri: str, run_id: str, name: str, alias: str, file
     except Exception:  # absent: the first version creates it
         client.create_registered_model(name, description="Tubelet video classifier (state dict + model.json)")
     source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
-    version = client.create_model_version(name, source, run_id=run_id)
-    if alias:
-        client.set_registered_model_alias(name, alias, version.version)
+    version = client.create_model_version(name, source, run_id=run_id, tags=tags or None)
     return str(version.version)
 
 
-__all__ += ["model_version_source", "register_version", "run_artifact_uri"]
+def alias_holder(tracking_uri: str, name: str, alias: str) -> tuple[str, dict[str, str], str] | None:
+    """``(version, tags, run_id)`` of the version of ``name`` that ``alias`` points at; None when no
+    version holds it (or the model is not registered yet)."""
+    try:
+        found = _registry_client(tracking_uri).get_model_version_by_alias(name, alias)
+    except Exception as exc:  # noqa: BLE001 — an unknown model or alias; anything else is not "no holder"
+        if getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise TrackingError(f"cannot read @{alias} of {name} at {redact_url(tracking_uri)}: {_first_line(exc)}") from None
+    return str(found.version), dict(found.tags or {}), str(found.run_id or "")
+
+
+def set_alias(tracking_uri: str, name: str, alias: str, version: str) -> None:
+    """Point ``alias`` of the registered model ``name`` at ``version``."""
+    _registry_client(tracking_uri).set_registered_model_alias(name, alias, version)
+
+
+def registered_versions(tracking_uri: str, name: str, run_id: str) -> list[str]:
+    """The version numbers of ``name`` registered from ``run_id``, oldest first (empty when none)."""
+    try:
+        found = _registry_client(tracking_uri).search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    except Exception:  # noqa: BLE001 — no such registered model yet
+        return []
+    return sorted((str(v.version) for v in found), key=int)
+
+
+__all__ += ["alias_holder", "model_version_source", "register_version", "registered_versions", "run_artifact_uri",
+            "set_alias"]

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from pipeline.models.classify import Classifier
-from pipeline.models.model_config import ModelConfig
+from pipeline.models.model_config import ModelConfig, init_weights
 from pipeline.models.pretrain import PretrainModel
 from pipeline.models.sizes import ArchSpec, get_spec
 
@@ -50,9 +50,9 @@ def create_model(name: str, task: Task = "pretrain", device: str | torch.device 
 def create_model_from_config(cfg: ModelConfig, task: Task = "pretrain", device: str | torch.device | None = None,
                              **options: Any) -> nn.Module:
     """Model from a ``[model]`` section (its :meth:`~ModelConfig.model_options`, then ``options``);
-    loads ``cfg.init`` (official or our layout) when set."""
+    loads ``cfg.init`` (official or our layout) when it names weights (not '' or ``random``)."""
     model = create_model(cfg.name, task, device=device, **cfg.arch_overrides(), **{**cfg.model_options(), **options})
-    if cfg.init:
+    if init_weights(cfg.init):
         from pipeline.models.weights import load_file
 
         load_file(model, cfg.init)

@@ -18,8 +18,18 @@ from typing import Any, Literal
 
 from pipeline.core.config import help_field
 
+# ``model.init = "random"``: start from a random init (seeded with ``run.seed``), said by name. Fine-tuning
+# refuses an empty ``model.init`` (a forgotten init would train a weak model without a word);
+# pre-training and extraction take empty for the same thing.
+RANDOM_INIT = "random"
+
 # The [model] keys that fix a classifier's weights layout and input clip: a model card carries them.
 ARCHITECTURE_KEYS = ("name", "num_frames", "img_size", "tubelet_size", "patch_size", "layer_scale_init", "adapter_dim")
+
+
+def init_weights(spec: str) -> str:
+    """The weights ``model.init`` names: '' for none (empty or ``random``), else ``spec`` itself."""
+    return "" if spec in ("", RANDOM_INIT) else spec
 
 
 @dataclass
@@ -33,7 +43,9 @@ class ModelConfig:
     patch_size: int = help_field(0, help="spatial patch side in pixels (0 = the size's own: 16, 14 for vit_g)")
     layer_scale_init: float = help_field(0.0, help="layer-scale init value; 0 = off (> 0 adds per-block scales to the weights)")
     attn_impl: Literal["sdpa", "eager"] = help_field("sdpa", help="attention kernel: sdpa (fused) or eager (reference)")
-    init: str = help_field("", help="weights to start from (official or ours, .pth/.pt); empty = random init")
+    init: str = help_field("", help="weights to start from (official or ours, .pth/.pt, a run or model folder, "
+                                    "runs:/, models:/); 'random' = random init (fine-tuning needs it named; "
+                                    "empty means the same in pre-training)")
 
     def arch_overrides(self) -> dict[str, int]:
         """The input-size and patch fields, as :func:`~pipeline.models.sizes.get_spec` overrides."""

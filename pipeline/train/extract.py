@@ -38,7 +38,7 @@ from pipeline.core import io as sio
 from pipeline.core.errors import DataError
 from pipeline.data.loader import eval_loader
 from pipeline.models import create_model_from_config
-from pipeline.models.model_config import ClassifierConfig
+from pipeline.models.model_config import ClassifierConfig, init_weights
 from pipeline.train import comm
 from pipeline.train.batch import model_input
 from pipeline.train.job_configs import ExtractConfig, ExtractMode
@@ -186,9 +186,10 @@ def read_features(output: str) -> FeatureTable:
 
 
 def resolve_model(spec: str, tracking_uri: str = "") -> str:
-    """``model.init`` -> a model folder (registry, fine-tuning run / model folder) or a weights file; '' stays ''."""
-    if not spec:
-        return ""
+    """``model.init`` -> a model folder (registry, fine-tuning run / model folder) or a weights file; ''
+    and ``random`` (no weights) stay as they are."""
+    if not init_weights(spec):
+        return spec
     folder = model_folder(spec, tracking_uri or None)  # registry URIs are downloaded here, once
     if folder:
         return folder
@@ -205,7 +206,7 @@ def model_arch(cfg: ExtractConfig) -> ClassifierConfig:
 
 def load_encoder(cfg: ExtractConfig) -> tuple[nn.Module, str]:
     """The classifier whose ``forward_features`` gives the features, in eval mode, and a description."""
-    if not cfg.model.init:
+    if not init_weights(cfg.model.init):  # '' or "random"
         torch.manual_seed(cfg.run.seed)  # the same random weights on every rank and every run
         model = create_model_from_config(cfg.model, "classify")
         return model.eval(), f"random init ({cfg.model.name}, seed {cfg.run.seed})"

@@ -13,6 +13,8 @@ checkpoints as in pre-training. ``finetune.mode = "linear_probe"`` freezes the e
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +22,7 @@ from typing import Any
 import torch
 
 from pipeline.core import io as sio
-from pipeline.core.config import to_dict
+from pipeline.core.config import ConfigError, to_dict
 from pipeline.core.errors import DataError
 from pipeline.data.loader import EvalLoader, eval_loader, supervised_loader
 from pipeline.data.shard_index import ShardIndex
@@ -32,7 +34,7 @@ from pipeline.train.batch import model_input
 from pipeline.train.job_configs import FinetuneConfig
 from pipeline.train.meter import Meter, format_eta
 from pipeline.train.mixup import Mixup, soft_target_cross_entropy
-from pipeline.train.model_registry import ModelCard, write_model_folder
+from pipeline.train.model_registry import ModelCard, ValidationData, write_model_folder
 from pipeline.train.scoring import evaluate_pass
 from pipeline.train.session import Session
 
@@ -51,6 +53,10 @@ def check_config(cfg: FinetuneConfig) -> None:
     """What the config alone can show is wrong (the clip size needs no check: the data follows the model),
     and labels that fit the head."""
     loop.require_shards(cfg)
+    if not cfg.model.init:
+        raise ConfigError("model.init is empty: name the weights to fine-tune from (a pre-training run folder, a "
+                        "weights file, runs:/<run_id>/<path> or models:/<name>@<alias>), or set model.init=random "
+                        "for a random-init baseline")
     if (cfg.finetune.mode == "adapter") != (cfg.model.adapter_dim > 0):
         raise DataError("finetune.mode=adapter and model.adapter_dim > 0 go together "
                         f"(got mode={cfg.finetune.mode}, adapter_dim={cfg.model.adapter_dim})")
@@ -86,6 +92,23 @@ def _val_loader(cfg: FinetuneConfig, rank: int, world: int) -> EvalLoader | None
     data = dataclasses.replace(cfg.data, split=cfg.finetune.val_split, test_num_clips=cfg.finetune.val_num_clips,
                                test_num_crops=cfg.finetune.val_num_crops)
     return eval_loader(data, rank, world, require_labels=True)
+
+
+def validation_data(cfg: FinetuneConfig, index: ShardIndex | None = None) -> ValidationData | None:
+    """What the validation top-1 of this config is measured on (the shards, ``finetune.val_split``
+    and the views :func:`_val_loader` cuts); None without validation."""
+    if not cfg.finetune.val_split:
+        return None
+    index = index or ShardIndex.load(cfg.data.shards)
+    shards = index.split(cfg.finetune.val_split)
+    content = ""
+    if all(s.sha256 for s in shards):
+        listed = [list(index.labels), [(s.name, s.samples, s.sha256) for s in shards]]
+        content = hashlib.sha256(json.dumps(listed).encode()).hexdigest()[:16]
+    recipe = {"num_frames": cfg.data.num_frames, "sampling_rate": cfg.data.sampling_rate,
+              "input_size": cfg.data.input_size, "num_clips": cfg.finetune.val_num_clips,
+              "num_crops": cfg.finetune.val_num_crops}
+    return ValidationData(cfg.data.shards, cfg.finetune.val_split, recipe, content)
 
 
 def setup(cfg: FinetuneConfig, session: Session, rank: int, world: int) -> Setup:
@@ -195,4 +218,5 @@ def finetune(cfg: FinetuneConfig, session: Session) -> dict[str, Any]:
     return {**metrics, "step": s.step, "run_id": s.run_id, "best": s.state["best"]}
 
 
-__all__ = ["check_config", "class_names", "finetune", "freeze_for_mode", "setup", "train_step", "validate"]
+__all__ = ["check_config", "class_names", "finetune", "freeze_for_mode", "setup", "train_step", "validate",
+           "validation_data"]

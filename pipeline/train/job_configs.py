@@ -103,7 +103,11 @@ class FinetuneSection:
     val_num_crops: int = help_field(1, help="validation: spatial crops per clip")
     classes_from_data: bool = help_field(True, help="set model.num_classes to the label count of the shard index")
     keep: Literal["best", "last"] = help_field("best", help="weights exported as model.pt and registered")
-    registered_alias: str = help_field("champion", help="alias given to the registered version (tracking.registered_model)")
+    registered_alias: str = help_field("champion", help="alias of the registered model that the new version may take "
+                                                         "(tracking.registered_model; '' = none)")
+    promote: Literal["if_better", "always", "never"] = help_field(
+        "if_better", help="when the alias moves to the new version: if_better = when no version holds it, or the "
+                          "holder was validated on the same data with a lower val top-1; always; never")
 
     def __post_init__(self) -> None:
         if self.val_every < 0 or self.val_num_clips < 1 or self.val_num_crops < 1:
@@ -181,7 +185,7 @@ class ExtractConfig:
 
     ``model.init``: ``models:/name@alias``, a fine-tuning run / model folder, a pre-training run or
     export folder (``pretrain_fp32.pt``), a weights file (ours or official VideoMAE; then ``model.*``
-    gives the architecture), or empty for a random init seeded with ``run.seed`` (a baseline).
+    gives the architecture), or ``random`` (or empty) for a random init seeded with ``run.seed`` (a baseline).
     """
 
     run: RunSection = field(default_factory=RunSection)

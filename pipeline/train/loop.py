@@ -28,6 +28,7 @@ from pipeline.data.loader import TrainLoader
 from pipeline.infra import engine as eng
 from pipeline.infra.tracking import Tracker, make_tracker
 from pipeline.models import create_model_from_config
+from pipeline.models.model_config import init_weights
 from pipeline.models.weights import load_file
 from pipeline.train import checkpoint as ckpt
 from pipeline.train import comm
@@ -70,7 +71,7 @@ def model_factory(cfg: TrainJob, task: str, prepare: Callable[[torch.nn.Module],
                   ) -> Callable[[], torch.nn.Module]:
     """``build()`` for :func:`~pipeline.infra.engine.build_engine`: the ``task`` model of ``cfg.model``
     with ``model.init``'s whole weights in (before the engine copies its fp32 masters), then ``prepare``."""
-    init = cfg.model.init
+    init = init_weights(cfg.model.init)  # '' for none ('' or "random")
     model_cfg = dataclasses.replace(cfg.model, init="")
 
     def build() -> torch.nn.Module:

@@ -3,21 +3,24 @@
 A *model folder* holds ``model.pt`` (fp32 state dict of a :class:`~pipeline.models.Classifier`)
 and ``model.json`` (a :class:`ModelCard`: the ``[model]`` section, class names, the clip shape
 it was trained on, metrics). ``jobs.finetune`` writes one under ``<run>/export/`` and registers
-it: the folder is logged as the run's ``model/`` artifacts and a registry version points at it,
-with an alias (a state dict + card is a simpler, version-proof contract than a pickled
-``mlflow.pytorch`` model).
+it: the folder is logged as the run's ``model/`` artifacts and a registry version points at it
+(a state dict + card is a simpler, version-proof contract than a pickled ``mlflow.pytorch``
+model). The version is tagged with the validation top-1 it was kept on and what that was
+measured on (:class:`ValidationData`); its alias moves to it only when it beats the holder on the
+same validation data, or when told to (``finetune.promote``, :func:`promotion`).
 
-    register_model(tracking_cfg, run_id, "motion-vit", "champion", folder)
+    register_model(tracking_cfg, run_id, "motion-vit", "champion", folder, "if_better", validation)
     model, card = load_classifier("models:/motion-vit@champion")   # or a folder, or a run folder
 
 ``model.init`` of every job goes through :func:`resolve_init` once, on the driver: local paths,
 ``s3://`` files and folders, ``runs:/`` and ``models:/`` URIs become one concrete uri (local or
-``s3://``) that the workers get in their config; each node then downloads a remote file once
+``s3://``) that the workers get in their config (``random`` stays ``random``: no weights); each node then downloads a remote file once
 into its cache (:func:`pipeline.core.io.cached_copy`). MLflow is reached through :mod:`pipeline.infra.tracking`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -35,14 +38,17 @@ from pipeline.core.errors import TubeletError
 from pipeline.infra.tracking import (
     TrackingConfig,
     TrackingError,
+    alias_holder,
     model_version_source,
     redact_url,
     register_version,
+    registered_versions,
     resolve_uri,
     run_artifact_uri,
+    set_alias,
 )
 from pipeline.models import create_model_from_config
-from pipeline.models.model_config import ARCHITECTURE_KEYS, ClassifierConfig
+from pipeline.models.model_config import ARCHITECTURE_KEYS, ClassifierConfig, init_weights
 from pipeline.models.weights import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -92,19 +98,138 @@ def _tracking_uri(tracking: TrackingConfig | str | None) -> str:
         tracking if isinstance(tracking, TrackingConfig) else TrackingConfig())
 
 
-def register_model(tracking: TrackingConfig | str, run_id: str, name: str, alias: str, folder: str) -> str:
-    """Log ``folder`` as the run's ``model/`` artifacts, register a version of ``name`` from it and
-    point ``alias`` at it; returns the version number."""
+# What a registered version records about itself (model version tags): the validation top-1 its
+# weights were kept on, what that score was measured on, and where its training started.
+TAG_TOP1, TAG_DATA, TAG_DATA_ABOUT, TAG_INIT = "tubelet.val_top1", "tubelet.val_data", "tubelet.val_data_about", \
+    "tubelet.init"
+PROMOTE = ("if_better", "always", "never")
+
+
+@dataclass
+class ValidationData:
+    """What a validation top-1 was measured on. Two scores compare only when their :attr:`identity`
+    is the same: the split, the views cut from each video, and the split's shards themselves (their
+    names, sha256 and the label names of the index; their location when the index has no sha256)."""
+
+    shards: str
+    split: str
+    recipe: dict[str, int]  # num_frames, sampling_rate, input_size, num_clips, num_crops
+    content: str = ""  # digest of the split's shards and the labels ('' = unknown: the location stands in)
+
+    @property
+    def identity(self) -> str:
+        parts = [self.split, sorted(self.recipe.items()), self.content or self.shards]
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:12]
+
+    def describe(self) -> str:
+        r = self.recipe
+        return (f"{self.split} of {redact_url(self.shards)}, {r.get('num_frames')} frames every "
+                f"{r.get('sampling_rate')} at {r.get('input_size')} px, {r.get('num_clips')}x{r.get('num_crops')} "
+                f"views, data {self.identity}")
+
+
+@dataclass
+class Registration:
+    """What :func:`register_model` did: the new version, and whether ``alias`` now points at it."""
+
+    name: str
+    version: str
+    alias: str
+    moved: bool
+    message: str  # one line, in words
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}@{self.alias}" if self.moved else f"models:/{self.name}/{self.version}"
+
+
+def _score(tags: dict[str, str]) -> float | None:
+    try:
+        return float(tags[TAG_TOP1])
+    except (KeyError, ValueError):
+        return None
+
+
+def promotion(alias: str, promote: str, version: str, tags: dict[str, str],
+              holder: tuple[str, dict[str, str]] | None) -> tuple[bool, str]:
+    """Whether ``alias`` moves to the new ``version`` (whose tags are ``tags``) from ``holder``
+    (``(version, tags)`` of the one it points at, None when none), and why, in words.
+
+    ``if_better``: it moves when no version holds it, or when the holder was validated on the same
+    data (:class:`ValidationData` identity) and the new top-1 is strictly higher; ``always``: it
+    moves; ``never``: it does not."""
+    if promote not in PROMOTE:
+        raise RegistryError(f"finetune.promote={promote!r}: choose one of {', '.join(PROMOTE)}")
+    if not alias:
+        return False, "no alias given (finetune.registered_alias is empty)"
+    if holder is None:
+        if promote == "never":
+            return False, f"@{alias} not set (finetune.promote=never)"
+        return True, f"@{alias} set on it (no version held it)"
+    held, held_tags = holder
+    mine, theirs = _score(tags), _score(held_tags)
+    held_words = f"version {held}" + (f" (val top-1 {theirs:.3f})" if theirs is not None else "")
+    if promote == "always":
+        return True, f"@{alias} moved from {held_words} to version {version} (finetune.promote=always)"
+    if promote == "never":
+        return False, f"@{alias} stays on {held_words} (finetune.promote=never)"
+    unchanged = f"@{alias} stays on {held_words} (finetune.promote=always moves it)"
+    if mine is None or not tags.get(TAG_DATA):
+        return False, f"not compared: this version has no validation score (finetune.val_split); {unchanged}"
+    if theirs is None or not held_tags.get(TAG_DATA):
+        return False, f"not compared: version {held} has no recorded validation score; {unchanged}"
+    if held_tags[TAG_DATA] != tags[TAG_DATA]:
+        about = held_tags.get(TAG_DATA_ABOUT) or held_tags[TAG_DATA]
+        return False, f"not compared: the holder was validated on other data ({about}); {unchanged}"
+    if mine > theirs:
+        return True, (f"@{alias} moved from version {held} ({theirs:.3f}) to version {version} ({mine:.3f}), "
+                      "same validation data")
+    return False, f"@{alias} stays on version {held} (val top-1 {theirs:.3f}, same validation data)"
+
+
+def register_model(tracking: TrackingConfig | str, run_id: str, name: str, alias: str, folder: str,
+                   promote: str = "if_better", validation: ValidationData | None = None) -> Registration:
+    """Log ``folder`` as the run's ``model/`` artifacts and register a version of ``name`` from it,
+    tagged with its validation top-1 (its card's ``val_top1``), what that was measured on
+    (``validation``) and its init; then move ``alias`` to it when :func:`promotion` says so."""
     uri = _tracking_uri(tracking)
+    card = json.loads(sio.read_text(sio.join(folder, CARD)))
+    top1 = card.get("metrics", {}).get("val_top1") if isinstance(card, dict) else None
+    tags = {TAG_INIT: str(card.get("source", {}).get("init", "")) if isinstance(card, dict) else ""}
+    if top1 is not None and validation is not None:
+        tags.update({TAG_TOP1: f"{float(top1):.6f}", TAG_DATA: validation.identity,
+                     TAG_DATA_ABOUT: validation.describe()})
     with tempfile.TemporaryDirectory() as tmp:
         files = []
         for file in (WEIGHTS, CARD):
             local = Path(tmp) / file
             local.write_bytes(sio.read_bytes(sio.join(folder, file)))
             files.append(local)
-        version = register_version(uri, run_id, name, alias, files, "model")
-    log.info("registered %s version %s%s at %s", name, version, f" @{alias}" if alias else "", redact_url(uri))
-    return version
+        version = register_version(uri, run_id, name, files, "model", tags)
+    try:
+        holder = alias_holder(uri, name, alias) if alias else None
+        moved, why = promotion(alias, promote, version, tags, holder[:2] if holder else None)
+        if moved:
+            set_alias(uri, name, alias, version)
+    except TrackingError as exc:
+        raise RegistryError(f"registered models:/{name}/{version}, but @{alias}: {exc}") from None
+    score = f"val top-1 {float(top1):.3f}" if top1 is not None else "no validation score"
+    message = f"registered models:/{name}/{version} ({score}); {why}"
+    log.info("%s at %s", message, redact_url(uri))
+    return Registration(name, version, alias, moved, message)
+
+
+def registered_uri(tracking: TrackingConfig | str, name: str, alias: str, run_id: str) -> str:
+    """How the newest version of ``name`` registered from ``run_id`` is reached now: by ``alias`` when
+    the alias points at it, else by number; '' when the run registered none."""
+    uri = _tracking_uri(tracking)
+    versions = registered_versions(uri, name, run_id)
+    if not versions:
+        return ""
+    holder = alias_holder(uri, name, alias) if alias else None
+    if holder and holder[0] in versions:
+        return f"models:/{name}@{alias}"
+    return f"models:/{name}/{versions[-1]}"
 
 
 # What a pre-training run folder, an export folder or a model folder holds, in order of preference.
@@ -166,10 +291,11 @@ def resolve_init(spec: str, tracking: TrackingConfig | str | None = None, candid
     ``models:/<name>/<version>``. Gives the weights file (the first of ``candidates`` in a
     folder), or, with ``model_folders``, the model folder when there is one (the folder itself,
     else its ``export/best`` or ``export/last``). Called once, on the driver, before any compute;
-    anything unusable raises a one-line error naming ``model.init``. '' stays ''.
+    anything unusable raises a one-line error naming ``model.init``. '' and ``random`` (no
+    weights: :data:`~pipeline.models.model_config.RANDOM_INIT`) stay as they are.
     """
-    if not spec:
-        return ""
+    if not init_weights(spec):
+        return spec
     needs_mlflow = spec.startswith(("models:/", "runs:/"))
     location = _location(spec, _tracking_uri(tracking) if needs_mlflow else "")
     if model_folders:
@@ -181,7 +307,9 @@ def resolve_init(spec: str, tracking: TrackingConfig | str | None = None, candid
 
 def model_folder(spec: str, tracking: TrackingConfig | str | None = None) -> str | None:
     """Where the model folder of ``spec`` is: a registry or run URI, a model folder, a fine-tuning run
-    folder (its ``export/best``, else ``export/last``); None for a plain weights file."""
+    folder (its ``export/best``, else ``export/last``); None for a plain weights file or no weights."""
+    if not init_weights(spec):
+        return None
     needs_mlflow = spec.startswith(("models:/", "runs:/"))
     return _model_folder_at(_location(spec, _tracking_uri(tracking) if needs_mlflow else ""))
 
@@ -196,7 +324,7 @@ def card_architecture(init: str) -> dict[str, Any]:
     """The architecture keys and the class count (``model.<key>``: value) of the model folder ``init``
     resolves to, from its card; empty for a weights file (then the job's ``[model]`` section describes it). ``init`` is
     a resolved location (local or ``s3://``), as :func:`resolve_init` returns it."""
-    if not init or not sio.exists(sio.join(init, CARD)):
+    if not init_weights(init) or not sio.exists(sio.join(init, CARD)):
         return {}
     card = read_card(init)
     return {f"model.{k}": card.model[k] for k in (*ARCHITECTURE_KEYS, "num_classes") if k in card.model}

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.core.config import ConfigError, flatten, help_field, load_config, to_dict
-from pipeline.models.model_config import ARCHITECTURE_KEYS
+from pipeline.models.model_config import ARCHITECTURE_KEYS, RANDOM_INIT
 from pipeline.orchestration.sharding import ShardSection
 from pipeline.train.job_configs import EvaluateConfig, FinetuneConfig, PretrainConfig
 
@@ -200,7 +200,8 @@ def plan_stages(cfg: PipelineConfig, jobs: Jobs, tracking_uri: str) -> list[Stag
                       "model.init": ft_dir, **arch, **track}, given(cfg.evaluate))
     # The baseline is the fine-tune stage from random init: same recipe, no weights, never registered.
     bl = build_stage(jobs.finetune.config, ft_base, ft_wired, given(cfg.finetune),
-                     {"run.name": "baseline", "model.init": "", "tracking.registered_model": ""}, given(cfg.baseline))
+                     {"run.name": "baseline", "model.init": RANDOM_INIT, "tracking.registered_model": ""},
+                     given(cfg.baseline))
     on = set(p.stages)
     return [
         Stage("shard", "shard", sh, shards, (), "shard" in on),
@@ -214,7 +215,7 @@ def plan_stages(cfg: PipelineConfig, jobs: Jobs, tracking_uri: str) -> list[Stag
 # Keys that change how a stage runs, not what it produces: a resumed or skipped stage may differ in them.
 VOLATILE = ("tracking.", "scaling.", "ray.", "train.fail_at_step", "train.log_every", "train.image_every",
             "train.keep_checkpoints", "shard.progress", "shard.max_in_flight", "shard.task_timeout",
-            "finetune.registered_alias", "eval.view_chunk")
+            "finetune.registered_alias", "finetune.promote", "eval.view_chunk")
 
 
 def stable_config(cfg: Any) -> dict[str, Any]:

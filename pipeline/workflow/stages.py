@@ -23,7 +23,7 @@ from pipeline.core import io as sio
 from pipeline.data.shard_writer import INDEX_NAME, QUARANTINE_NAME
 from pipeline.infra.tracking import is_registered
 from pipeline.train.checkpoint import LOOP_FILE, latest_checkpoint
-from pipeline.train.model_registry import CARD, WEIGHTS, model_folder
+from pipeline.train.model_registry import CARD, WEIGHTS, model_folder, register_model, registered_uri
 from pipeline.workflow.pipeline_config import Stage
 from pipeline.workflow.state import fingerprint, read_json
 
@@ -124,14 +124,18 @@ def check_finetune(stage: Stage, run_id: str = "") -> Check:
     top1 = card.get("metrics", {}).get("val_top1")
     reason = f"trained {cfg.train.steps} steps; kept {kept.rsplit('/', 1)[-1]}" + (
         f" (val top-1 {top1:.3f})" if top1 is not None else "")
-    name = cfg.tracking.registered_model
+    name, alias = cfg.tracking.registered_model, cfg.finetune.registered_alias
     if name and run_id and not is_registered(cfg.tracking.tracking_uri, name, run_id):
-        from pipeline.train.model_registry import register_model
+        def register() -> None:  # the alias moves per finetune.promote, as in jobs.finetune
+            from pipeline.train.finetune import validation_data
 
-        return Check(False, f"{reason}; not registered as {name} yet: registering",
-                     finish=lambda: register_model(cfg.tracking.tracking_uri, run_id, name,
-                                                   cfg.finetune.registered_alias, kept))
-    return Check(True, reason + (f"; registered as {name}" if name and run_id else ""))
+            print(register_model(cfg.tracking.tracking_uri, run_id, name, alias, kept, cfg.finetune.promote,
+                                 validation_data(cfg)).message)
+
+        return Check(False, f"{reason}; not registered as {name} yet: registering", finish=register)
+    if name and run_id:
+        reason += f"; registered as {registered_uri(cfg.tracking.tracking_uri, name, alias, run_id)}"
+    return Check(True, reason)
 
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline.core import io as sio
 from pipeline.data.shard_writer import INDEX_NAME
 from pipeline.infra.tracking import redact_url
-from pipeline.train.model_registry import CARD
+from pipeline.train.model_registry import CARD, registered_uri
 from pipeline.workflow.state import STATE_FILE, read_json
 
 if TYPE_CHECKING:
@@ -63,9 +63,10 @@ def summarize(runner: Runner, status: str) -> dict[str, Any]:
             top1 = card.get("metrics", {}).get("val_top1")
             out[name] = {"model": kept, "val_top1": top1, "init": card.get("source", {}).get("init", "")}
             registered = stage.cfg.tracking.registered_model
-            if registered:
-                alias = stage.cfg.finetune.registered_alias
-                out[name]["registered"] = f"models:/{registered}@{alias}" if alias else f"models:/{registered}"
+            if registered and ids.get(name):  # by its alias only when the alias was moved to it
+                uri = registered_uri(runner.uri, registered, stage.cfg.finetune.registered_alias, ids[name])
+                if uri:
+                    out[name]["registered"] = uri
             if top1 is not None:
                 metrics[f"{name}_val_top1"] = top1
     report = read_json(sio.join(st["evaluate"].output, "report.json"))

@@ -57,7 +57,7 @@ def _ft(data: dict[str, Path], tmp: Path, name: str, *extra: str) -> FinetuneCon
         "data.batch_size=4", "data.repeated_aug=2", "data.num_workers=0", "data.scales=[1.0]",
         "optim.lr=1e-3", "optim.warmup_steps=2", "train.log_every=1", "train.steps=8", "train.checkpoint_every=8",
         f"tracking.tracking_uri=sqlite:///{tmp / 'mlflow.db'}", "tracking.system_metrics=false",
-        "tracking.registered_model=motion-tiny", "scaling.num_workers=2", *extra])
+        "tracking.registered_model=motion-tiny", "scaling.num_workers=2", "model.init=random", *extra])
 
 
 def test_finetune_evaluate_register_and_predict(data: dict[str, Path], tmp_path: Path,
@@ -70,7 +70,7 @@ def test_finetune_evaluate_register_and_predict(data: dict[str, Path], tmp_path:
     out = capsys.readouterr().out
     assert "model.num_classes: 6 -> 4" in out  # the head follows the shard index's labels
     assert "skipped the pre-training decoder" in out  # the init report is shown before training
-    assert "registered: models:/motion-tiny@champion" in out
+    assert "; @champion set on it (no version held it)" in out  # a fresh registry: the first version takes it
 
     export = tmp_path / "runs" / "ft" / "export"
     best, last = (json.loads((export / w / "model.json").read_text()) for w in ("best", "last"))
@@ -97,6 +97,10 @@ def test_finetune_evaluate_register_and_predict(data: dict[str, Path], tmp_path:
     assert run.data.params["optim.layer_decay"] == "1.0" and run.data.tags["stage"] == "finetune"
     version = client.get_model_version_by_alias("motion-tiny", "champion")
     assert version.run_id == run.info.run_id
+    # The version records the val top-1 it was kept on and what that was measured on.
+    assert float(version.tags["tubelet.val_top1"]) == pytest.approx(best["metrics"]["val_top1"], abs=1e-6)
+    assert version.tags["tubelet.val_data"] == finetune_job.validation_data(finetune_job.prepare(cfg)).identity
+    assert f"registered models:/motion-tiny/{version.version} (val top-1 {best['metrics']['val_top1']:.3f})" in out
 
     # The registered model loads back by alias and classifies a video file.
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -185,7 +189,7 @@ def _one_line_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 
 def test_bad_inputs_fail_in_one_line(data: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     base = ["--config", str(REPO / "jobs/configs/finetune/demo.toml"), *[f"--set={s}" for s in SIZE],
-            f"--set=run.output={tmp_path / 'runs'}", "--set=tracking.enabled=false"]
+            f"--set=run.output={tmp_path / 'runs'}", "--set=tracking.enabled=false", "--set=model.init=random"]
     # shards without labels
     unlabelled = tmp_path / "unlabelled"
     shutil.copytree(data["shards"], unlabelled)

@@ -56,7 +56,7 @@ def test_s3_runs_and_models_inits_resolve_to_one_concrete_uri(prefix: str, tmp_p
     client = MlflowClient(tracking)
     experiment = client.create_experiment("init", artifact_location=str(tmp_path / "artifacts"))
     run_id = client.create_run(experiment).info.run_id
-    version = register_model(tracking, run_id, "tiny", "champion", folder)  # logs the folder as model/
+    version = register_model(tracking, run_id, "tiny", "champion", folder).version  # logs the folder as model/
     logged = tmp_path / "artifacts" / run_id / "artifacts" / "model"
     assert (logged / WEIGHTS).is_file()
     for spec in ("models:/tiny@champion", f"models:/tiny/{version}", f"runs:/{run_id}/model"):

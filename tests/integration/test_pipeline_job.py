@@ -201,7 +201,10 @@ def test_parent_run_with_a_child_run_per_stage(second: dict[str, Any]) -> None:
         assert run.data.tags["stage"] == name and run.info.status == "FINISHED", name
     assert by_name["pretrain"].data.params["train.steps"] == str(STEPS)
     assert by_name["shard"].data.metrics["samples"] == 16
-    assert client.get_model_version_by_alias("pipeline-tiny", "champion").run_id == by_name["finetune"].info.run_id
+    champion = client.get_model_version_by_alias("pipeline-tiny", "champion")
+    assert champion.run_id == by_name["finetune"].info.run_id
+    # the version records what its val top-1 was measured on: the alias moves only against the same data
+    assert {"tubelet.val_top1", "tubelet.val_data", "tubelet.init"} <= set(champion.tags)
 
     out = root / "runs" / "tiny"
     report = json.loads((out / "evaluate" / "report.json").read_text())
@@ -219,6 +222,7 @@ def test_parent_run_with_a_child_run_per_stage(second: dict[str, Any]) -> None:
     assert summary["pretrain"]["loss_steps"] == [1, STEPS] and summary["pretrain"]["loss_first"] > 0
     assert summary["shards"]["by_split"]["train"]["samples"] == 8 and summary["shards"]["quarantined"] == 0
     assert summary["evaluate"]["top1"] == report["top1"]
+    assert summary["finetune"]["registered"] == "models:/pipeline-tiny@champion"  # the alias was moved to it
     assert "mlflow ui --backend-store-uri sqlite:///" in summary["mlflow"]["ui"]
     assert [a.path for a in client.list_artifacts(parent.info.run_id) if a.path == "summary.json"]
 
@@ -228,7 +232,7 @@ def test_third_run_skips_every_stage(third: dict[str, Any]) -> None:
     assert {name: o[0] for name, o in outcomes.items()} == {
         "shard": "skipped", "pretrain": "skipped", "finetune": "skipped", "evaluate": "skipped", "baseline": "not selected"}
     assert f"final checkpoint at step {STEPS}/{STEPS}" in outcomes["pretrain"][1]
-    assert "registered as pipeline-tiny" in outcomes["finetune"][1]
+    assert "registered as models:/pipeline-tiny@champion" in outcomes["finetune"][1]
     assert "report.json of this model" in outcomes["evaluate"][1]
     assert third["seconds"] < 30, f"a rerun that skips everything took {third['seconds']:.0f} s"
     assert len(_all_runs(third["root"])) == third["runs"]  # no new runs

@@ -72,7 +72,7 @@ def test_the_shipped_demo_pretrains_and_finetunes_one_architecture(tmp_path: Pat
         assert getattr(pt.data, key) == getattr(ft.data, key) == getattr(ev.data, key), key
     assert pt.model.patch_size == 8 and pt.model.normalize_target is False
     # Same budget and recipe for both inits; only the weights differ.
-    assert bl.model.init == "" and ft.model.init == s["pretrain"].output
+    assert bl.model.init == "random" and ft.model.init == s["pretrain"].output
     differs = ("run.", "tracking.", "model.init")
     recipe = {k: v for k, v in stable_config(ft).items() if not k.startswith(differs)}
     assert recipe == {k: v for k, v in stable_config(bl).items() if not k.startswith(differs)}
@@ -100,7 +100,7 @@ def test_wiring_links_each_stage_to_the_previous_one(tmp_path: Path) -> None:
     assert ft.model.init == s["pretrain"].output == f"{root}/pretrain" and ft.data.shards == shards
     assert ft.optim.layer_decay == 0.75  # the fine-tune recipe of finetune/demo.toml
     assert ev.model.init == s["finetune"].output and ev.run.output == f"{root}/evaluate" and ev.data.shards == shards
-    assert bl.model.init == "" and bl.tracking.registered_model == "" and bl.train.steps == 3
+    assert bl.model.init == "random" and bl.tracking.registered_model == "" and bl.train.steps == 3
     assert bl.optim.layer_decay == 0.75 and s["baseline"].output == f"{root}/baseline"
     for stage in (pt, ft, ev, bl):
         assert stage.tracking.tracking_uri == URI and stage.tracking.experiment == "tubelet"
