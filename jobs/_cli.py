@@ -54,6 +54,11 @@ def parse_args(cls: type[T], argv: Sequence[str] | None, prog: str, default_conf
     return cfg, args
 
 
+def rounded(metrics: dict[str, Any], digits: int = 4) -> dict[str, Any]:
+    """Floats to ``digits`` significant digits for printing (an lr of 3.1e-06 stays 3.1e-06, not 0.0)."""
+    return {k: float(f"{v:.{digits}g}") if isinstance(v, float) else v for k, v in metrics.items()}
+
+
 def _key_line(key: str, tp: str, default: Any, text: str) -> str:
     return f"{key:40s} {tp:28s} {default!r:>20}  {text}"
 

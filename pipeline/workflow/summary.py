@@ -68,12 +68,20 @@ def summarize(runner: Runner, status: str) -> dict[str, Any]:
                 out[name]["registered"] = f"models:/{registered}@{alias}" if alias else f"models:/{registered}"
             if top1 is not None:
                 metrics[f"{name}_val_top1"] = top1
+    tested = read_json(sio.join(st["baseline_evaluate"].output, "report.json")) if st["baseline_evaluate"].selected else None
+    if tested and "baseline" in out:  # the random init on the test videos the fine-tuned model is evaluated on
+        out["baseline"].update(test_split=tested.get("split"), test_top1=tested.get("top1"),
+                               report=sio.join(st["baseline_evaluate"].output, "report.json"))
+        if isinstance(tested.get("top1"), (int, float)):
+            metrics["baseline_test_top1"] = tested["top1"]
     report = read_json(sio.join(st["evaluate"].output, "report.json"))
     if report:
         out["evaluate"] = {"report": sio.join(st["evaluate"].output, "report.json"), "split": report.get("split"),
                            "top1": report.get("top1"), "top5": report.get("top5"),
                            "views_per_video": report.get("views_per_video"), "num_videos": report.get("num_videos")}
         metrics.update({f"test_{k}": report[k] for k in ("top1", "top5") if isinstance(report.get(k), (int, float))})
+        if "finetune" in out:  # beside the baseline's test top-1
+            out["finetune"].update(test_split=report.get("split"), test_top1=report.get("top1"))
     out["metrics"] = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
     return out
 
