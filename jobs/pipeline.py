@@ -64,6 +64,8 @@ def format_summary(s: dict[str, Any]) -> str:
     m = s["mlflow"]
     lines.append(f"MLflow     parent run {m['parent_run_id']} in experiment {m['experiment']!r} at {m['tracking_uri']}")
     lines.append(f"MLflow UI  {m['ui']}")
+    if m.get("page"):
+        lines.append(f"           then open {m['page']}")
     return "\n".join(lines)
 
 

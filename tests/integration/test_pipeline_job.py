@@ -256,6 +256,9 @@ def test_mlflow_ui_shows_the_pipeline_run_its_stage_runs_and_a_loss_chart(third:
         text, points = screenshot_runs(url, experiment.experiment_id, "tiny", stages, "pretrain", shot)
     lines = set(text.splitlines())
     assert {"tiny", *stages} <= lines, "the parent run and every stage run are listed"
+    # the model-training view (its page is "Runs"), not the GenAI one ("Training runs", with sessions,
+    # judges and agent versions in its side bar) that MLflow 3 opens by default
+    assert "Runs" in lines and not {"Training runs", "Sessions", "Judges", "Agent versions"} & lines, sorted(lines)
     assert "pretrain (loss)" in lines, "the loss chart has the pre-training curve"
     # a curve, not a dot: pre-training logged its loss at each of its STEPS steps
     assert points and max(points) > 1, f"the loss chart draws no line of more than one point: {points}"

@@ -289,10 +289,16 @@ def test_the_summary_says_what_each_stage_did_in_words_read_once(tmp_path: Path,
 
     def pretrain_line(*more: str) -> tuple[dict[str, Any], str]:
         summary = run_pipeline(_cfg(tmp_path, *given, *more), jobs)
+        pages.append(summary["mlflow"]["page"])
         line = next(x for x in format_summary(summary).splitlines() if x.strip().startswith("pretrain "))
+        assert f"then open {pages[-1]}" in format_summary(summary)
         return next(o for o in summary["stages"] if o["stage"] == "pretrain"), line
 
+    pages: list[str] = []
     done, line = pretrain_line()
+    # the link printed opens the experiment in the UI's model-training view, not the GenAI one
+    assert pages[0].startswith("http://127.0.0.1:5000/#/experiments/")
+    assert pages[0].endswith("/runs?workflowType=machine_learning")
     assert done["outcome"] == "done" and done["reason"].startswith("final checkpoint at step 8/8; export/ has")
     assert "starts at step 0" not in line and line.split()[1] == "done", line
     skipped, line = pretrain_line()
