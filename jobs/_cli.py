@@ -48,10 +48,55 @@ def parse_args(cls: type[T], argv: Sequence[str] | None, prog: str, default_conf
     args = parser.parse_args(argv)
     if args.list_keys:
         for key, tp, default, text in describe(cls):
-            print(f"{key:40s} {tp:28s} {default!r:>20}  {text}")
+            print(_key_line(key, tp, default, text))
         raise SystemExit(0)
     cfg = load_config(cls, resolve_config_path(args.config, default_config), args.overrides)
     return cfg, args
+
+
+def rounded(metrics: dict[str, Any], digits: int = 4) -> dict[str, Any]:
+    """Floats to ``digits`` significant digits for printing (an lr of 3.1e-06 stays 3.1e-06, not 0.0)."""
+    return {k: float(f"{v:.{digits}g}") if isinstance(v, float) else v for k, v in metrics.items()}
+
+
+def _key_line(key: str, tp: str, default: Any, text: str) -> str:
+    return f"{key:40s} {tp:28s} {default!r:>20}  {text}"
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "required"
+
+
+_REQUIRED = _Required()
+
+
+class ListOptions(argparse.Action):
+    """``--list-keys`` of a job without a config file (``jobs.predict``, ``jobs.submit``): its
+    options, one line each in the shape of a config job's keys, then exit 0 (like ``--help``,
+    before required arguments are checked)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help=kwargs.get("help", "list every option with its type, default and help"))
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        for action in parser._actions:  # argparse keeps no public list of a parser's arguments
+            if isinstance(action, (argparse._HelpAction, ListOptions)):
+                continue
+            key = max(action.option_strings, key=len) if action.option_strings else action.dest
+            if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+                tp = "flag"
+            elif action.choices is not None:
+                tp = "|".join(map(str, action.choices))
+            else:
+                tp = getattr(action.type, "__name__", "str")
+            if action.nargs in ("+", "*") or isinstance(action, argparse._AppendAction):
+                tp = f"list[{tp}]"
+            default = _REQUIRED if action.required else action.default
+            print(_key_line(key, tp, default, action.help or ""))
+        parser.exit(0)
 
 
 def job_main(cls: type[T], run: Callable[..., Any], argv: Sequence[str] | None = None,

@@ -3,7 +3,7 @@
     python -m jobs.pipeline --config pipeline/demo [--set pretrain.train.steps=100] [--json]
 
 Outputs under ``<pipeline.output>/<pipeline.name>/``: ``shards/``, ``pretrain/``, ``finetune/``,
-``evaluate/`` (and ``baseline/``), ``pipeline_state.json``, ``summary.json``. One MLflow parent
+``evaluate/`` (and ``baseline/``, ``baseline_evaluate/``), ``pipeline_state.json``, ``summary.json``. One MLflow parent
 run with a child run per stage. Rerunning the same command skips complete stages and continues
 an interrupted one (in its own MLflow run). Each stage is the stage job's ``run(cfg)``, called
 here in one process with one Ray (embedded, or the cluster of ``RAY_ADDRESS``).
@@ -37,9 +37,10 @@ def _num(value: Any, fmt: str = ".3f") -> str:
 def format_summary(s: dict[str, Any]) -> str:
     """The table printed at the end: what ran, what came out, where it is, how to look at it."""
     lines = [f"pipeline {s['pipeline']}: {s['status'].lower()}  ({s['output']})"]
-    for o in s["stages"]:
+    width = max((len(o["stage"]) for o in s["stages"]), default=9)
+    for o in s["stages"]:  # done | resumed | skipped (already done) | completed (its last step) | ...
         took = f"{o['seconds']:7.1f} s" if o["seconds"] else " " * 9
-        lines.append(f"  {o['stage']:<9} {o['outcome']:<13} {took}  {o['reason']}")
+        lines.append(f"  {o['stage']:<{width}} {o['outcome']:<12} {took}  {o['reason']}")
     if "shards" in s:
         sh = s["shards"]
         splits = ", ".join(f"{k} {v['samples']} in {v['shards']} shards" for k, v in sorted(sh["by_split"].items()))
@@ -54,7 +55,8 @@ def format_summary(s: dict[str, Any]) -> str:
             f = s[name]
             what = "from pre-training" if f["init"] not in ("", "random") else "from random init"
             reg = f"  registered {f['registered']}" if f.get("registered") else ""
-            lines.append(f"{label:<10} val top-1 {_num(f['val_top1'])} ({what})  -> {f['model']}{reg}")
+            test = f"  {f['test_split']} top-1 {_num(f['test_top1'])}" if "test_top1" in f else ""
+            lines.append(f"{label:<10} val top-1 {_num(f['val_top1'])}{test} ({what})  -> {f['model']}{reg}")
     if "evaluate" in s:
         e = s["evaluate"]
         lines.append(f"evaluate   {e['split']} top-1 {_num(e['top1'])}  top-5 {_num(e['top5'])}  "
@@ -62,6 +64,8 @@ def format_summary(s: dict[str, Any]) -> str:
     m = s["mlflow"]
     lines.append(f"MLflow     parent run {m['parent_run_id']} in experiment {m['experiment']!r} at {m['tracking_uri']}")
     lines.append(f"MLflow UI  {m['ui']}")
+    if m.get("page"):
+        lines.append(f"           then open {m['page']}")
     return "\n".join(lines)
 
 

@@ -17,6 +17,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from jobs._cli import ListOptions
 from pipeline.core.errors import TubeletError, VideoError
 from pipeline.infra.tracking import TrackingConfig, resolve_uri
 
@@ -26,11 +27,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help="models:/name@alias, models:/name/N, runs:/<run_id>/<path>, "
                         "or a model or fine-tuning run folder (local or s3://)")
     parser.add_argument("videos", nargs="+", help="video files")
-    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--top-k", type=int, default=5, help="how many classes to print per video")
     parser.add_argument("--num-clips", type=int, default=0, help="temporal clips (0 = as the model card says)")
     parser.add_argument("--num-crops", type=int, default=0, help="spatial crops (0 = as the model card says)")
     parser.add_argument("--tracking-uri", default="", help="MLflow tracking / registry URI")
     parser.add_argument("--json", action="store_true", help="one JSON object per video")
+    parser.add_argument("--list-keys", action=ListOptions)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # stdout / stderr carry the answers and the one-line errors: no download progress bars

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 
-from jobs._cli import job_main
+from jobs._cli import job_main, rounded
 from pipeline.core import io as sio
 from pipeline.core.config import to_toml
 from pipeline.orchestration.driver import resolve_on_driver
@@ -43,7 +43,7 @@ def run(cfg: PretrainConfig) -> int:
             files = export_weights(directory, cfg.model, sio.join(run_dir, "export"))
         print(f"exported: {files['pretrain_fp32.pt']}")
     print(f"run: {run_dir}  last checkpoint: {checkpoint.path if checkpoint else None}")
-    print(f"metrics: {({k: round(v, 4) if isinstance(v, float) else v for k, v in (result.metrics or {}).items()})}")
+    print(f"metrics: {rounded(result.metrics or {})}")
     return 0
 
 

@@ -24,6 +24,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from jobs._cli import ListOptions
 from jobs.registry import configurable
 from pipeline.core.errors import TubeletError
 
@@ -47,6 +48,7 @@ def submit_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-tracking-check", action="store_true",
                    help="do not probe an http(s) MLFLOW_TRACKING_URI from here (reachable from the cluster only)")
     p.add_argument("--dry-run", action="store_true", help="check and print what would be submitted; contact nothing")
+    p.add_argument("--list-keys", action=ListOptions)
     return p
 
 

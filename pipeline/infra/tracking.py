@@ -181,6 +181,24 @@ class NullTracker:
 
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+TRAINING_KIND = "custom_model_development"  # MLflow 3's model-training experiment (runs, charts), not GenAI (traces)
+# MLflow 3.17's UI takes the view from a switch kept in the browser (GenAI by default) and ignores
+# the tag, unless the page's URL names it: the links this package prints carry this parameter.
+UI_TRAINING_VIEW = "workflowType=machine_learning"
+
+
+def experiment_ui_url(base_url: str, experiment_id: str) -> str:
+    """An experiment's runs in MLflow's UI at ``base_url``, in the model-training view."""
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?{UI_TRAINING_VIEW}"
+
+
+def experiment_id_of(uri: str, name: str) -> str:
+    """The id of experiment ``name`` in the store at ``uri``; '' when there is none (never raises)."""
+    try:
+        experiment = _client(uri).get_experiment_by_name(name)
+    except Exception:  # noqa: BLE001
+        return ""
+    return experiment.experiment_id if experiment is not None else ""
 
 
 class MlflowTracker:
@@ -204,6 +222,12 @@ class MlflowTracker:
     def _experiment_id(self) -> str:
         experiment = self.client.get_experiment_by_name(self.cfg.experiment)
         if experiment is not None:
+            kind = experiment.tags.get(EXPERIMENT_KIND_TAG, "")
+            if not kind or kind.endswith("_inferred") or kind == "no_inferred_type":
+                # made elsewhere (mlflow's UI, a script, an older Tubelet) or guessed by the UI: these are
+                # training runs; a kind someone chose (e.g. genai_development) is left as it is
+                with contextlib.suppress(Exception):
+                    self.client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
             return experiment.experiment_id
         location = None
         if self.uri.startswith("sqlite:///"):  # artifacts next to the database, not in the cwd
@@ -212,7 +236,7 @@ class MlflowTracker:
             # The kind tag makes MLflow 3's UI open the experiment as model training (runs, charts),
             # not as a GenAI experiment (traces).
             return self.client.create_experiment(self.cfg.experiment, artifact_location=location,
-                                                 tags={EXPERIMENT_KIND_TAG: "custom_model_development"})
+                                                 tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
         except Exception:  # created meanwhile by another job
             experiment = self.client.get_experiment_by_name(self.cfg.experiment)
             if experiment is None:
@@ -426,7 +450,8 @@ def reconstruction_grid(original: np.ndarray, masked: np.ndarray, recon: np.ndar
 
 
 __all__ = ["MlflowTracker", "NullTracker", "Tracker", "TrackingConfig", "TrackingError", "check_reachable",
-           "child_config", "close_run", "git_commit", "is_registered", "make_tracker", "metric_history",
+           "child_config", "close_run", "experiment_id_of", "experiment_ui_url", "git_commit", "is_registered",
+           "make_tracker", "metric_history",
            "reconstruction_grid", "redact_url", "resolve_uri", "run_is_active", "safe_params"]
 
 

@@ -72,8 +72,8 @@ def _write(cfg: EvaluateConfig, report: dict[str, Any], tracker: Any) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         png = Path(tmp) / "confusion.png"
         Image.fromarray(picture).save(png)
+        tracker.log_artifact(png)  # first: upload_file moves the file (a local output is a rename)
         sio.upload_file(png, sio.join(cfg.run.output, "confusion.png"))
-        tracker.log_artifact(png)
     sio.write_text(sio.join(cfg.run.output, "report.json"), json.dumps(report, indent=1))
     tracker.log_dict(report, "report.json")
     tracker.log_metrics({k: report[k] for k in report if k.startswith("top") or k == "mean_class_accuracy"}, 0)

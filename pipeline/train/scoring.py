@@ -66,28 +66,46 @@ def classification_report(probs: torch.Tensor, labels: torch.Tensor, class_names
     return report
 
 
-def confusion_picture(matrix: Sequence[Sequence[int]] | np.ndarray, class_names: Sequence[str],
-                      cell: int = 28) -> np.ndarray:
-    """uint8 ``[H, W, 3]`` heat map of the row-normalised confusion matrix, with class names and counts."""
-    from PIL import Image, ImageDraw
+def confusion_figure(matrix: Sequence[Sequence[int]] | np.ndarray, class_names: Sequence[str]) -> Any:
+    """A matplotlib ``Figure`` of the confusion matrix: rows = true class, columns = predicted,
+    cells shaded by the row-normalised share and labelled with their counts, full class names on
+    both axes. Sized from the class count and the longest name (a few classes: >= 5 x 4 inches)."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
 
-    m = np.asarray(matrix, dtype=np.float64)
+    m = np.asarray(matrix, dtype=np.int64)
     k = m.shape[0]
+    names = [str(n) for n in class_names] if len(class_names) == k else [str(i) for i in range(k)]
     rows = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
-    margin = 8 + 6 * max((len(n) for n in class_names), default=1)
-    size = margin + k * cell + 4
-    img = Image.new("RGB", (size, size), "white")
-    draw = ImageDraw.Draw(img)
-    for i in range(k):
-        for j in range(k):
-            shade = int(255 * (1 - rows[i, j]))
-            box = (margin + j * cell, margin + i * cell, margin + (j + 1) * cell - 1, margin + (i + 1) * cell - 1)
-            draw.rectangle(box, fill=(shade, shade, 255), outline=(200, 200, 200))
-            if m[i, j]:
-                draw.text((box[0] + 3, box[1] + 8), str(int(m[i, j])), fill="black" if shade > 110 else "white")
-        draw.text((2, margin + i * cell + 8), str(class_names[i])[:20], fill="black")  # true class rows
-        draw.text((margin + i * cell + 2, 2 + (i % 2) * 10), str(class_names[i])[:4], fill="black")  # predicted
-    return np.asarray(img, dtype=np.uint8)
+    cell = min(0.6, max(0.12, 12.0 / max(k, 1)))  # inches per cell: 0.6 for a few classes, 12 in at most
+    font = min(10.0, max(4.0, cell * 16))
+    longest = max((len(n) for n in names), default=1) * font / 72 * 0.62  # inches a name takes
+    fig = Figure(figsize=(max(5.0, k * cell + longest + 2.0), max(4.0, k * cell + longest + 1.2)), dpi=100)
+    ax = fig.add_subplot()
+    image = ax.imshow(rows, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    ax.set_xticks(range(k), names, rotation=45, ha="right", rotation_mode="anchor", fontsize=font)
+    ax.set_yticks(range(k), names, fontsize=font)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"confusion matrix ({int(m.sum())} videos)")
+    if k <= 30:  # counts stay readable up to ~30 classes
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, str(int(m[i, j])), ha="center", va="center", fontsize=font,
+                        color="white" if rows[i, j] > 0.5 else "black")
+    return fig
+
+
+def confusion_picture(matrix: Sequence[Sequence[int]] | np.ndarray, class_names: Sequence[str]) -> np.ndarray:
+    """uint8 ``[H, W, 3]`` rendering of :func:`confusion_figure` (what evaluation saves as
+    confusion.png), cropped to what is drawn so that no name or axis title is cut."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    confusion_figure(matrix, class_names).savefig(buf, format="png", bbox_inches="tight", pad_inches=0.15)
+    return np.asarray(Image.open(buf).convert("RGB"), dtype=np.uint8)
 
 
 # --------------------------------------------------------------------------------------------

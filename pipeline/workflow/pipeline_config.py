@@ -75,7 +75,8 @@ class PipelineSection:
     output: str = help_field("runs/pipeline", help="root of pipeline outputs (local folder or s3://)")
     stages: list[str] = help_field(["shard", "pretrain", "finetune", "evaluate"],
                                    help="stages to run, of: shard, pretrain, finetune, evaluate")
-    baseline: bool = help_field(False, help="also fine-tune from random init (the fine-tune config, no init) to compare")
+    baseline: bool = help_field(False, help="also fine-tune from random init (the fine-tune config, no init) and "
+                                           "evaluate it as the fine-tuned model is, to compare")
     tracking_uri: str = help_field("", help="MLflow store ('' = $MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db)")
     experiment: str = help_field("tubelet", help="MLflow experiment of the parent and the stage runs")
     ray_address: str = help_field("", help="Ray cluster address ('' = RAY_ADDRESS or one embedded Ray for all stages)")
@@ -202,13 +203,22 @@ def plan_stages(cfg: PipelineConfig, jobs: Jobs, tracking_uri: str) -> list[Stag
     bl = build_stage(jobs.finetune.config, ft_base, ft_wired, given(cfg.finetune),
                      {"run.name": "baseline", "model.init": RANDOM_INIT, "tracking.registered_model": ""},
                      given(cfg.baseline))
+    bl_dir = sio.join(bl.run.output, bl.run.name)
+    # ... and it is evaluated as the fine-tuned model is (the [evaluate] table: split, views), so the
+    # summary compares the two on the same test videos, not only on the fine-tuning's val split.
+    bl_arch = {f"model.{k}": getattr(bl.model, k) for k in ARCHITECTURE_KEYS}
+    bl_ev = build_stage(jobs.evaluate.config, find_base(jobs.find_config, "evaluate", cfg.evaluate.config),
+                        {"run.output": sio.join(root, "baseline_evaluate"), "run.name": "baseline_evaluate",
+                         "data.shards": shards, "model.init": bl_dir, **bl_arch, **track}, given(cfg.evaluate))
     on = set(p.stages)
     return [
         Stage("shard", "shard", sh, shards, (), "shard" in on),
         Stage("pretrain", "pretrain", pt, pt_dir, ("shard",), "pretrain" in on),
         Stage("finetune", "finetune", ft, ft_dir, ("shard", "pretrain"), "finetune" in on),
         Stage("evaluate", "evaluate", ev, ev.run.output, ("shard", "finetune"), "evaluate" in on),
-        Stage("baseline", "finetune", bl, sio.join(bl.run.output, bl.run.name), ("shard",), p.baseline),
+        Stage("baseline", "finetune", bl, bl_dir, ("shard",), p.baseline),
+        Stage("baseline_evaluate", "evaluate", bl_ev, bl_ev.run.output, ("shard", "baseline"),
+              p.baseline and "evaluate" in on),
     ]
 
 

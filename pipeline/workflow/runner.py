@@ -40,8 +40,17 @@ class StageError(TubeletError):
 
 @dataclass
 class Outcome:
+    """What one invocation did with a stage, in the words the summary prints:
+
+    - ``done``: it ran now, from the start; ``reason`` is what its outputs hold afterwards
+    - ``resumed``: it ran now, continuing from what an earlier invocation left (a checkpoint, shards)
+    - ``skipped``: its outputs were already complete; nothing ran
+    - ``completed``: only its last step ran now (an export, a registration)
+    - ``failed``, ``not selected``
+    """
+
     stage: str
-    outcome: str  # ran | skipped | completed (only a last step: export, registration) | failed | not selected
+    outcome: str
     reason: str
     seconds: float = 0.0
     run_id: str = ""
@@ -102,7 +111,9 @@ class Runner:
         rec = self.state["stages"].setdefault(stage.name, {})
         if not stage.selected:
             self.fingerprints[stage.name] = rec.get("fingerprint", "")
-            why = "pipeline.baseline is false" if stage.name == "baseline" else "not in pipeline.stages"
+            why = "not in pipeline.stages"
+            if stage.name.startswith("baseline"):
+                why = "pipeline.baseline is false" if not self.cfg.pipeline.baseline else "evaluate not in pipeline.stages"
             return Outcome(stage.name, "not selected", why, run_id=rec.get("run_id", ""))
         kind = kind_of(stage)
         upstream = {n: self.fingerprints.get(n, "") for n in stage.needs}
@@ -116,14 +127,16 @@ class Runner:
             self._refuse_stale(stage, rec, upstream, found)
         if found.complete and same:
             self.fingerprints[stage.name] = fp
-            return Outcome(stage.name, "skipped", found.reason, run_id=rec.get("run_id", ""))
+            return Outcome(stage.name, "skipped", f"already done: {found.reason}", run_id=rec.get("run_id", ""))
         if found.finish is not None and same:
             t0 = time.monotonic()
             found.finish()
-            self._require_complete(stage, rec.get("run_id", ""))
+            after = self._require_complete(stage, rec.get("run_id", ""))
             self.fingerprints[stage.name] = fp
-            return Outcome(stage.name, "completed", found.reason, time.monotonic() - t0, rec.get("run_id", ""))
-        return self._launch(stage, rec, upstream, fp, found.reason if same else "its inputs or config changed")
+            last = found.reason.rsplit(": ", 1)[-1]  # "exporting it", "registering"
+            return Outcome(stage.name, "completed", f"only its last step ran ({last}); {after.reason}",
+                           time.monotonic() - t0, rec.get("run_id", ""))
+        return self._launch(stage, rec, upstream, fp, found, same)
 
     def _refuse_stale(self, stage: Stage, rec: dict[str, Any], upstream: dict[str, str], found: Check) -> None:
         """Outputs made from another config or other inputs are never resumed or kept silently."""
@@ -134,7 +147,10 @@ class Runner:
         raise StageError(f"stage {stage.name}: {stage.output} holds outputs of another config or other inputs "
                          f"({what}); remove that folder or choose another pipeline.name to redo the stage")
 
-    def _launch(self, stage: Stage, rec: dict[str, Any], upstream: dict[str, str], fp: str, why: str) -> Outcome:
+    def _launch(self, stage: Stage, rec: dict[str, Any], upstream: dict[str, str], fp: str, before: Check,
+                same: bool) -> Outcome:
+        """Run the stage's job; the outcome says what its outputs hold now (not what they held before)."""
+        why = before.reason if same else "its inputs or config changed"
         run_id, resumed = self.runs.child(stage.name, self.parent_id, rec)
         rec.update(run_id=run_id, status="running", fingerprint=fp or None, config=stable_config(stage.cfg),
                    upstream=upstream, attempts=int(rec.get("attempts", 0)) + 1, started=time.time())
@@ -148,7 +164,7 @@ class Runner:
             self._ensure_ray()
             getattr(self.jobs, stage.job).run(cfg)
             kind_of(stage).after_run(stage, cfg, self.runs, run_id, self.parent_id)
-            found = self._require_complete(stage, run_id)
+            after = self._require_complete(stage, run_id)
         except Exception as exc:
             rec.update(status="failed", seconds=round(time.monotonic() - t0, 1))
             self.save()
@@ -162,14 +178,17 @@ class Runner:
             self.save()
             self.runs.end_child(run_id, "KILLED")
             raise
-        fp = kind_of(stage).fingerprint(stage, upstream, found)  # shards: known once they exist
+        fp = kind_of(stage).fingerprint(stage, upstream, after)  # shards: known once they exist
         seconds = round(time.monotonic() - t0, 1)
         rec.update(status="finished", fingerprint=fp, seconds=seconds, finished=time.time())
         self.save()
         self.runs.end_child(run_id, "FINISHED")
         self.fingerprints[stage.name] = fp
+        resumed_from = before.resumes if same else ""
+        first = f"from {resumed_from}" if resumed_from else ("" if same else "redone: its inputs or config changed")
         note = f"; continued MLflow run {run_id[:8]}" if resumed else ""
-        return Outcome(stage.name, "ran", why + note, seconds, run_id)
+        reason = "; ".join(p for p in (first, after.reason) if p) + note
+        return Outcome(stage.name, "resumed" if resumed_from else "done", reason, seconds, run_id)
 
     def _require_complete(self, stage: Stage, run_id: str) -> Check:
         found = kind_of(stage).check(stage, run_id)

@@ -42,6 +42,7 @@ class Check:
     reason: str
     finish: Callable[[], None] | None = None  # a last step (export, registration) instead of a relaunch
     identity: str = ""  # a digest of the outputs themselves (shards)
+    resumes: str = ""  # what a launch continues from ("its checkpoint at step 3/6"); '' = starts afresh
 
 
 def _checkpoint_step(run_dir: str) -> int | None:
@@ -63,7 +64,8 @@ def check_shard(stage: Stage) -> Check:
     index = read_json(sio.join(cfg.output, INDEX_NAME))
     inputs = len(plan.items) + len(plan.rejects)
     if index is None:
-        return Check(False, f"{len(plan.todo)} of {inputs} inputs to shard ({len(plan.kept)} shards kept)")
+        return Check(False, f"{len(plan.todo)} of {inputs} inputs to shard ({len(plan.kept)} shards kept)",
+                     resumes=f"{len(plan.kept)} shards kept" if plan.kept else "")
     quarantine = sio.read_text(sio.join(cfg.output, QUARANTINE_NAME)) if sio.exists(
         sio.join(cfg.output, QUARANTINE_NAME)) else ""
     quarantined = {(q["line"], q["uri"]) for q in map(json.loads, quarantine.splitlines())}
@@ -72,7 +74,8 @@ def check_shard(stage: Stage) -> Check:
     listed = sorted(s["name"] for s in index.get("shards", []))
     if missing or index.get("fingerprint") != plan.fingerprint or listed != sorted(s.name for s in plan.kept) \
             or index.get("totals", {}).get("inputs") != inputs:
-        return Check(False, f"{len(missing)} of {inputs} inputs not in verified shards or the index is stale")
+        return Check(False, f"{len(missing)} of {inputs} inputs not in verified shards or the index is stale",
+                     resumes=f"{len(plan.kept)} shards kept" if plan.kept else "")
     identity = hashlib.sha256(json.dumps([plan.fingerprint, plan.labels, [(s.name, s.sha256) for s in plan.kept]],
                                          sort_keys=True).encode()).hexdigest()[:16]
     totals = index["totals"]
@@ -87,7 +90,8 @@ def check_pretrain(stage: Stage) -> Check:
     if step is None:
         return Check(False, "no checkpoint yet: starts at step 0")
     if step < cfg.train.steps:
-        return Check(False, f"interrupted: resumes from its checkpoint at step {step}/{cfg.train.steps}")
+        return Check(False, f"interrupted: resumes from its checkpoint at step {step}/{cfg.train.steps}",
+                     resumes=f"its checkpoint at step {step}/{cfg.train.steps}")
     export = sio.join(run_dir, "export")
     missing = [f for f in EXPORTS if not sio.exists(sio.join(export, f))] if cfg.train.export else []
     if not missing:
@@ -115,7 +119,8 @@ def check_finetune(stage: Stage, run_id: str = "") -> Check:
         step = _checkpoint_step(run_dir)
         if step is None:
             return Check(False, "no checkpoint yet: starts at step 0")
-        return Check(False, f"interrupted: resumes from its checkpoint at step {step}/{cfg.train.steps}")
+        return Check(False, f"interrupted: resumes from its checkpoint at step {step}/{cfg.train.steps}",
+                     resumes=f"its checkpoint at step {step}/{cfg.train.steps}")
     best = sio.join(export, "best")
     kept = best if cfg.finetune.keep == "best" and sio.exists(sio.join(best, CARD)) else sio.join(export, "last")
     if not sio.exists(sio.join(kept, WEIGHTS)):

@@ -13,12 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.core import io as sio
 from pipeline.data.shard_writer import INDEX_NAME
-from pipeline.infra.tracking import redact_url
+from pipeline.infra.tracking import experiment_id_of, experiment_ui_url, redact_url
 from pipeline.train.model_registry import CARD, registered_uri
 from pipeline.workflow.state import STATE_FILE, read_json
 
 if TYPE_CHECKING:
     from pipeline.workflow.runner import Runner
+
+UI_PORT = 5000
 
 
 def mlflow_ui_command(uri: str) -> str:
@@ -27,7 +29,16 @@ def mlflow_ui_command(uri: str) -> str:
         return f"open {redact_url(uri)}"
     exe = os.path.join(os.path.dirname(sys.executable), "mlflow")
     rel = os.path.relpath(exe)
-    return f"{exe if rel.startswith('..') else rel} ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+    return f"{exe if rel.startswith('..') else rel} ui --backend-store-uri {uri} --host 127.0.0.1 --port {UI_PORT}"
+
+
+def mlflow_ui_page(uri: str, experiment_id: str) -> str:
+    """The experiment's runs in the UI of :func:`mlflow_ui_command`, in the model-training view
+    (MLflow 3's UI opens in its GenAI view otherwise); '' without an experiment."""
+    if not experiment_id:
+        return ""
+    base = f"http://127.0.0.1:{UI_PORT}" if uri.startswith("sqlite:") else redact_url(uri)
+    return experiment_ui_url(base, experiment_id)
 
 
 def summarize(runner: Runner, status: str) -> dict[str, Any]:
@@ -38,7 +49,8 @@ def summarize(runner: Runner, status: str) -> dict[str, Any]:
         "pipeline": runner.cfg.pipeline.name, "status": status, "output": runner.root,
         "state": sio.join(runner.root, STATE_FILE), "stages": [dataclasses.asdict(o) for o in runner.outcomes],
         "mlflow": {"tracking_uri": redact_url(runner.uri), "experiment": runner.cfg.pipeline.experiment,
-                   "parent_run_id": runner.parent_id, "stage_run_ids": ids, "ui": mlflow_ui_command(runner.uri)},
+                   "parent_run_id": runner.parent_id, "stage_run_ids": ids, "ui": mlflow_ui_command(runner.uri),
+                   "page": mlflow_ui_page(runner.uri, experiment_id_of(runner.uri, runner.cfg.pipeline.experiment))},
     }
     metrics: dict[str, float] = {}
     index = read_json(sio.join(st["shard"].output, INDEX_NAME))
@@ -69,15 +81,23 @@ def summarize(runner: Runner, status: str) -> dict[str, Any]:
                     out[name]["registered"] = uri
             if top1 is not None:
                 metrics[f"{name}_val_top1"] = top1
+    tested = read_json(sio.join(st["baseline_evaluate"].output, "report.json")) if st["baseline_evaluate"].selected else None
+    if tested and "baseline" in out:  # the random init on the test videos the fine-tuned model is evaluated on
+        out["baseline"].update(test_split=tested.get("split"), test_top1=tested.get("top1"),
+                               report=sio.join(st["baseline_evaluate"].output, "report.json"))
+        if isinstance(tested.get("top1"), (int, float)):
+            metrics["baseline_test_top1"] = tested["top1"]
     report = read_json(sio.join(st["evaluate"].output, "report.json"))
     if report:
         out["evaluate"] = {"report": sio.join(st["evaluate"].output, "report.json"), "split": report.get("split"),
                            "top1": report.get("top1"), "top5": report.get("top5"),
                            "views_per_video": report.get("views_per_video"), "num_videos": report.get("num_videos")}
         metrics.update({f"test_{k}": report[k] for k in ("top1", "top5") if isinstance(report.get(k), (int, float))})
+        if "finetune" in out:  # beside the baseline's test top-1
+            out["finetune"].update(test_split=report.get("split"), test_top1=report.get("top1"))
     out["metrics"] = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
     return out
 
 
 
-__all__ = ["mlflow_ui_command", "summarize"]
+__all__ = ["mlflow_ui_command", "mlflow_ui_page", "summarize"]

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.core.net import free_port
+from pipeline.infra.tracking import experiment_ui_url
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("TUBELET_TEST_ARTIFACTS", REPO / "runs" / "test-artifacts"))
@@ -66,7 +67,8 @@ def screenshot_runs(url: str, experiment_id: str, parent: str, children: list[st
                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
         try:
             page = browser.new_page(viewport={"width": 1500, "height": 950})
-            page.goto(f"{url}/#/experiments/{experiment_id}/runs?compareRunsMode=CHART")
+            # The link jobs.pipeline prints: the experiment in the model-training view (not GenAI's).
+            page.goto(f"{experiment_ui_url(url, experiment_id)}&compareRunsMode=CHART")
             page.get_by_text(parent, exact=True).first.wait_for(timeout=60_000)
             # The run-name cell's expander button shows the nested (child) runs.
             page.locator('[row-id] button[data-component-id*="runnamecellrenderer"]').first.click()

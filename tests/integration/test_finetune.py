@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from mlflow import MlflowClient
+from PIL import Image
 
 from jobs import evaluate as evaluate_job
 from jobs import finetune as finetune_job
@@ -133,7 +134,14 @@ def test_finetune_evaluate_register_and_predict(data: dict[str, Path], tmp_path:
     assert report["top1"] == pytest.approx(sum(confusion[i][i] for i in range(4)) / 8)
     for i, name in enumerate(report.get("class_names", CLASSES)):
         assert report["per_class"][name] == pytest.approx(confusion[i][i] / 2), name
-    assert (tmp_path / "eval" / "confusion.png").stat().st_size > 0
+    # The report and the confusion picture reach the evaluation's MLflow run, and the picture is readable.
+    ev_run = client.search_runs(client.get_experiment_by_name("tubelet").experiment_id,
+                                filter_string="attributes.run_name = 'ev'")[0]
+    assert {"confusion.png", "report.json"} <= {a.path for a in client.list_artifacts(ev_run.info.run_id)}
+    png = Path(client.download_artifacts(ev_run.info.run_id, "confusion.png", str(tmp_path)))
+    with Image.open(png) as picture:
+        assert picture.format == "PNG" and picture.width >= 400 and picture.height >= 300, picture.size
+    assert png.read_bytes() == (tmp_path / "eval" / "confusion.png").read_bytes()
 
 
 def test_linear_probe_trains_only_the_head(data: dict[str, Path], tmp_path: Path) -> None:

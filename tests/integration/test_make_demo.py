@@ -34,11 +34,12 @@ def test_make_demo_end_to_end_shortened(tmp_path: Path) -> None:
     assert (tmp_path / "data" / "sample" / "manifest.csv").exists()
     assert (tmp_path / "data" / "shards" / "sample" / "index.json").exists()
     assert "pipeline demo: finished" in out, out[-3000:]
-    for line in ("shards     ", "pre-train  loss ", "fine-tune  val top-1 ", "baseline   val top-1 ",
+    for line in ("shards     ", "pre-train  loss ", "fine-tune  val top-1 ", "baseline   val top-1 ", " test top-1 ",
                  "evaluate   test top-1 ", "MLflow UI  "):
         assert line in out, f"summary line {line.strip()!r} missing:\n{out[-3000:]}"
     summary = json.loads((runs / "demo" / "summary.json").read_text())
-    assert {s["outcome"] for s in summary["stages"]} == {"ran"}, summary["stages"]
+    assert {s["outcome"] for s in summary["stages"]} == {"done"}, summary["stages"]
+    assert isinstance(summary["baseline"]["test_top1"], float)  # the random init, evaluated on the test split too
     assert summary["mlflow"]["tracking_uri"] == f"sqlite:///{db}"
     # The demo's dataset keeps videos for pre-training only; fine-tuning never sees them.
     assert set(summary["shards"]["by_split"]) == {"unlabelled", "train", "val", "test"}

@@ -3,7 +3,10 @@ layer-decay lr scale that fine-tuning relies on."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,6 +19,7 @@ from pipeline.train.scoring import (
     _merge,
     aggregate_views,
     classification_report,
+    confusion_figure,
     confusion_picture,
     evaluate_pass,
 )
@@ -51,9 +55,47 @@ def test_report_top1_top5_per_class_and_confusion() -> None:
     assert report["support"] == {"a": 1, "b": 1, "c": 2, "d": 0}
 
 
-def test_confusion_picture_is_an_rgb_image() -> None:
+def test_confusion_picture_is_readable_with_full_names_and_axis_titles() -> None:
     pic = confusion_picture([[3, 1], [0, 4]], ["left", "right"])
-    assert pic.dtype == np.uint8 and pic.ndim == 3 and pic.shape[2] == 3 and pic.shape[0] > 56
+    assert pic.dtype == np.uint8 and pic.ndim == 3 and pic.shape[2] == 3
+    assert pic.shape[1] >= 400 and pic.shape[0] >= 300, pic.shape  # was 150 px wide
+    ax = confusion_figure([[3, 1], [0, 4]], ["left", "right"]).axes[0]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("predicted", "true")
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["left", "right"] == [t.get_text() for t in ax.get_yticklabels()]
+    assert sorted(t.get_text() for t in ax.texts) == ["0", "1", "3", "4"]  # the counts
+    # Full names are drawn (none cut to "righ" or to 20 characters): longer names, a wider picture,
+    # and names that differ only after their 20th character give different pictures.
+    long = ["a_rather_long_class_name_left", "a_rather_long_class_name_right"]
+    wide = confusion_picture([[3, 1], [0, 4]], long)
+    assert wide.shape[1] > pic.shape[1] + 100, (wide.shape, pic.shape)
+    other = confusion_picture([[3, 1], [0, 4]], ["a_rather_long_class_name_down", "a_rather_long_class_name_upper"])
+    assert other.shape != wide.shape or (other != wide).any()
+
+
+def test_the_report_and_the_confusion_picture_reach_the_mlflow_run(tmp_path: Path) -> None:
+    """evaluate's rank 0 writes report.json and confusion.png to run.output and logs both to MLflow
+    (the picture was logged after moving it out of its temporary folder: 'No such file')."""
+    from mlflow import MlflowClient
+    from PIL import Image
+
+    from pipeline.infra.tracking import MlflowTracker, TrackingConfig
+    from pipeline.train.evaluate import _write
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = MlflowTracker(TrackingConfig(tracking_uri=uri, experiment="unit", system_metrics=False)).start("ev")
+    probs, labels = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]]), torch.tensor([0, 1, 1])
+    report = {**classification_report(probs, labels, ["left", "right"]), "views_per_video": 1}
+    run_id = tracker.run_id or ""
+    _write(SimpleNamespace(run=SimpleNamespace(output=str(tmp_path / "eval"))), report, tracker)
+    assert tracker.failures == 0
+    tracker.end()
+    client = MlflowClient(uri)
+    assert {a.path for a in client.list_artifacts(run_id)} >= {"confusion.png", "report.json"}
+    png = Path(client.download_artifacts(run_id, "confusion.png", str(tmp_path)))
+    with Image.open(png) as picture:
+        assert picture.format == "PNG" and picture.width >= 400, picture.size
+    assert png.read_bytes() == (tmp_path / "eval" / "confusion.png").read_bytes()
+    assert json.loads((tmp_path / "eval" / "report.json").read_text())["confusion"] == [[1, 0], [1, 1]]
 
 
 class _Fixed(torch.nn.Module):

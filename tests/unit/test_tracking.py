@@ -15,6 +15,8 @@ from pipeline.infra.tracking import (
     NullTracker,
     TrackingConfig,
     TrackingError,
+    experiment_id_of,
+    experiment_ui_url,
     make_tracker,
     reconstruction_grid,
     redact_url,
@@ -109,6 +111,26 @@ def test_child_run_is_nested_under_its_parent(cfg):
 
     experiment = MlflowClient(cfg.tracking_uri).get_experiment_by_name(cfg.experiment)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_an_experiment_made_elsewhere_is_marked_as_model_training(cfg):
+    """MLflow 3 shows an experiment without a kind (or with one its UI guessed) as GenAI: traces, an
+    assistant. Using such an experiment marks it as model training; a kind someone chose is kept."""
+    client = MlflowClient(resolve_uri(cfg))
+    kinds = {"plain": None, "guessed": "genai_development_inferred", "chosen": "genai_development"}
+    for name, kind in kinds.items():
+        client.create_experiment(name, tags={"mlflow.experimentKind": kind} if kind else None)
+        with make_tracker(TrackingConfig(**{**cfg.__dict__, "experiment": name})).start("a"):
+            pass
+    found = {name: client.get_experiment_by_name(name).tags.get("mlflow.experimentKind") for name in kinds}
+    assert found == {"plain": "custom_model_development", "guessed": "custom_model_development",
+                     "chosen": "genai_development"}
+    # MLflow 3.17's UI follows the page's URL, not the tag: the links printed name the training view
+    experiment_id = experiment_id_of(resolve_uri(cfg), "plain")
+    assert experiment_id == client.get_experiment_by_name("plain").experiment_id
+    assert experiment_ui_url("http://127.0.0.1:5000/", experiment_id) == \
+        f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    assert experiment_id_of(resolve_uri(cfg), "absent") == ""
 
 
 def test_failed_block_marks_the_run_failed(cfg):

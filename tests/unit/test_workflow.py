@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from jobs.pipeline import JOBS
+from jobs._cli import rounded
+from jobs.pipeline import JOBS, format_summary
 from pipeline.core.config import ConfigError, load_config
 from pipeline.workflow import (
     EXPORTS,
+    Runner,
     StageError,
     changed_keys,
     check_evaluate,
@@ -22,9 +26,11 @@ from pipeline.workflow import (
     fingerprint,
     load_state,
     mlflow_ui_command,
+    run_pipeline,
     save_state,
+    summarize,
 )
-from pipeline.workflow.pipeline_config import PipelineConfig, Stage, given, plan_stages, stable_config
+from pipeline.workflow.pipeline_config import PipelineConfig, Stage, StageJob, given, plan_stages, stable_config
 
 REPO = Path(__file__).resolve().parents[2]
 URI = "sqlite:////tmp/never-opened.db"
@@ -104,7 +110,13 @@ def test_wiring_links_each_stage_to_the_previous_one(tmp_path: Path) -> None:
     assert bl.optim.layer_decay == 0.75 and s["baseline"].output == f"{root}/baseline"
     for stage in (pt, ft, ev, bl):
         assert stage.tracking.tracking_uri == URI and stage.tracking.experiment == "tubelet"
-    assert [x.selected for x in s.values()] == [True, True, True, True, True]  # demo: baseline on
+    assert [x.selected for x in s.values()] == [True] * 6  # demo: baseline on, and evaluated
+    # The baseline is evaluated as the fine-tuned model is: the same split and views, its own model.
+    bev = s["baseline_evaluate"].cfg
+    assert bev.model.init == s["baseline"].output and bev.run.output == f"{root}/baseline_evaluate"
+    assert (bev.data.split, bev.data.test_num_clips, bev.data.test_num_crops, bev.data.shards) == (
+        ev.data.split, ev.data.test_num_clips, ev.data.test_num_crops, shards) and ev.data.split == "test"
+    assert s["baseline_evaluate"].needs == ("shard", "baseline")
 
 
 def test_a_given_key_wins_over_the_wiring_and_the_chain_follows(tmp_path: Path) -> None:
@@ -113,6 +125,7 @@ def test_a_given_key_wins_over_the_wiring_and_the_chain_follows(tmp_path: Path) 
     assert s["pretrain"].cfg.data.shards == "/data/shards" and s["finetune"].cfg.data.shards == "/data/shards"
     assert s["finetune"].cfg.model.init.endswith("/demo/long")
     assert [x.name for x in s.values() if x.selected] == ["pretrain"]
+    assert not _stages(tmp_path, 'pipeline.stages=["shard", "pretrain", "finetune"]')["baseline_evaluate"].selected
 
 
 def test_fingerprints_ignore_how_a_stage_runs_but_not_what_it_makes(tmp_path: Path) -> None:
@@ -254,3 +267,72 @@ def test_evaluate_accepts_the_model_folder_its_driver_resolved(tmp_path: Path) -
     assert check_evaluate(stage).complete, check_evaluate(stage).reason
     (out / "report.json").write_text(json.dumps({**report, "model": str(best.parent / "last")}))
     assert "report.json has model" in check_evaluate(stage).reason
+
+
+def _fake_pretrain(cfg: Any) -> None:
+    """What jobs.pretrain leaves: the final checkpoint and the exports."""
+    run_dir = Path(cfg.run.output) / cfg.run.name
+    _checkpoint(run_dir, cfg.train.steps, stamp="59")
+    (run_dir / "export").mkdir(exist_ok=True)
+    for name in EXPORTS:
+        (run_dir / "export" / name).write_bytes(b"w")
+
+
+def test_the_summary_says_what_each_stage_did_in_words_read_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """A stage that ran says done (or resumed, and from where) and what its outputs hold now, never
+    the check made before it ran ("no checkpoint yet: starts at step 0"); a rerun says skipped."""
+    monkeypatch.setattr(Runner, "_ensure_ray", lambda self: None)  # the fake job needs no Ray
+    jobs = dataclasses.replace(JOBS, pretrain=StageJob(JOBS.pretrain.config, _fake_pretrain))
+    given = ['pipeline.stages=["pretrain"]', "pipeline.baseline=false", "pretrain.train.steps=8",
+             f"pipeline.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"]
+
+    def pretrain_line(*more: str) -> tuple[dict[str, Any], str]:
+        summary = run_pipeline(_cfg(tmp_path, *given, *more), jobs)
+        pages.append(summary["mlflow"]["page"])
+        line = next(x for x in format_summary(summary).splitlines() if x.strip().startswith("pretrain "))
+        assert f"then open {pages[-1]}" in format_summary(summary)
+        return next(o for o in summary["stages"] if o["stage"] == "pretrain"), line
+
+    pages: list[str] = []
+    done, line = pretrain_line()
+    # the link printed opens the experiment in the UI's model-training view, not the GenAI one
+    assert pages[0].startswith("http://127.0.0.1:5000/#/experiments/")
+    assert pages[0].endswith("/runs?workflowType=machine_learning")
+    assert done["outcome"] == "done" and done["reason"].startswith("final checkpoint at step 8/8; export/ has")
+    assert "starts at step 0" not in line and line.split()[1] == "done", line
+    skipped, line = pretrain_line()
+    assert skipped["outcome"] == "skipped" and skipped["reason"].startswith("already done: final checkpoint at step 8/8")
+    # An interrupted run (its checkpoint at step 4) is resumed, and the line says from where.
+    _checkpoint(tmp_path / "runs" / "other" / "pretrain", 4)
+    resumed, line = pretrain_line("pipeline.name=other")
+    assert resumed["outcome"] == "resumed" and line.split()[1] == "resumed", line
+    assert resumed["reason"].startswith("from its checkpoint at step 4/8; final checkpoint at step 8/8"), resumed
+    assert "resumes" not in resumed["reason"]
+
+
+def test_the_summary_compares_the_baseline_on_the_test_split_too(tmp_path: Path) -> None:
+    """Fine-tuned and random-init models side by side: val top-1 (fine-tuning) and test top-1 (evaluation)."""
+    cfg = _cfg(tmp_path, f"pipeline.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}")
+    runner = Runner(cfg, JOBS)
+    stages = {s.name: s for s in runner.stages}
+    for name, val, test in (("finetune", 0.875, 0.925), ("baseline", 0.35, 0.3)):
+        _card(Path(stages[name].output) / "export" / "best", 200, val)
+        if name == "finetune":  # its card names the pre-trained weights it started from
+            card = Path(stages[name].output) / "export" / "best" / "model.json"
+            card.write_text(json.dumps({**json.loads(card.read_text()), "source": {"step": 200, "init": "pt"}}))
+        report = Path(stages["evaluate" if name == "finetune" else "baseline_evaluate"].output) / "report.json"
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(json.dumps({"split": "test", "top1": test, "top5": 1.0, "num_videos": 40,
+                                      "views_per_video": 6}))
+    summary = summarize(runner, "FINISHED")
+    assert summary["baseline"]["test_top1"] == 0.3 and summary["metrics"]["baseline_test_top1"] == 0.3
+    assert summary["finetune"]["test_top1"] == 0.925 and summary["metrics"]["test_top1"] == 0.925
+    text = format_summary(summary)
+    assert "fine-tune  val top-1 0.875  test top-1 0.925 (from pre-training)" in text, text
+    assert "baseline   val top-1 0.350  test top-1 0.300 (from random init)" in text, text
+
+
+def test_printed_metrics_keep_small_numbers() -> None:
+    """jobs.pretrain prints its final metrics: a final lr of 3.1e-06 is not 0.0."""
+    assert rounded({"lr": 3.1234e-06, "loss": 0.912345, "step": 8}) == {"lr": 3.123e-06, "loss": 0.9123, "step": 8}
