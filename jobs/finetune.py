@@ -24,9 +24,8 @@ import warnings
 from jobs._cli import job_main
 from pipeline.core import io as sio
 from pipeline.core.config import to_toml, with_values
-from pipeline.data.shard_index import ShardIndex
 from pipeline.models.weights import CheckpointError, LoadReport
-from pipeline.orchestration.driver import resolve_on_driver
+from pipeline.orchestration.driver import check_on_driver, resolve_on_driver
 from pipeline.orchestration.ray_train import fit
 from pipeline.train.finetune import check_config, class_names, finetune
 from pipeline.train.job_configs import FinetuneConfig
@@ -70,7 +69,7 @@ def prepare(cfg: FinetuneConfig) -> FinetuneConfig:
     it was. Fails in one line."""
     check_config(cfg)
     cfg = resolve_on_driver(cfg, FINETUNE_INIT_FILES)
-    index = ShardIndex.load(cfg.data.shards)
+    index = check_on_driver(cfg, train=True, val_split=cfg.finetune.val_split)
     if cfg.finetune.classes_from_data and index.labels and len(index.labels) != cfg.model.num_classes:
         print(f"model.num_classes: {cfg.model.num_classes} -> {len(index.labels)} (labels of the shard index)")
         cfg = with_values(cfg, {"model.num_classes": len(index.labels)})

@@ -16,7 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pipeline.core.config import help_field
+from pipeline.core.config import ConfigError, help_field
+from pipeline.models.sizes import list_models
 
 # The [model] keys that fix a classifier's weights layout and input clip: a model card carries them.
 ARCHITECTURE_KEYS = ("name", "num_frames", "img_size", "tubelet_size", "patch_size", "layer_scale_init", "adapter_dim")
@@ -34,6 +35,11 @@ class ModelConfig:
     layer_scale_init: float = help_field(0.0, help="layer-scale init value; 0 = off (> 0 adds per-block scales to the weights)")
     attn_impl: Literal["sdpa", "eager"] = help_field("sdpa", help="attention kernel: sdpa (fused) or eager (reference)")
     init: str = help_field("", help="weights to start from (official or ours, .pth/.pt); empty = random init")
+
+    def __post_init__(self) -> None:
+        if self.name not in list_models():  # refused when the config is read, not by a worker minutes later
+            raise ConfigError(f"model.name={self.name!r} is not a known model: set model.name to one of "
+                              f"{', '.join(list_models())}")
 
     def arch_overrides(self) -> dict[str, int]:
         """The input-size and patch fields, as :func:`~pipeline.models.sizes.get_spec` overrides."""

@@ -77,7 +77,7 @@ def write_model_folder(state: dict[str, torch.Tensor], card: ModelCard, folder: 
     with tempfile.TemporaryDirectory() as tmp:
         torch.save({k: v.detach().float().cpu().contiguous() for k, v in state.items()}, Path(tmp) / WEIGHTS)
         sio.upload_file(Path(tmp) / WEIGHTS, sio.join(folder, WEIGHTS))
-    sio.write_text(sio.join(folder, CARD), json.dumps(asdict(card), indent=1))
+    write_card(card, folder)
 
 
 def read_card(folder: str) -> ModelCard:
@@ -190,6 +190,52 @@ def weights_file(spec: str, candidates: tuple[str, ...] = WEIGHT_FILES) -> str:
     """The weights file ``spec`` names (local or ``s3://``): the file itself, or the first of
     ``candidates`` in the folder ``spec``. Raises CheckpointError (one line) for anything else."""
     return resolve_init(spec, None, candidates)
+
+
+# The pre-training export's card (``export/card.json``, beside ``pretrain_fp32.pt``): a ModelCard
+# without classes. Not ``model.json``: an export folder is no classifier's model folder.
+EXPORT_CARD = "card.json"
+# What a card's ``data`` records of the recipe the weights were trained with, as config keys.
+RECIPE_DATA_KEYS = ("sampling_rate",)
+
+
+def recipe_data(data_cfg: Any) -> dict[str, Any]:
+    """The ``data`` of a card: the clip (frames at a sampling rate, the input side) and the
+    normalisation the weights were trained with (the ImageNet mean/std every job here applies)."""
+    from pipeline.core.pixels import IMAGENET_MEAN, IMAGENET_STD
+
+    return {"num_frames": data_cfg.num_frames, "sampling_rate": data_cfg.sampling_rate,
+            "input_size": data_cfg.input_size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+
+
+def write_card(card: ModelCard, folder: str, name: str = CARD) -> None:
+    sio.write_text(sio.join(folder, name), json.dumps(asdict(card), indent=1))
+
+
+def find_card(init: str) -> tuple[ModelCard, str] | None:
+    """The card that describes the resolved ``model.init`` and where it is: a model folder's
+    ``model.json``, or the card beside a weights file (``model.json`` of the model folder it is in,
+    ``card.json`` of a pre-training export); None for weights without one (an official file)."""
+    if not init:
+        return None
+    folder = init if sio.exists(sio.join(init, CARD)) else init.rsplit("/", 1)[0]  # a folder, or the file's
+    for name in (CARD, EXPORT_CARD):
+        where = sio.join(folder, name)
+        if sio.exists(where):
+            return ModelCard(**json.loads(sio.read_text(where))), where
+    return None
+
+
+def card_recipe(init: str) -> tuple[dict[str, Any], str]:
+    """The architecture and data recipe (``model.<key>``, ``data.sampling_rate``: value) the card of the
+    resolved ``model.init`` records, and where that card is; ``({}, "")`` without a card."""
+    found = find_card(init)
+    if found is None:
+        return {}, ""
+    card, where = found
+    recipe = {f"model.{k}": card.model[k] for k in (*ARCHITECTURE_KEYS, "num_classes") if k in card.model}
+    recipe.update({f"data.{k}": card.data[k] for k in RECIPE_DATA_KEYS if k in card.data})
+    return recipe, where
 
 
 def card_architecture(init: str) -> dict[str, Any]:
