@@ -7,8 +7,10 @@
 weights file (ours or a public VideoMAE V1/V2 checkpoint, pre-trained or fine-tuned), a model
 folder (each local or ``s3://``), ``runs:/<run_id>/<path>``, ``models:/name@alias`` or
 ``models:/name/<version>``; empty = random init. It is resolved once here to one concrete file;
-each node downloads a remote one once into its cache. The checkpoint is checked against the
-model in the driver first: another architecture or patch size stops the job in one line, a head
+each node downloads a remote one once into its cache. The card beside the weights (a pre-training
+export's ``card.json``, a model folder's ``model.json``) gives the architecture and
+``data.sampling_rate`` unless the config sets them (a differing value is kept and said; another
+patch size is refused). The checkpoint is checked against the model in the driver first: another architecture or patch size stops the job in one line, a head
 with another class count is re-initialised (printed). Relaunching the same ``run.name`` resumes.
 At the end ``<run>/export/{best,last}`` hold model folders; with ``tracking.registered_model``
 the kept one is registered in MLflow with ``finetune.registered_alias``.
