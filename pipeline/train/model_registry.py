@@ -1,9 +1,10 @@
 """Trained classifiers as files and in the MLflow model registry; loading them back for inference.
 
 A *model folder* holds ``model.pt`` (fp32 state dict of a :class:`~pipeline.models.Classifier`)
-and ``model.json`` (a :class:`ModelCard`: the ``[model]`` section, class names, the clip shape
-it was trained on, metrics). ``jobs.finetune`` writes one under ``<run>/export/`` and registers
-it: the folder is logged as the run's ``model/`` artifacts and a registry version points at it,
+and ``model.json`` (a :class:`ModelCard`: the ``[model]`` section, class names, the clip shape,
+sampling rate and normalisation it was trained with, metrics); a pre-training export has the
+same card without classes as ``card.json``. ``jobs.finetune`` writes a model folder under
+``<run>/export/`` and registers it: the folder is logged as the run's ``model/`` artifacts and a registry version points at it,
 with an alias (a state dict + card is a simpler, version-proof contract than a pickled
 ``mlflow.pytorch`` model).
 
@@ -32,6 +33,7 @@ from torch import nn
 
 from pipeline.core import io as sio
 from pipeline.core.errors import TubeletError
+from pipeline.core.pixels import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.infra.tracking import (
     TrackingConfig,
     TrackingError,
@@ -202,8 +204,6 @@ RECIPE_DATA_KEYS = ("sampling_rate",)
 def recipe_data(data_cfg: Any) -> dict[str, Any]:
     """The ``data`` of a card: the clip (frames at a sampling rate, the input side) and the
     normalisation the weights were trained with (the ImageNet mean/std every job here applies)."""
-    from pipeline.core.pixels import IMAGENET_MEAN, IMAGENET_STD
-
     return {"num_frames": data_cfg.num_frames, "sampling_rate": data_cfg.sampling_rate,
             "input_size": data_cfg.input_size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
 
@@ -222,7 +222,11 @@ def find_card(init: str) -> tuple[ModelCard, str] | None:
     for name in (CARD, EXPORT_CARD):
         where = sio.join(folder, name)
         if sio.exists(where):
-            return ModelCard(**json.loads(sio.read_text(where))), where
+            try:
+                return ModelCard(**json.loads(sio.read_text(where))), where
+            except (ValueError, TypeError) as exc:
+                raise RegistryError(f"model.init {init}: its card {where} is unreadable ({type(exc).__name__}: "
+                                    f"{exc}): fix or remove it") from None
     return None
 
 
@@ -236,16 +240,6 @@ def card_recipe(init: str) -> tuple[dict[str, Any], str]:
     recipe = {f"model.{k}": card.model[k] for k in (*ARCHITECTURE_KEYS, "num_classes") if k in card.model}
     recipe.update({f"data.{k}": card.data[k] for k in RECIPE_DATA_KEYS if k in card.data})
     return recipe, where
-
-
-def card_architecture(init: str) -> dict[str, Any]:
-    """The architecture keys and the class count (``model.<key>``: value) of the model folder ``init``
-    resolves to, from its card; empty for a weights file (then the job's ``[model]`` section describes it). ``init`` is
-    a resolved location (local or ``s3://``), as :func:`resolve_init` returns it."""
-    if not init or not sio.exists(sio.join(init, CARD)):
-        return {}
-    card = read_card(init)
-    return {f"model.{k}": card.model[k] for k in (*ARCHITECTURE_KEYS, "num_classes") if k in card.model}
 
 
 def load_classifier(spec: str, model_cfg: ClassifierConfig | None = None,
