@@ -32,8 +32,6 @@ C = TypeVar("C")
 
 # Keys whose value the weights fix: they load into no other.
 LAYOUT_KEYS = ("model.name", "model.tubelet_size", "model.patch_size", "model.layer_scale_init")
-# A model folder's classifier is built from its card (load_classifier): every key the card records is fixed.
-FOLDER_KEYS = (*LAYOUT_KEYS, "model.num_frames", "model.img_size", "model.adapter_dim", "model.num_classes")
 # Weights the job builds its own model around (pre-training exports, weights files with a card):
 # the clip may differ (fixed sin-cos positions are recomputed), the head and adapters are the job's.
 HEAD_KEYS = ("model.adapter_dim", "model.num_classes")
@@ -83,14 +81,15 @@ def adopt_card(cfg: C) -> C:
 
     A key the user did not give (not in the config file, ``--set`` or the pipeline's values:
     :func:`~pipeline.core.config.given_keys`) takes the card's value (logged). A key the user gave
-    with another value is kept, with one line saying it differs from the card, unless the weights
-    fix it (:data:`LAYOUT_KEYS`; every key of a model folder): then a ConfigError names the key."""
+    with another value is kept, with one line saying it differs from the card, except where the
+    weights decide: a model folder's classifier is built from its card (its ``[model]`` keys are
+    the card's, said in one line); weights the job builds its own model around load into no other
+    :data:`LAYOUT_KEYS` (a ConfigError names the key)."""
     c: Any = cfg
     recipe, where = card_recipe(c.model.init)
     if not recipe:
         return cfg
     folder = where == sio.join(c.model.init, CARD)
-    fixed = FOLDER_KEYS if folder else LAYOUT_KEYS
     given = given_keys(cfg)
     changes: dict[str, Any] = {}
     for key, card_value in recipe.items():
@@ -102,7 +101,11 @@ def adopt_card(cfg: C) -> C:
         if key not in given:
             log.info("%s: %r -> %r (the model card of %s)", key, current, card_value, c.model.init)
             changes[key] = card_value
-        elif key in fixed:
+        elif folder and key.startswith("model."):
+            log.warning("%s=%r differs from the model card's %r (%s): using %r (a model folder's classifier is "
+                        "built from its card)", key, current, card_value, where, card_value)
+            changes[key] = card_value
+        elif key in LAYOUT_KEYS:
             raise ConfigError(f"{key}={current!r} differs from the model card's {card_value!r} ({where}): the weights "
                               f"fix it; remove {key} from the config to use the card's, or start from other weights")
         else:

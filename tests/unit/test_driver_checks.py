@@ -206,6 +206,9 @@ def test_evaluation_and_extraction_default_to_a_model_folders_recipe(tmp_path: P
         kept = resolve_on_driver(_load(cls, job, f"model.init={folder}", "data.shards=s3://b/s",
                                        "data.sampling_rate=2"), model_folders=True)
         assert kept.data.sampling_rate == 2
-        with pytest.raises(ConfigError, match=r"^model\.num_frames=16 differs from the model card's 8"):
-            resolve_on_driver(_load(cls, job, f"model.init={folder}", "model.num_frames=16"), model_folders=True)
-    assert f"data.sampling_rate=2 differs from the model card's 4 ({folder / 'model.json'}): using 2" in caplog.text
+        built = resolve_on_driver(_load(cls, job, f"model.init={folder}", "model.num_frames=16"), model_folders=True)
+        assert built.model.num_frames == 8 and built.data.num_frames == 8, "the classifier is built from its card"
+    card = folder / "model.json"
+    assert f"data.sampling_rate=2 differs from the model card's 4 ({card}): using 2" in caplog.text
+    assert (f"model.num_frames=16 differs from the model card's 8 ({card}): using 8 (a model folder's classifier is "
+            "built from its card)") in caplog.text
