@@ -76,20 +76,20 @@ bench: $(STAMP) ## benchmarks -> benchmarks/results/ (JSON, README.md table, PNG
 gpu-smoke: $(STAMP) ## pre-train, fine-tune, evaluate, extract on this node's GPUs (ViT-S 16x224, bf16, ZeRO-2) -> benchmarks/results/gpu_smoke.json; CPU=1: tiny fp32 run on CPU
 	$(PY) -m benchmarks.gpu_smoke $(if $(CPU),--cpu) $(if $(GPUS),--gpus $(GPUS))
 
-# Stand-alone stages. SET="k=v k2=v2" adds --set overrides (no spaces inside a value). The demo
-# pipeline pre-trains with 8 px patches at sampling rate 4 (jobs/configs/pipeline/demo.toml); a
-# fine-tuning from it says so: SET="model.patch_size=8 data.sampling_rate=4".
+# Stand-alone stages. SET="k=v k2=v2" adds --set overrides (no spaces inside a value). Weights bring
+# their recipe: fine-tuning from the demo's pre-training (8 px patches, sampling rate 4), evaluating
+# or extracting its classifier take patch size and sampling rate from the model card.
 SET     ?=
 pretrain: $(STAMP) ## pre-train on the synthetic shards (make demo first): make pretrain CONFIG=pretrain/demo [SET="train.steps=100"]
 	$(PY) -m jobs.pretrain --config $(or $(CONFIG),pretrain/demo) $(foreach s,$(SET),--set '$(s)')
 
-finetune: $(STAMP) ## fine-tune on labelled shards: make finetune INIT=runs/pipeline/demo/pretrain SET="model.patch_size=8 data.sampling_rate=4" (INIT=random: a random-init baseline; INIT is required)
+finetune: $(STAMP) ## fine-tune on labelled shards: make finetune INIT=runs/pipeline/demo/pretrain [SET="train.steps=100"] (INIT=random: a random-init baseline; INIT is required)
 	$(PY) -m jobs.finetune --config $(or $(CONFIG),finetune/demo) $(if $(INIT),--set model.init=$(INIT)) $(foreach s,$(SET),--set '$(s)')
 
-evaluate: $(STAMP) ## multi-view evaluation: make evaluate MODEL=runs/pipeline/demo/finetune SET="data.sampling_rate=4"
+evaluate: $(STAMP) ## multi-view evaluation: make evaluate [MODEL=runs/pipeline/demo/finetune]
 	$(PY) -m jobs.evaluate --config $(or $(CONFIG),evaluate/demo) $(if $(MODEL),--set model.init=$(MODEL)) $(foreach s,$(SET),--set '$(s)')
 
-extract: $(STAMP) ## encoder features of a shard set: make extract MODEL=runs/pipeline/demo/finetune SET="data.sampling_rate=4"
+extract: $(STAMP) ## encoder features of a shard set: make extract [MODEL=runs/pipeline/demo/finetune]
 	$(PY) -m jobs.extract --config $(or $(CONFIG),extract/demo) $(if $(MODEL),--set model.init=$(MODEL)) $(foreach s,$(SET),--set '$(s)')
 
 predict: $(STAMP) ## classify videos: make predict MODEL=models:/name@champion VIDEOS="a.mp4 b.mp4"

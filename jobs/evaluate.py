@@ -19,9 +19,8 @@ from jobs._cli import job_main
 from pipeline.core import io as sio
 from pipeline.core.config import ConfigError, to_toml
 from pipeline.core.errors import DataError
-from pipeline.data.shard_index import ShardIndex
 from pipeline.models.model_config import init_weights
-from pipeline.orchestration.driver import resolve_on_driver
+from pipeline.orchestration.driver import check_on_driver, resolve_on_driver
 from pipeline.orchestration.ray_train import fit, scratch_storage
 from pipeline.train.evaluate import evaluate
 from pipeline.train.job_configs import EvaluateConfig
@@ -38,11 +37,9 @@ def prepare(cfg: EvaluateConfig) -> EvaluateConfig:
                         "(models:/name@alias, a fine-tuning run folder or a weights file)")
     require_shards(cfg)
     cfg = resolve_on_driver(cfg, model_folders=True)
-    index = ShardIndex.load(cfg.data.shards)
+    index = check_on_driver(cfg)
     if not index.labels:
         raise DataError(f"shards have no labels: {index.uri}/index.json lists none (evaluation needs labels)")
-    if not index.split(cfg.data.split):
-        raise DataError(f"split {cfg.data.split!r} has no shards in {cfg.data.shards}")
     return cfg
 
 

@@ -26,7 +26,7 @@ from pipeline.core.config import config_hash, to_toml
 from pipeline.data.shard_index import ShardIndex
 from pipeline.infra.tracking import make_tracker
 from pipeline.models.model_config import init_weights
-from pipeline.orchestration.driver import resolve_on_driver
+from pipeline.orchestration.driver import check_on_driver, resolve_on_driver
 from pipeline.orchestration.ray_train import fit, scratch_storage
 from pipeline.train.extract import MANIFEST, build_manifest, clear_parts, extract
 from pipeline.train.job_configs import ExtractConfig
@@ -41,6 +41,7 @@ def prepare(cfg: ExtractConfig) -> ExtractConfig:
     folder's architecture adopted); ``cfg`` is left as it was. Fails in one line."""
     require_shards(cfg)
     cfg = resolve_on_driver(cfg, model_folders=True)
+    check_on_driver(cfg)
     if not init_weights(cfg.model.init):
         log.warning("model.init is %r: features of a randomly initialised %s (seed %d)", cfg.model.init,
                     cfg.model.name, cfg.run.seed)

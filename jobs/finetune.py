@@ -8,8 +8,11 @@ weights file (ours or a public VideoMAE V1/V2 checkpoint, pre-trained or fine-tu
 folder (each local or ``s3://``), ``runs:/<run_id>/<path>``, ``models:/name@alias`` or
 ``models:/name/<version>``, or ``random`` for a random init (a baseline: said by name, an empty
 ``model.init`` is refused in one line before anything starts). It is resolved once here to one concrete file;
-each node downloads a remote one once into its cache. The checkpoint is checked against the
-model in the driver first: another architecture or patch size stops the job in one line, a head
+each node downloads a remote one once into its cache. The card beside the weights (a pre-training
+export's ``card.json``, a model folder's ``model.json``) gives the architecture and
+``data.sampling_rate`` unless the config sets them (a differing value is kept and said; another
+patch size is refused). The checkpoint is checked against the model in the driver first: another
+architecture or patch size stops the job in one line, a head
 with another class count is re-initialised (printed). Relaunching the same ``run.name`` resumes.
 At the end ``<run>/export/{best,last}`` hold model folders; with ``tracking.registered_model``
 the kept one is registered in MLflow, tagged with the validation top-1 it was kept on and what
@@ -28,10 +31,9 @@ import warnings
 from jobs._cli import job_main
 from pipeline.core import io as sio
 from pipeline.core.config import to_toml, with_values
-from pipeline.data.shard_index import ShardIndex
 from pipeline.models.model_config import RANDOM_INIT, init_weights
 from pipeline.models.weights import CheckpointError, LoadReport
-from pipeline.orchestration.driver import resolve_on_driver
+from pipeline.orchestration.driver import check_on_driver, resolve_on_driver
 from pipeline.orchestration.ray_train import fit
 from pipeline.train.finetune import check_config, class_names, finetune, validation_data
 from pipeline.train.job_configs import FinetuneConfig
@@ -76,7 +78,7 @@ def prepare(cfg: FinetuneConfig) -> FinetuneConfig:
     it was. Fails in one line."""
     check_config(cfg)
     cfg = resolve_on_driver(cfg, FINETUNE_INIT_FILES)
-    index = ShardIndex.load(cfg.data.shards)
+    index = check_on_driver(cfg, train=True, val_split=cfg.finetune.val_split)
     if cfg.finetune.classes_from_data and index.labels and len(index.labels) != cfg.model.num_classes:
         print(f"model.num_classes: {cfg.model.num_classes} -> {len(index.labels)} (labels of the shard index)")
         cfg = with_values(cfg, {"model.num_classes": len(index.labels)})

@@ -15,7 +15,7 @@ import logging
 from jobs._cli import job_main, rounded
 from pipeline.core import io as sio
 from pipeline.core.config import to_toml
-from pipeline.orchestration.driver import resolve_on_driver
+from pipeline.orchestration.driver import check_on_driver, resolve_on_driver
 from pipeline.orchestration.ray_train import fit
 from pipeline.train.job_configs import PretrainConfig
 from pipeline.train.pretrain import check_config, pretrain
@@ -25,9 +25,12 @@ log = logging.getLogger("jobs.pretrain")
 
 def prepare(cfg: PretrainConfig) -> PretrainConfig:
     """Driver-side checks, then the resolved config (absolute paths, tracking URI, ``model.init`` as
-    one concrete file); ``cfg`` is left as it was. Fails in one line."""
+    one concrete file, its card's recipe), checked against the shard index before Ray starts;
+    ``cfg`` is left as it was. Fails in one line."""
     check_config(cfg)
-    return resolve_on_driver(cfg)
+    cfg = resolve_on_driver(cfg)
+    check_on_driver(cfg, train=True)
+    return cfg
 
 
 def run(cfg: PretrainConfig) -> int:
@@ -40,7 +43,8 @@ def run(cfg: PretrainConfig) -> int:
         from pipeline.train.export import export_weights
 
         with checkpoint.as_directory() as directory:
-            files = export_weights(directory, cfg.model, sio.join(run_dir, "export"))
+            files = export_weights(directory, cfg.model, sio.join(run_dir, "export"), cfg.data,
+                                   {"run": cfg.run.name, "steps": cfg.train.steps})
         print(f"exported: {files['pretrain_fp32.pt']}")
     print(f"run: {run_dir}  last checkpoint: {checkpoint.path if checkpoint else None}")
     print(f"metrics: {rounded(result.metrics or {})}")

@@ -238,6 +238,8 @@ def _build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
             kwargs[name] = _coerce(value, hints[name], ".".join(filter(None, [prefix, name])))
     try:
         return cls(**kwargs)
+    except ConfigError:
+        raise  # already one line naming its key
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{prefix or cls.__name__}: {exc}") from None
 
@@ -325,7 +327,25 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         apply_override(data, cls, assignment)
     for key, value in (values or {}).items():
         apply_value(data, cls, key, value)
-    return _build(cls, data)
+    cfg = _build(cls, data)
+    _set_given(cfg, frozenset(flatten(data)))
+    return cfg
+
+
+# The keys a config's file, overrides and values gave (not defaults): what a model card may not
+# silently replace. Kept beside the fields (not one of them: never saved, logged or compared).
+_GIVEN = "_tubelet_given_keys"
+
+
+def _set_given(cfg: Any, keys: frozenset[str]) -> None:
+    object.__setattr__(cfg, _GIVEN, keys)
+
+
+def given_keys(cfg: Any) -> frozenset[str]:
+    """The ``section.key`` names :func:`load_config` was given for ``cfg`` (by the TOML file,
+    ``--set`` overrides or ``values``), as opposed to defaults; carried by :func:`with_values`.
+    Empty for a config built in code."""
+    return getattr(cfg, _GIVEN, frozenset())
 
 
 def with_values(cfg: T, values: dict[str, Any]) -> T:
@@ -338,7 +358,10 @@ def with_values(cfg: T, values: dict[str, Any]) -> T:
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
-    return _replaced(cfg, nested, "")
+    out = _replaced(cfg, nested, "")
+    if given_keys(cfg):
+        _set_given(out, given_keys(cfg))  # the user's keys stay the user's; resolved values are not theirs
+    return out
 
 
 def _replaced(obj: Any, changes: dict[str, Any], prefix: str) -> Any:
@@ -358,6 +381,8 @@ def _replaced(obj: Any, changes: dict[str, Any], prefix: str) -> Any:
             kwargs[name] = _coerce(value, hints[name], key)
     try:
         return dataclasses.replace(obj, **kwargs)
+    except ConfigError:
+        raise
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{prefix or type(obj).__name__}: {exc}") from None
 

@@ -2,11 +2,20 @@
 
 
 class TubeletError(Exception):
-    """Base class: caught by the job launchers and printed as one line (exit status 2)."""
+    """Base class: caught by the job launchers and printed as one line (exit status 2).
+
+    ``retryable``: whether running the same thing again could end otherwise. A config, data or
+    weights error cannot: Ray Train does not restart workers for it (``scaling.max_failures``
+    is for crashes); storage and tracking outages can pass.
+    """
+
+    retryable = False
 
 
 class StorageError(TubeletError):
     """A local path or object-store URL cannot be read or written (missing, unreachable, denied)."""
+
+    retryable = True  # an object store or network that was down may be back
 
 
 class VideoError(TubeletError):

@@ -202,6 +202,18 @@ def _batches(dataset: IterableDataset, cfg: DataConfig) -> Iterator[dict[str, An
             shutdown()
 
 
+def require_global_batch(cfg: TrainDataConfig, num_samples: int, world_size: int, where: str) -> None:
+    """DataError (one line, naming the keys) unless ``data.split`` of ``where`` holds one global batch:
+    an epoch is ``samples x data.repeated_aug // (data.batch_size x ranks)`` steps, at least one.
+    The launchers check it on the driver (``scaling.num_workers`` ranks) before Ray starts."""
+    clips, step = num_samples * cfg.repeated_aug, cfg.batch_size * world_size
+    if clips < step:
+        views = f" x data.repeated_aug={cfg.repeated_aug} views = {clips} clips" if cfg.repeated_aug > 1 else ""
+        raise DataError(f"data.batch_size={cfg.batch_size} x scaling.num_workers={world_size} = {step} clips per step, "
+                        f"but split {cfg.split!r} of {where} has {num_samples} samples{views}: lower data.batch_size "
+                        "or scaling.num_workers, or add data")
+
+
 class TrainLoader:
     """Equal-length, resumable epochs of training batches for one rank (see the module docstring).
 
@@ -222,10 +234,8 @@ class TrainLoader:
                             "(shard a manifest with a label column for supervised training)")
         shards = self.index.split(cfg.split)
         self.num_samples = sum(s.samples for s in shards)
+        require_global_batch(cfg, self.num_samples, world_size, self.index.uri)
         self.steps_per_epoch = self.num_samples * cfg.repeated_aug // (cfg.batch_size * world_size)
-        if self.steps_per_epoch < 1:
-            raise DataError(f"split {cfg.split!r} has {self.num_samples} samples x {cfg.repeated_aug} views: fewer "
-                            f"than one global batch of {cfg.batch_size} x {world_size} ranks")
         self._units = plan_units(shards, world_size * cfg.readers_per_rank)
         self._spec = cfg.clip_spec()
         self.seed, self.epoch, self.step = cfg.seed, 0, 0

@@ -45,6 +45,8 @@ _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.I
 class TrackingError(TubeletError):
     """The tracking store cannot be reached or used; the message is one line."""
 
+    retryable = True  # a tracking server that was down may be back
+
 
 @dataclass
 class TrackingConfig:

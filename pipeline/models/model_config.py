@@ -16,7 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pipeline.core.config import help_field
+from pipeline.core.config import ConfigError, help_field
+from pipeline.models.sizes import list_models
 
 # ``model.init = "random"``: start from a random init (seeded with ``run.seed``), said by name. Fine-tuning
 # refuses an empty ``model.init`` (a forgotten init would train a weak model without a word);
@@ -46,6 +47,11 @@ class ModelConfig:
     init: str = help_field("", help="weights to start from (official or ours, .pth/.pt, a run or model folder, "
                                     "runs:/, models:/); 'random' = random init (fine-tuning needs it named; "
                                     "empty means the same in pre-training)")
+
+    def __post_init__(self) -> None:
+        if self.name not in list_models():  # refused when the config is read, not by a worker minutes later
+            raise ConfigError(f"model.name={self.name!r} is not a known model: set model.name to one of "
+                              f"{', '.join(list_models())}")
 
     def arch_overrides(self) -> dict[str, int]:
         """The input-size and patch fields, as :func:`~pipeline.models.sizes.get_spec` overrides."""

@@ -276,6 +276,41 @@ def worker_error(error: BaseException) -> TubeletError | None:
     return None
 
 
+def final_error(error: BaseException) -> bool:
+    """Whether a failed worker group failed with an error that running again cannot change (a
+    :class:`TubeletError` that is not ``retryable``: config, data, weights): not worth a restart."""
+    found = worker_error(error)
+    return found is not None and not found.retryable
+
+
+def failure_policy(failure_config: Any) -> Any:
+    """Ray Train's failure policy for ``failure_config``, except that a :func:`final_error` fails the
+    run at once: ``scaling.max_failures`` restarts workers after crashes, not after an error that
+    would come back."""
+    from ray.train.v2._internal.execution.failure_handling import DefaultFailurePolicy, FailureDecision
+
+    class Policy(DefaultFailurePolicy):
+        def make_decision(self, training_failed_error: Any) -> Any:
+            if final_error(training_failed_error):
+                return FailureDecision.RAISE
+            return super().make_decision(training_failed_error)
+
+    return Policy(failure_config)
+
+
+def _trainer_class() -> type:
+    """TorchTrainer with :func:`failure_policy`. Ray Train has no option for it: the one private
+    method that hands its controller the policy is wrapped."""
+    from ray.train.torch import TorchTrainer
+
+    class Trainer(TorchTrainer):
+        def _initialize_and_run_controller(self, **kwargs: Any) -> Any:
+            kwargs["failure_policy"] = failure_policy(self.run_config.failure_config)
+            return super()._initialize_and_run_controller(**kwargs)
+
+    return Trainer
+
+
 class FitConfig(Protocol):
     """What :func:`fit` reads of a job config: ``run.name``, ``run.output`` and the ``scaling`` section
     (``num_workers``, ``use_gpu``, ``cpus_per_worker``, ``max_failures``, ``torch_threads``)."""
@@ -294,10 +329,10 @@ def fit(cfg: FitConfig, loop: Callable[[Any, Any], Any], *, keep_checkpoints: in
     the training jobs keep their checkpoints.
 
     Inside :func:`ray_session` (embedded Ray, or the cluster at ``RAY_ADDRESS``); a worker's
-    :class:`TubeletError` is raised as itself, any other failure as Ray Train's error.
+    :class:`TubeletError` is raised as itself (and, unless ``retryable``, never retried), any other
+    failure as Ray Train's error.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
-    from ray.train.torch import TorchTrainer
 
     startup = {"launch": time.time()}  # the start-up clock's first marks; the workers add theirs
     storage_path, storage_fs = storage or storage_for(cfg.run.output)
@@ -305,7 +340,7 @@ def fit(cfg: FitConfig, loop: Callable[[Any, Any], Any], *, keep_checkpoints: in
     cpus = max(os.cpu_count() or 1, cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + 1)
     with ray_session(num_cpus=cpus, log_file=log_path(sio.join(cfg.run.output, cfg.run.name))):  # before the trainer
         startup["ray"] = time.time()
-        trainer = TorchTrainer(
+        trainer = _trainer_class()(  # a worker's config / data error is not retried: it would fail again
             _train_worker,
             train_loop_config={"cfg": cfg, "loop": loop, "loader_workers": loader_workers, "startup": startup},
             scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,

@@ -3,7 +3,9 @@
 Written at the end of a run (by the driver, from the checkpoint in storage):
 ``pretrain_fp32.pt`` (the whole model, our keys: what ``model.init`` takes for fine-tuning or
 continued pre-training), ``encoder_fp32.pt`` (encoder only) and ``videomae_official.pt``
-(``{"model": state_dict}`` with the public VideoMAE V2 key names).
+(``{"model": state_dict}`` with the public VideoMAE V2 key names), and ``card.json``: the
+architecture and data recipe (clip, sampling rate, normalisation) the weights were trained with,
+which the jobs that start from them default to (:mod:`pipeline.orchestration.driver`).
 """
 
 from __future__ import annotations
@@ -13,15 +15,18 @@ import json
 import logging
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from pipeline.core import io as sio
+from pipeline.core.config import to_dict
 from pipeline.infra import engine as eng
 from pipeline.models import create_model_from_config
 from pipeline.models.model_config import PretrainModelConfig
 from pipeline.models.weights import to_official
 from pipeline.train.checkpoint import LOOP_FILE
+from pipeline.train.model_registry import EXPORT_CARD, ModelCard, recipe_data, write_card
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +80,12 @@ def _bf16_optimizer_masters(shards: list[Path], model_states: dict) -> dict[str,
     return state
 
 
-def export_weights(checkpoint_dir: str | Path, model_cfg: PretrainModelConfig, output: str) -> dict[str, str]:
-    """Write the three weight files under ``output`` (local or s3://); returns their locations."""
+def export_weights(checkpoint_dir: str | Path, model_cfg: PretrainModelConfig, output: str,
+                   data_cfg: Any = None, source: dict[str, Any] | None = None) -> dict[str, str]:
+    """Write the three weight files under ``output`` (local or s3://) and, with ``data_cfg`` (the
+    run's ``[data]``), their card ``card.json``: the architecture and the data recipe (clip,
+    sampling rate, normalisation) that fine-tuning, evaluation and extraction default to.
+    Returns their locations."""
     state = consolidated_state(checkpoint_dir)
     model = create_model_from_config(dataclasses.replace(model_cfg, init=""), "pretrain")
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -95,5 +104,11 @@ def export_weights(checkpoint_dir: str | Path, model_cfg: PretrainModelConfig, o
             torch.save(payload, local)
             sio.upload_file(local, sio.join(output, name))
             out[name] = sio.join(output, name)
+    if data_cfg is not None:
+        arch = {**to_dict(dataclasses.replace(model_cfg, init=""), redact=False), "patch_size": model.spec.patch_size}
+        card = ModelCard(model=arch, class_names=[],
+                         data=recipe_data(data_cfg), source=dict(source or {}))
+        write_card(card, output, EXPORT_CARD)
+        out[EXPORT_CARD] = sio.join(output, EXPORT_CARD)
     log.info("exported %s", ", ".join(out.values()))
     return out

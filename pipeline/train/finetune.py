@@ -34,7 +34,7 @@ from pipeline.train.batch import model_input
 from pipeline.train.job_configs import FinetuneConfig
 from pipeline.train.meter import Meter, format_eta
 from pipeline.train.mixup import Mixup, soft_target_cross_entropy
-from pipeline.train.model_registry import ModelCard, ValidationData, write_model_folder
+from pipeline.train.model_registry import ModelCard, ValidationData, recipe_data, write_model_folder
 from pipeline.train.scoring import evaluate_pass
 from pipeline.train.session import Session
 
@@ -162,9 +162,9 @@ def save_weights(cfg: FinetuneConfig, s: Setup, names: list[str], which: str, ra
     module = s.engine.module
     with eng.gathered(module):
         if rank == 0:
-            card = ModelCard(model=to_dict(cfg.model, redact=False), class_names=names,
-                             data={"num_frames": cfg.data.num_frames, "sampling_rate": cfg.data.sampling_rate,
-                                   "input_size": cfg.data.input_size, "test_num_clips": cfg.data.test_num_clips,
+            arch = {**to_dict(cfg.model, redact=False), "patch_size": module.spec.patch_size}  # 0 made concrete
+            card = ModelCard(model=arch, class_names=names,
+                             data={**recipe_data(cfg.data), "test_num_clips": cfg.data.test_num_clips,
                                    "test_num_crops": cfg.data.test_num_crops},
                              metrics={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
                              source={"run": cfg.run.name, "step": s.step, "init": cfg.model.init,

@@ -1,13 +1,14 @@
 """Trained classifiers as files and in the MLflow model registry; loading them back for inference.
 
 A *model folder* holds ``model.pt`` (fp32 state dict of a :class:`~pipeline.models.Classifier`)
-and ``model.json`` (a :class:`ModelCard`: the ``[model]`` section, class names, the clip shape
-it was trained on, metrics). ``jobs.finetune`` writes one under ``<run>/export/`` and registers
-it: the folder is logged as the run's ``model/`` artifacts and a registry version points at it
-(a state dict + card is a simpler, version-proof contract than a pickled ``mlflow.pytorch``
-model). The version is tagged with the validation top-1 it was kept on and what that was
-measured on (:class:`ValidationData`); its alias moves to it only when it beats the holder on the
-same validation data, or when told to (``finetune.promote``, :func:`promotion`).
+and ``model.json`` (a :class:`ModelCard`: the ``[model]`` section, class names, the clip shape,
+sampling rate and normalisation it was trained with, metrics); a pre-training export has the
+same card without classes as ``card.json``. ``jobs.finetune`` writes a model folder under
+``<run>/export/`` and registers it: the folder is logged as the run's ``model/`` artifacts and a
+registry version points at it (a state dict + card is a simpler, version-proof contract than a
+pickled ``mlflow.pytorch`` model). The version is tagged with the validation top-1 it was kept on
+and what that was measured on (:class:`ValidationData`); its alias moves to it only when it beats
+the holder on the same validation data, or when told to (``finetune.promote``, :func:`promotion`).
 
     register_model(tracking_cfg, run_id, "motion-vit", "champion", folder, "if_better", validation)
     model, card = load_classifier("models:/motion-vit@champion")   # or a folder, or a run folder
@@ -35,6 +36,7 @@ from torch import nn
 
 from pipeline.core import io as sio
 from pipeline.core.errors import TubeletError
+from pipeline.core.pixels import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.infra.tracking import (
     TrackingConfig,
     TrackingError,
@@ -83,7 +85,7 @@ def write_model_folder(state: dict[str, torch.Tensor], card: ModelCard, folder: 
     with tempfile.TemporaryDirectory() as tmp:
         torch.save({k: v.detach().float().cpu().contiguous() for k, v in state.items()}, Path(tmp) / WEIGHTS)
         sio.upload_file(Path(tmp) / WEIGHTS, sio.join(folder, WEIGHTS))
-    sio.write_text(sio.join(folder, CARD), json.dumps(asdict(card), indent=1))
+    write_card(card, folder)
 
 
 def read_card(folder: str) -> ModelCard:
@@ -320,14 +322,52 @@ def weights_file(spec: str, candidates: tuple[str, ...] = WEIGHT_FILES) -> str:
     return resolve_init(spec, None, candidates)
 
 
-def card_architecture(init: str) -> dict[str, Any]:
-    """The architecture keys and the class count (``model.<key>``: value) of the model folder ``init``
-    resolves to, from its card; empty for a weights file (then the job's ``[model]`` section describes it). ``init`` is
-    a resolved location (local or ``s3://``), as :func:`resolve_init` returns it."""
-    if not init_weights(init) or not sio.exists(sio.join(init, CARD)):
-        return {}
-    card = read_card(init)
-    return {f"model.{k}": card.model[k] for k in (*ARCHITECTURE_KEYS, "num_classes") if k in card.model}
+# The pre-training export's card (``export/card.json``, beside ``pretrain_fp32.pt``): a ModelCard
+# without classes. Not ``model.json``: an export folder is no classifier's model folder.
+EXPORT_CARD = "card.json"
+# What a card's ``data`` records of the recipe the weights were trained with, as config keys.
+RECIPE_DATA_KEYS = ("sampling_rate",)
+
+
+def recipe_data(data_cfg: Any) -> dict[str, Any]:
+    """The ``data`` of a card: the clip (frames at a sampling rate, the input side) and the
+    normalisation the weights were trained with (the ImageNet mean/std every job here applies)."""
+    return {"num_frames": data_cfg.num_frames, "sampling_rate": data_cfg.sampling_rate,
+            "input_size": data_cfg.input_size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+
+
+def write_card(card: ModelCard, folder: str, name: str = CARD) -> None:
+    sio.write_text(sio.join(folder, name), json.dumps(asdict(card), indent=1))
+
+
+def find_card(init: str) -> tuple[ModelCard, str] | None:
+    """The card that describes the resolved ``model.init`` and where it is: a model folder's
+    ``model.json``, or the card beside a weights file (``model.json`` of the model folder it is in,
+    ``card.json`` of a pre-training export); None for weights without one (an official file)."""
+    if not init_weights(init):  # no weights ('' or "random"): nothing describes them
+        return None
+    folder = init if sio.exists(sio.join(init, CARD)) else init.rsplit("/", 1)[0]  # a folder, or the file's
+    for name in (CARD, EXPORT_CARD):
+        where = sio.join(folder, name)
+        if sio.exists(where):
+            try:
+                return ModelCard(**json.loads(sio.read_text(where))), where
+            except (ValueError, TypeError) as exc:
+                raise RegistryError(f"model.init {init}: its card {where} is unreadable ({type(exc).__name__}: "
+                                    f"{exc}): fix or remove it") from None
+    return None
+
+
+def card_recipe(init: str) -> tuple[dict[str, Any], str]:
+    """The architecture and data recipe (``model.<key>``, ``data.sampling_rate``: value) the card of the
+    resolved ``model.init`` records, and where that card is; ``({}, "")`` without a card."""
+    found = find_card(init)
+    if found is None:
+        return {}, ""
+    card, where = found
+    recipe = {f"model.{k}": card.model[k] for k in (*ARCHITECTURE_KEYS, "num_classes") if k in card.model}
+    recipe.update({f"data.{k}": card.data[k] for k in RECIPE_DATA_KEYS if k in card.data})
+    return recipe, where
 
 
 def load_classifier(spec: str, model_cfg: ClassifierConfig | None = None,

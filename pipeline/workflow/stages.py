@@ -104,7 +104,7 @@ def check_pretrain(stage: Stage) -> Check:
     def export() -> None:
         from pipeline.train.export import export_weights
 
-        export_weights(ckpt, cfg.model, export)
+        export_weights(ckpt, cfg.model, export, cfg.data, {"run": cfg.run.name, "steps": cfg.train.steps})
 
     return Check(False, f"final checkpoint at step {step} but no export/{missing[0]}: exporting it", finish=export)
 

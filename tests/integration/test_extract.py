@@ -106,7 +106,7 @@ def test_extract_pooled_two_workers_per_clip_one_process_and_deterministic(data:
 
 def _overrides(data: dict[str, Path], out: Path) -> list[str]:
     return [f"data.shards={data['shards']}", f"run.output={out}", f"model.init={data['pretrain_run']}",
-            "model.num_frames=4", "model.img_size=32",
+            "model.num_frames=4", "model.img_size=32", "data.sampling_rate=2",  # as _cfg (the demo's is the card's)
             "data.batch_size=2", "data.num_workers=0", f"data.test_num_clips={CLIPS}",
             f"data.test_num_crops={CROPS}", "tracking.enabled=false"]
 

@@ -81,11 +81,15 @@ def test_errors_below_the_bound_are_counted_and_skipped(broken_shards: Path, ray
 
 def test_past_the_bound_the_job_stops_with_one_line(broken_shards: Path, ray_local: None, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    # restarts allowed, but a data error would come back: Ray Train must not restart the workers for it
     rc = job_main(PretrainConfig, pretrain_run, _args(broken_shards, tmp_path, "strict",
-                                                       "data.max_decode_error_fraction=0.01"), prog="jobs.pretrain")
+                                                       "data.max_decode_error_fraction=0.01", "scaling.max_failures=2"),
+                  prog="jobs.pretrain")
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1] if err.strip() else ""
     assert rc == 2, err[-3000:]
     assert last.startswith("jobs.pretrain: error: ") and "Traceback" not in err, last
     # Past the bound, or (when the first samples read are all bad) nothing decodes at all.
     assert "> data.max_decode_error_fraction 1.0%" in last or "every sample failed" in last, last
+    # one attempt: each start of the workers without a checkpoint opens an MLflow run of its own
+    assert _metrics(tmp_path, "strict") is not None, "the workers were restarted for a data error"
