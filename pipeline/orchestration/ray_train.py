@@ -256,7 +256,7 @@ def _train_worker(config: dict[str, Any]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     mark_worker_logs()  # our lines reach the user's console; Ray's go to the job's worker log
     run_dir = sio.join(cfg.run.output, cfg.run.name)
-    loop(cfg, RayTrainSession(find_checkpoint=lambda: latest_checkpoint(run_dir), startup=config["startup"]))
+    loop(cfg, RayTrainSession(find_checkpoint=lambda: latest_checkpoint(run_dir), startup=config.get("startup")))
 
 
 def worker_error(error: BaseException) -> TubeletError | None:

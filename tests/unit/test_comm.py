@@ -105,6 +105,7 @@ def test_training_process_leaves_the_loader_workers_their_cpus(monkeypatch: pyte
     from pipeline.orchestration import ray_train as orchestration
 
     monkeypatch.setattr(orchestration, "RayTrainSession", lambda **kw: None)
+    monkeypatch.setattr(orchestration, "mark_worker_logs", lambda: None)  # a worker's logging, not this process's
     threads: dict[str, int] = {}
     before = torch.get_num_threads()
 

@@ -35,6 +35,7 @@ def test_a_worker_marks_the_lines_of_our_loggers_only_and_prints_them_once(capsy
                                                                            ) -> None:
     logger = logging.getLogger("pipeline")
     saved = (list(logger.handlers), logger.level, logger.propagate)
+    logger.handlers[:] = []  # a worker's "pipeline" logger as it starts
     try:
         mark_worker_logs()
         mark_worker_logs()  # idempotent: one handler

@@ -56,7 +56,7 @@ def test_too_little_data_for_one_global_batch_stops_on_the_driver(tmp_path: Path
     with pytest.raises(DataError, match=expected):
         pretrain_job.prepare(_load(PretrainConfig, "pretrain", *sets))
     with pytest.raises(DataError, match=expected):
-        finetune_job.prepare(_load(FinetuneConfig, "finetune", *sets))
+        finetune_job.prepare(_load(FinetuneConfig, "finetune", *sets, "model.init=random"))
     cfg = _load(PretrainConfig, "pretrain", *sets)
     with pytest.raises(DataError, match=expected):  # the same words as the worker's loader
         TrainLoader(cfg.data, 0, 2)
@@ -77,7 +77,7 @@ def test_a_missing_or_empty_split_names_its_key(tmp_path: Path) -> None:
     (tmp_path / "x.pt").write_bytes(b"")
     with pytest.raises(DataError, match=r"^finetune\.val_split='valid': .* has no 'valid' split \(its splits: test, "
                                         r"train, val\): set finetune\.val_split to one of them$"):
-        finetune_job.prepare(_load(FinetuneConfig, "finetune", *base, "finetune.val_split=valid"))
+        finetune_job.prepare(_load(FinetuneConfig, "finetune", *base, "finetune.val_split=valid", "model.init=random"))
     with pytest.raises(DataError, match=r"^data\.split='val': split 'val' of .* has no samples: set data\.split"):
         evaluate_job.prepare(_load(EvaluateConfig, "evaluate", *base, "data.split=val", f"model.init={tmp_path / 'x.pt'}"))
     with pytest.raises(DataError, match=r"^data\.split='tset': .* has no 'tset' split"):

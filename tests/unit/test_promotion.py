@@ -148,7 +148,7 @@ def test_validation_data_is_the_val_shards_split_and_views(tmp_path: Path) -> No
     for changed in (validation_data(_ft(_shards(tmp_path / "c", sha="bb"), "model.init=random")),
                     validation_data(_ft(_shards(tmp_path / "d", labels=("b", "a")), "model.init=random")),
                     validation_data(_ft(_shards(tmp_path / "a"), "model.init=random", "finetune.val_num_crops=3")),
-                    validation_data(_ft(_shards(tmp_path / "a"), "model.init=random", "data.sampling_rate=4"))):
+                    validation_data(_ft(_shards(tmp_path / "a"), "model.init=random", "data.sampling_rate=2"))):
         assert changed is not None and changed.identity != here.identity
     assert validation_data(_ft(_shards(tmp_path / "a"), "model.init=random", "finetune.val_split=")) is None
 
@@ -170,7 +170,7 @@ def test_an_empty_finetune_init_is_one_line_before_ray(tmp_path: Path, monkeypat
 
 
 def test_random_init_is_said_by_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    cfg = finetune_job.prepare(_ft(_shards(tmp_path), "model.init=random", "run.seed=3"))
+    cfg = finetune_job.prepare(_ft(_shards(tmp_path), "model.init=random", "run.seed=3", "data.batch_size=2"))
     assert cfg.model.init == "random"  # the workers and the saved config keep the word
     assert "model.init=random: fine-tuning from a random init (run.seed 3)" in capsys.readouterr().out
     model = create_model_from_config(ClassifierConfig(name="vit_tiny", num_frames=4, img_size=32, num_classes=2,
