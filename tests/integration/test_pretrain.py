@@ -5,7 +5,6 @@ Runs share one embedded Ray (``ray_local``) and one shard set (synthetic + sampl
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -59,7 +58,10 @@ def _history(tmp: Path, name: str, metric: str = "loss") -> dict[int, float]:
     return {m.step: m.value for m in client.get_metric_history(runs[0].info.run_id, metric)}
 
 
-@pytest.mark.parametrize("stage", [1, 2, 3])
+# ZeRO-2 and ZeRO-3 through the whole job; every stage's engine (1, 2, 3) is also checked without Ray
+# in test_engine_dist.py. Relaunching by name, a killed worker and another world size on resume are
+# checked by tests/reliability (SIGKILL of a worker and of the driver) and the S3 resume tests.
+@pytest.mark.parametrize("stage", [2, 3])
 def test_two_workers_pretrain_and_loss_goes_down(shards: str, tmp_path: Path, stage: int) -> None:
     cfg = _cfg(shards, tmp_path, f"zero{stage}", f"deepspeed.zero_stage={stage}", "train.steps=24",
                "train.checkpoint_every=24", "train.image_every=12", "tracking.system_metrics=true",
@@ -92,35 +94,6 @@ def test_two_workers_pretrain_and_loss_goes_down(shards: str, tmp_path: Path, st
     official = torch.load(export / "videomae_official.pt")
     report = load_official(create_model("vit_tiny", "pretrain", num_frames=4, img_size=32), official)
     assert not report.missing
-
-
-def test_relaunch_by_name_resumes_with_identical_losses(shards: str, tmp_path: Path) -> None:
-    steps = ["train.steps=8", "train.checkpoint_every=4", "model.drop_path=0.1"]
-    assert run(_cfg(shards, tmp_path, "straight", *steps)) == 0
-    straight = _history(tmp_path, "straight")
-
-    # Stop after the step-4 checkpoint (no restarts allowed), then relaunch the same name.
-    stopped = _cfg(shards, tmp_path, "stopped", *steps, "train.fail_at_step=4", "scaling.max_failures=0")
-    with pytest.raises(Exception):
-        run(stopped)
-    assert run(_cfg(shards, tmp_path, "stopped", *steps)) == 0
-    resumed = _history(tmp_path, "stopped")
-    assert sorted(resumed) == list(range(1, 9))
-    for step in range(1, 9):
-        assert resumed[step] == pytest.approx(straight[step], rel=1e-5, abs=1e-6), step
-    lrs, lrs_straight = _history(tmp_path, "stopped", "lr"), _history(tmp_path, "straight", "lr")
-    assert lrs == pytest.approx(lrs_straight)
-
-
-def test_resume_on_another_number_of_workers(shards: str, tmp_path: Path) -> None:
-    common = ["train.checkpoint_every=2", "deepspeed.zero_stage=2"]
-    assert run(_cfg(shards, tmp_path, "resize", "train.steps=2", *common)) == 0
-    # Same run name, 1 worker: the 2-rank ZeRO checkpoint is converted to universal and loaded.
-    assert run(_cfg(shards, tmp_path, "resize", "train.steps=4", "scaling.num_workers=1", *common)) == 0
-    losses = _history(tmp_path, "resize")
-    assert sorted(losses) == [1, 2, 3, 4]
-    checkpoints = sorted(p for p in (tmp_path / "runs" / "resize").glob("checkpoint_*") if p.is_dir())
-    assert json.loads((checkpoints[-1] / "loop.json").read_text())["world_size"] == 1
 
 
 def test_continued_pretraining_starts_from_given_weights(shards: str, tmp_path: Path) -> None:
