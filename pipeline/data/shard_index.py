@@ -74,24 +74,31 @@ class ShardIndex:
             raise DataError(f"shard index {index_uri} is malformed: {type(exc).__name__}: {exc}") from None
         return cls(uri=uri, shards=shards, labels=tuple(raw.get("labels") or ()), totals=dict(raw.get("totals") or {}))
 
-    def split(self, name: str) -> list[ShardInfo]:
-        """The non-empty shards of split ``name``, in index order. DataError when there are none.
+    def split(self, name: str, key: str = "") -> list[ShardInfo]:
+        """The non-empty shards of split ``name``, in index order. DataError when there are none;
+        with ``key`` (the config key that named the split) the error names it and the fix.
 
         ``"unlabelled+train"`` is the union of several splits (pre-training on every clip that is
         not held out); each named split must exist.
         """
         names = name.split("+")
         splits = sorted({s.split for s in self.shards})
-        for one in names:
-            if one not in splits:
-                raise DataError(f"shard index {self.uri} has no {one!r} split (splits: {', '.join(splits) or 'none'})")
+        missing = [one for one in names if one not in splits]
+        if missing:
+            if key:
+                raise DataError(f"{key}={name!r}: {self.uri} has no {missing[0]!r} split (its splits: "
+                                f"{', '.join(splits) or 'none'}): set {key} to one of them")
+            raise DataError(f"shard index {self.uri} has no {missing[0]!r} split (splits: {', '.join(splits) or 'none'})")
         chosen = [s for s in self.shards if s.split in names and s.samples > 0]
         if not chosen:
+            if key:
+                raise DataError(f"{key}={name!r}: split {name!r} of {self.uri} has no samples: set {key} to another "
+                                f"split ({', '.join(splits)}) or shard more data")
             raise DataError(f"split {name!r} of {self.uri} has no samples")
         return chosen
 
-    def num_samples(self, name: str) -> int:
-        return sum(s.samples for s in self.split(name))
+    def num_samples(self, name: str, key: str = "") -> int:
+        return sum(s.samples for s in self.split(name, key))
 
 
 # ------------------------------------------------------------------------------------------

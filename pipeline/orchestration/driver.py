@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 
 from pipeline.core import io as sio
 from pipeline.core.config import ConfigError, given_keys, with_values
-from pipeline.core.errors import DataError
 from pipeline.data.loader import require_global_batch
 from pipeline.data.shard_index import ShardIndex
 from pipeline.infra.tracking import resolve_uri
@@ -113,22 +112,6 @@ def adopt_card(cfg: C) -> C:
     return with_values(cfg, changes) if changes else cfg
 
 
-def split_samples(index: ShardIndex, key: str, split: str) -> int:
-    """Samples of ``split`` (``a+b``: several) in ``index``; DataError naming ``key`` when a split is
-    missing or holds none."""
-    names = split.split("+")
-    splits = sorted({s.split for s in index.shards})
-    missing = [one for one in names if one not in splits]
-    if missing:
-        raise DataError(f"{key}={split!r}: {index.uri} has no {missing[0]!r} split (its splits: "
-                        f"{', '.join(splits) or 'none'}): set {key} to one of them")
-    samples = sum(s.samples for s in index.shards if s.split in names)
-    if samples == 0:
-        raise DataError(f"{key}={split!r}: split {split!r} of {index.uri} has no samples: set {key} to another split "
-                        f"({', '.join(splits)}) or shard more data")
-    return samples
-
-
 def check_on_driver(cfg: Any, *, train: bool = False, val_split: str = "") -> ShardIndex:
     """What the resolved config and the shard index show is wrong, before Ray starts (one line each):
     the model does not tile its clip; ``data.split`` (and ``val_split``) missing or empty; with
@@ -140,9 +123,9 @@ def check_on_driver(cfg: Any, *, train: bool = False, val_split: str = "") -> Sh
         raise ConfigError(f"[model] {exc}: change model.num_frames, model.img_size, model.tubelet_size "
                           "or model.patch_size") from None
     index = ShardIndex.load(cfg.data.shards)
-    samples = split_samples(index, "data.split", cfg.data.split)
+    samples = index.num_samples(cfg.data.split, key="data.split")
     if val_split:
-        split_samples(index, "finetune.val_split", val_split)
+        index.split(val_split, key="finetune.val_split")
     if train:
         require_global_batch(cfg.data, samples, cfg.scaling.num_workers, index.uri)
     return index

@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -57,6 +57,11 @@ def forwarded_env() -> dict[str, str]:
 # dashboard that an embedded Ray does not run). Leaving them out saves a process and its start
 # at every job's start-up (benchmarks/bench_startup.py). A value the user set wins.
 EMBEDDED_RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_METRICS_ENABLED": "0"}
+
+
+def _forget_inherited() -> None:
+    global _inherited
+    _inherited = None
 
 
 @contextmanager
@@ -141,36 +146,32 @@ def ray_session(address: str = "", num_cpus: int | None = None, log_file: Path |
         return
     global _inherited
     address = address or os.environ.get("RAY_ADDRESS", "")
-    if address:
-        # A submitted job's driver already has the job's env_vars, as will every worker; Ray
-        # refuses a ray.init that names any of those keys again (RAY_OVERRIDE_JOB_RUNTIME_ENV).
-        job_env = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("runtime_env") or {}
-        runtime_env = {"env_vars": {k: v for k, v in forwarded_env().items() if k not in job_env.get("env_vars", {})}}
-        # Ray 2.60 clusters use token auth, but ray.init(address) never turns it on by itself.
-        token_file = os.path.expanduser(os.environ.get("RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token"))
-        if not os.environ.get("RAY_AUTH_MODE") and (os.environ.get("RAY_AUTH_TOKEN") or os.path.exists(token_file)):
-            os.environ["RAY_AUTH_MODE"] = "token"
-        log.info("connecting to Ray at %s", address)
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+    with ExitStack() as stack:
+        if address:
+            # A submitted job's driver already has the job's env_vars, as will every worker; Ray
+            # refuses a ray.init that names any of those keys again (RAY_OVERRIDE_JOB_RUNTIME_ENV).
+            job_env = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("runtime_env") or {}
+            runtime_env = {"env_vars": {k: v for k, v in forwarded_env().items() if k not in job_env.get("env_vars", {})}}
+            # Ray 2.60 clusters use token auth, but ray.init(address) never turns it on by itself.
+            token_file = os.path.expanduser(os.environ.get("RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token"))
+            if not os.environ.get("RAY_AUTH_MODE") and (os.environ.get("RAY_AUTH_TOKEN") or os.path.exists(token_file)):
+                os.environ["RAY_AUTH_MODE"] = "token"
+            log.info("connecting to Ray at %s", address)
+            ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        else:
+            # Logical CPUs may exceed the physical ones: Ray Train's controller needs a slot of its own.
+            # Its processes are our children and inherit this environment: no runtime env needed.
+            _inherited = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+            stack.callback(_forget_inherited)
+            stack.enter_context(embedded_env())
+            with _loopback_node():
+                ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+            token_note()
         with quiet_console(log_file):
             try:
                 yield ray.cluster_resources()
             finally:
                 ray.shutdown()
-        return
-    # Logical CPUs may exceed the physical ones: Ray Train's controller needs a slot of its own.
-    # Its processes are our children and inherit this environment: no runtime env needed.
-    _inherited = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
-    with embedded_env():
-        with _loopback_node():
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
-        token_note()
-        with quiet_console(log_file):
-            try:
-                yield ray.cluster_resources()
-            finally:
-                ray.shutdown()
-                _inherited = None
 
 
 class RayTrainSession:
