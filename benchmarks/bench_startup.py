@@ -10,8 +10,11 @@ whole command (Python start and imports, the exit, Ray's shutdown).
 Cases, interleaved round by round:
 
 - ``tubelet``: as shipped: the embedded Ray runs without Ray Train's preemption watcher and
-  metrics export (``pipeline.orchestration.ray_train.EMBEDDED_RAY_ENV``);
-- ``ray-train-defaults`` (baseline): the same command with both set back to Ray Train's defaults.
+  metrics export (``pipeline.orchestration.ray_train.EMBEDDED_RAY_ENV``), and the controller
+  without the services that have nothing to do (``ray_train.idle_services``: the dataset
+  manager without Ray Datasets, the placement-group cleaner without a dashboard);
+- ``ray-train-defaults`` (baseline): the same command with all of them set back to Ray Train's
+  defaults.
 
 The ratio is baseline / ours for the time to the first step (> 1: ours starts sooner); the phase
 medians of both cases are in ``phases``.
@@ -53,7 +56,8 @@ TINY = ["model.num_frames=4", "model.img_size=32", "data.sampling_rate=2", "data
         "data.repeated_aug=1", "data.num_workers=0", "train.steps=2", "train.checkpoint_every=0",
         "train.log_every=1", "train.image_every=0", "train.export=false", "deepspeed.zero_stage=2",
         "tracking.system_metrics=false", "scaling.num_workers=2", "scaling.cpus_per_worker=1"]
-DEFAULTS = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "1", "RAY_TRAIN_METRICS_ENABLED": "1"}
+DEFAULTS = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "1", "RAY_TRAIN_METRICS_ENABLED": "1",
+            "TUBELET_RAY_TRAIN_SERVICES": "all"}
 
 
 def make_shards(root: Path) -> Path:
@@ -123,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               for name, runs in kept.items()}
     ours, base = statistics.median(totals["tubelet"]), statistics.median(totals["ray-train-defaults"])
     figures = [figure("job start-up to the first step (jobs.pretrain, 2 workers, embedded Ray)", ours, base, "s",
-                      "Ray Train's defaults (preemption watcher, metrics export)",
+                      "Ray Train's defaults (preemption watcher, metrics export, dataset manager, PG cleaner)",
                       "time from fit() to the first optimizer step; ratio = baseline / ours (> 1: ours sooner)",
                       ratio=1 / paired_ratio(totals, "tubelet", "ray-train-defaults"))]
     for name, p in phases.items():

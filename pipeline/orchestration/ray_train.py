@@ -57,6 +57,8 @@ def forwarded_env() -> dict[str, str]:
 # dashboard that an embedded Ray does not run). Leaving them out saves a process and its start
 # at every job's start-up (benchmarks/bench_startup.py). A value the user set wins.
 EMBEDDED_RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_METRICS_ENABLED": "0"}
+# "all": keep every Ray Train service, also those :func:`idle_services` leaves out
+RAY_TRAIN_SERVICES_ENV = "TUBELET_RAY_TRAIN_SERVICES"
 
 
 def _forget_inherited() -> None:
@@ -299,15 +301,47 @@ def failure_policy(failure_config: Any) -> Any:
     return Policy(failure_config)
 
 
+def idle_services(callbacks: list[Any], *, datasets: bool, dashboard: bool) -> list[Any]:
+    """Ray Train's default controller callbacks that have nothing to do here, and cost a process
+    each at every job's start (``benchmarks/bench_startup.py``):
+
+    - the dataset callback without Ray Datasets (our loaders read WebDataset shards): it starts a
+      ``DatasetManager`` actor before the workers may run, and ships every worker a Ray Data
+      context (importing Ray Data there);
+    - the placement-group cleaner without a dashboard: it watches the controller through the
+      State API, which needs the dashboard, so it can clean nothing and logs a failure a second.
+
+    ``TUBELET_RAY_TRAIN_SERVICES=all`` keeps them all.
+    """
+    from ray.train.v2._internal.callbacks import DatasetsCallback
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+
+    idle: tuple[type, ...] = ()
+    if os.environ.get(RAY_TRAIN_SERVICES_ENV, "").lower() == "all":
+        return []
+    if not datasets:
+        idle += (DatasetsCallback,)
+    if not dashboard:
+        idle += (PlacementGroupCleanerCallback,)
+    return [cb for cb in callbacks if isinstance(cb, idle)]
+
+
 def _trainer_class() -> type:
-    """TorchTrainer with :func:`failure_policy`. Ray Train has no option for it: the one private
-    method that hands its controller the policy is wrapped."""
+    """TorchTrainer with :func:`failure_policy` and without :func:`idle_services`. Ray Train has
+    no option for either: the two private methods that hand its controller the policy and the
+    callbacks are wrapped."""
+    from ray._private.worker import get_dashboard_url
     from ray.train.torch import TorchTrainer
 
     class Trainer(TorchTrainer):
         def _initialize_and_run_controller(self, **kwargs: Any) -> Any:
             kwargs["failure_policy"] = failure_policy(self.run_config.failure_config)
             return super()._initialize_and_run_controller(**kwargs)
+
+        def _create_default_callbacks(self) -> list[Any]:
+            callbacks = super()._create_default_callbacks()
+            idle = idle_services(callbacks, datasets=bool(self.datasets), dashboard=bool(get_dashboard_url()))
+            return [cb for cb in callbacks if cb not in idle]
 
     return Trainer
 

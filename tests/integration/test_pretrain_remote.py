@@ -1,11 +1,9 @@
-"""Pre-training away from the laptop defaults: on a two-node Ray cluster, and with S3 storage.
+"""Pre-training away from the laptop defaults: with S3 storage. (On the two-node cluster of
+``cluster/local/up.sh``: ``tests/integration/test_submit.py``, which shares one cluster between
+its jobs.)
 
-- ``cluster/local/up.sh`` starts a head and a worker node (two ``ray start --block`` processes on
-  this machine, on ports of their own); ``python -m jobs.pretrain`` joins it through
-  ``RAY_ADDRESS`` and its two Ray Train workers land on both nodes; ``down.sh`` stops exactly
-  the recorded processes.
-- Shards on a moto S3 endpoint, Ray Train checkpoints and the exported weights under ``s3://``,
-  and a relaunch that resumes exactly from the S3 checkpoint, each rank fetching only its files.
+Shards on a moto S3 endpoint, Ray Train checkpoints and the exported weights under ``s3://``,
+and a relaunch that resumes exactly from the S3 checkpoint, each rank fetching only its files.
 """
 
 from __future__ import annotations
@@ -13,11 +11,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,12 +21,10 @@ from mlflow import MlflowClient
 
 from pipeline.core import io as sio
 from pipeline.data.synthetic import generate_synthetic
-from tests.local_cluster import cluster_env, running
 
 pytestmark = pytest.mark.usefixtures("mlflow_db")  # a copy of a migrated tracking DB in tmp_path (tests/conftest.py)
 
 REPO = Path(__file__).resolve().parents[2]
-UP, DOWN = REPO / "cluster/local/up.sh", REPO / "cluster/local/down.sh"
 TINY = ["model.num_frames=4", "model.img_size=32",
         "data.sampling_rate=2", "data.batch_size=4", "data.repeated_aug=2", "data.num_workers=0",
         "train.log_every=1", "train.image_every=0", "tracking.system_metrics=false",
@@ -52,75 +46,6 @@ def _history(tracking_uri: str, name: str, metric: str = "loss") -> list[int]:
                               filter_string=f"attributes.run_name = '{name}'")
     assert len(runs) == 1, f"expected one MLflow run named {name}, got {len(runs)}"
     return sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, metric))
-
-
-# --- a two-node cluster made of two `ray start` processes -------------------------------------
-
-@pytest.fixture()
-def local_cluster(tmp_path: Path) -> Iterator[dict]:
-    """The cluster of cluster/local/up.sh on free ports; always torn down by down.sh."""
-    state = tmp_path / "cluster-state"
-    env = cluster_env(state)
-    address = f"127.0.0.1:{env['TUBELET_CLUSTER_PORT']}"
-    pids: list[int] = []
-    try:
-        up = subprocess.run(["bash", str(UP)], env=env, capture_output=True, text=True, timeout=180)
-        pids = [int((state / f"{n}.pid").read_text()) for n in ("head", "worker") if (state / f"{n}.pid").exists()]
-        assert up.returncode == 0, f"up.sh failed:\n{up.stdout}\n{up.stderr}"
-        assert f"RAY_ADDRESS={address}" in up.stdout
-        assert (state / "address").read_text().strip() == address
-        yield {"env": env, "state": state, "pids": pids, "address": address}
-    finally:
-        down = subprocess.run(["bash", str(DOWN)], env=env, capture_output=True, text=True, timeout=120)
-        print(down.stdout, down.stderr)
-        left = [p for p in pids if running(p)]
-        for pid in left:  # down.sh failed to stop them: do not leave them behind
-            os.kill(pid, 9)
-        shutil.rmtree(env["TUBELET_CLUSTER_TMP"], ignore_errors=True)  # the nodes' session files
-        assert down.returncode == 0, down.stderr
-        assert not left, f"down.sh left the node processes {left} running"
-        assert not state.exists()
-
-
-def _train_worker_nodes(dashboard: str, env: dict) -> set[str]:
-    """Node ids of the job's Ray Train workers, from the Ray state API (dead actors included)."""
-    code = ("import json, sys; from ray.util.state import list_actors; "
-            "actors = list_actors(address=sys.argv[1], filters=[('class_name', '=', 'RayTrainWorker')], "
-            "limit=100, raise_on_missing_output=False); print(json.dumps([a.node_id for a in actors]))")
-    out = subprocess.run([sys.executable, "-c", code, dashboard], env=env, capture_output=True, text=True,
-                         timeout=60, check=True)
-    return set(json.loads(out.stdout.strip().splitlines()[-1]))
-
-
-def test_pretrain_on_two_node_cluster(local_cluster: dict, tmp_path: Path) -> None:
-    # Both nodes run on this machine and share its filesystem: local shards and output are fine.
-    manifest = _manifest(tmp_path)
-    env = dict(local_cluster["env"], RAY_ADDRESS=local_cluster["address"],
-               # An explicit address never switches token auth on by itself (Ray 2.60): the driver
-               # must ask for it; the token comes from ~/.ray/auth_token, made by up.sh if missing.
-               RAY_AUTH_MODE="token")
-    shard = subprocess.run([sys.executable, "-m", "jobs.shard", "--set", f"shard.manifest={manifest}",
-                            "--set", f"shard.output={tmp_path / 'shards'}"],
-                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert shard.returncode == 0, shard.stderr[-3000:]
-
-    sets = [f"data.shards={tmp_path / 'shards'}", f"run.output={tmp_path / 'runs'}", "run.name=two-nodes",
-            "train.steps=4", "train.checkpoint_every=2", "deepspeed.zero_stage=2",
-            f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", *TINY]
-    job = subprocess.run([sys.executable, "-m", "jobs.pretrain", "--config", "pretrain/demo",
-                          *[a for s in sets for a in ("--set", s)]],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
-    log = job.stdout + job.stderr
-    assert job.returncode == 0, log[-5000:]
-    assert "Connecting to existing Ray cluster" in log, "the job did not join the cluster"
-
-    run_dir = tmp_path / "runs" / "two-nodes"
-    assert (run_dir / "export" / "pretrain_fp32.pt").stat().st_size > 0
-    assert any(p.name.startswith("checkpoint_") for p in run_dir.iterdir()), sorted(os.listdir(run_dir))
-    assert _history(f"sqlite:///{tmp_path / 'mlflow.db'}", "two-nodes") == [1, 2, 3, 4]
-
-    nodes = _train_worker_nodes(f"http://127.0.0.1:{env['TUBELET_CLUSTER_DASHBOARD_PORT']}", env)
-    assert len(nodes) == 2, f"the Ray Train workers ran on {len(nodes)} node(s): {nodes}"
 
 
 # --- shards, checkpoints and exported weights on S3 (moto server) --------------------------------

@@ -2,9 +2,11 @@
 
 One two-node cluster (cluster/local/up.sh, token auth on) and one MLflow server
 (cluster/mlflow/serve.sh) for the module, on ports picked free at start. Two tiny pre-trainings
-run one after the other: one submitted with the `ray job submit` CLI, one with `python -m
-jobs.submit` (JobSubmissionClient, working dir = this checkout, env forwarded). Both must SUCCEED,
-leave a checkpoint and exported weights, and log their steps to the server. A job's working dir,
+run side by side: one submitted with the `ray job submit` CLI, one with `python -m jobs.submit`
+(JobSubmissionClient, working dir = this checkout, env forwarded). Both must SUCCEED, leave a
+checkpoint and exported weights, and log their steps to the server. Jobs started on this machine
+with RAY_ADDRESS (sharding, then a pre-training whose two workers land on both nodes) join the
+same cluster. A job's working dir,
 set up on both nodes, stays in place under its driver. A wrong token is refused in one line. The
 server listens on 127.0.0.1 only and stop.sh takes down exactly its process group. Only what this
 module started is stopped, by pid.
@@ -28,6 +30,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.core.net import free_port
+from pipeline.data.synthetic import generate_synthetic
 from pipeline.submission import EXCLUDES, Cluster
 from tests.local_cluster import clean_environ, cluster_env, running
 from tests.unit.shard_fixtures import make_shards
@@ -138,12 +141,9 @@ def test_pretrain_submitted_with_ray_cli_and_jobs_submit(services: dict, shards:
                               "--runtime-env-json", json.dumps(runtime), "--", *entry],
                              env=cluster["env"], capture_output=True, text=True, timeout=120)
     assert ray_cli.returncode == 0, ray_cli.stdout + ray_cli.stderr
-    monkeypatch.setenv("RAY_ADDRESS", cluster["dashboard"])
-    client = Cluster.connect()
-    assert client.wait(cli_id, timeout_s=300) == "SUCCEEDED", client.logs(cli_id)[-4000:]
 
-    # 2. jobs.submit as a user runs it after `source .cluster/local/env` (the GCS address), with
-    #    the tracking server and a credential in the environment; it follows the job to the end.
+    # 2. While it runs (one CPU each of the cluster's two): jobs.submit as a user runs it after `source .cluster/local/env` (the GCS address), with
+    #    the tracking server and a credential in the environment; it follows its job to the end.
     env = dict(cluster["env"], RAY_ADDRESS=cluster["gcs"], MLFLOW_TRACKING_URI=tracking, AWS_SECRET_ACCESS_KEY=SECRET)
     sub = subprocess.run([sys.executable, "-m", "jobs.submit", "pretrain", "--config", "pretrain/demo",
                           *[a for s in _sets(shards, output, "sdk", "")[:3] + TINY for a in ("--set", s)]],
@@ -155,6 +155,9 @@ def test_pretrain_submitted_with_ray_cli_and_jobs_submit(services: dict, shards:
                   for w in [line.split()[2]])
     assert f"jobs.submit: {sdk_id} SUCCEEDED" in sub.stdout
     assert "step 2/2" in sub.stdout, "the driver's log was not streamed"
+    monkeypatch.setenv("RAY_ADDRESS", cluster["dashboard"])
+    client = Cluster.connect()
+    assert client.wait(cli_id, timeout_s=300) == "SUCCEEDED", client.logs(cli_id)[-4000:]
 
     # The credential reached the job (its runtime env) without being printed by `status`.
     assert client.client.get_job_info(sdk_id).runtime_env["env_vars"]["AWS_SECRET_ACCESS_KEY"] == SECRET
@@ -242,3 +245,54 @@ def test_mlflow_server_listens_on_loopback_and_stops_by_pid(services: dict) -> N
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0, "the port still answers"
     assert not (mlflow_server["root"] / "mlflow" / "server.pid").exists()
+
+
+# --- a driver on this machine, its Ray Train workers on both nodes -----------------------------
+
+def _manifest(root: Path) -> Path:
+    entries = generate_synthetic(root / "videos", num_per_class=2, classes=["left", "right", "cw"], frames=12,
+                                 size=(48, 48), splits={"train": 1.0})
+    manifest = root / "manifest.csv"
+    manifest.write_text("\n".join(["uri,label,split"] + [f"{e.uri},{e.label},train" for e in entries]) + "\n")
+    return manifest
+
+
+def _train_worker_nodes(dashboard: str, env: dict) -> set[str]:
+    """Node ids of the job's Ray Train workers, from the Ray state API (dead actors included)."""
+    code = ("import json, sys; from ray.util.state import list_actors; "
+            "actors = list_actors(address=sys.argv[1], filters=[('class_name', '=', 'RayTrainWorker')], "
+            "limit=100, raise_on_missing_output=False); print(json.dumps([a.node_id for a in actors]))")
+    out = subprocess.run([sys.executable, "-c", code, dashboard], env=env, capture_output=True, text=True,
+                         timeout=60, check=True)
+    return set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def test_jobs_started_here_shard_and_pretrain_on_both_nodes(services: dict, tmp_path: Path) -> None:
+    """``jobs.shard`` and ``jobs.pretrain`` run on this machine join the cluster through RAY_ADDRESS
+    (as after ``source .cluster/local/env``); the two Ray Train workers land one on each node.
+    Both nodes run on this machine and share its filesystem: local shards and output are fine."""
+    manifest, tracking = _manifest(tmp_path), services["mlflow"]["url"]
+    env = dict(services["env"], RAY_ADDRESS=services["gcs"],
+               # An explicit address never switches token auth on by itself (Ray 2.60): the driver
+               # must ask for it; the token comes from ~/.ray/auth_token, made by up.sh if missing.
+               RAY_AUTH_MODE="token")
+    shard = subprocess.run([sys.executable, "-m", "jobs.shard", "--set", f"shard.manifest={manifest}",
+                            "--set", f"shard.output={tmp_path / 'shards'}"],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert shard.returncode == 0, shard.stderr[-3000:]
+
+    sets = _sets(tmp_path / "shards", tmp_path / "runs", "two-nodes", tracking) + [
+        "train.steps=4", "train.checkpoint_every=2", "deepspeed.zero_stage=2", "scaling.num_workers=2"]
+    job = subprocess.run([sys.executable, "-m", "jobs.pretrain", "--config", "pretrain/demo",
+                          *[a for s in sets for a in ("--set", s)]],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    log = job.stdout + job.stderr
+    assert job.returncode == 0, log[-5000:]
+    assert "Connecting to existing Ray cluster" in log, "the job did not join the cluster"
+
+    run_dir = tmp_path / "runs" / "two-nodes"
+    assert (run_dir / "export" / "pretrain_fp32.pt").stat().st_size > 0
+    assert any(p.name.startswith("checkpoint_") for p in run_dir.iterdir()), sorted(os.listdir(run_dir))
+    assert _mlflow_steps(tracking, "two-nodes") == ("FINISHED", [1, 2, 3, 4])
+    nodes = _train_worker_nodes(services["dashboard"], env)
+    assert len(nodes) == 2, f"the Ray Train workers ran on {len(nodes)} node(s): {nodes}"

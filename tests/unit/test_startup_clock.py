@@ -52,3 +52,23 @@ def test_an_embedded_ray_runs_without_the_services_it_cannot_use_unless_the_user
     with embedded_env():
         assert os.environ[watcher] == "0" and os.environ[metrics] == "1"
     assert watcher not in os.environ and os.environ[metrics] == "1"  # as it was
+
+
+def test_ray_train_services_with_nothing_to_do_are_left_out_of_the_controller(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray Train's own default callbacks: the dataset callback (a DatasetManager actor) goes when
+    there are no Ray Datasets, the placement-group cleaner (an actor polling the State API) when
+    there is no dashboard; everything else stays; the opt-out keeps them all."""
+    from ray.train.torch import TorchTrainer
+
+    from pipeline.orchestration.ray_train import RAY_TRAIN_SERVICES_ENV, idle_services
+
+    monkeypatch.delenv(RAY_TRAIN_SERVICES_ENV, raising=False)
+    callbacks = TorchTrainer(lambda: None)._create_default_callbacks()
+    names = lambda cbs: sorted(type(cb).__name__ for cb in cbs)  # noqa: E731
+    assert names(idle_services(callbacks, datasets=False, dashboard=False)) == [
+        "DatasetsCallback", "PlacementGroupCleanerCallback"]
+    assert names(idle_services(callbacks, datasets=True, dashboard=False)) == ["PlacementGroupCleanerCallback"]
+    assert idle_services(callbacks, datasets=True, dashboard=True) == []
+    monkeypatch.setenv(RAY_TRAIN_SERVICES_ENV, "all")
+    assert idle_services(callbacks, datasets=False, dashboard=False) == []
