@@ -7,7 +7,8 @@ train/val top-1 for both. It isolates the learning question from the pipeline: i
 it is the budget/task, not the jobs. Knobs the jobs do not expose are ablations here:
 ``--grain/--smooth`` (the two amplitudes of the background texture, which the dataset job scales
 together with ``texture``) and ``--raw-target`` (``model.normalize_target = false``: raw 0-1
-pixel targets, the official ``--normlize_target False``).
+pixel targets: the official raw-pixel branch, reached there by ``--normlize_target ""`` only,
+as the type=bool flag parses ``False`` as True).
 
     python -m benchmarks.pretrain_value_ablation --pt-steps 600 --raw-target --unlabelled 60 \
         --classes left,right,up,down --stride 4 --frames 32

@@ -140,10 +140,10 @@ def worker(args: argparse.Namespace) -> None:
         build_model,
         compute_dtype,
         deepspeed_config,
-        global_batch,
         init_distributed,
         peak_lr,
         set_lr,
+        videos_per_step,
     )
     from pipeline.models.factory import create_model_from_config
     from pipeline.models.hooks import param_groups
@@ -168,7 +168,7 @@ def worker(args: argparse.Namespace) -> None:
     rank, world = init_distributed()
     phase("init")
     micro = cfg.data.batch_size
-    lr = peak_lr(optim, global_batch(micro, world, ds.gradient_accumulation_steps))
+    lr = peak_lr(optim, videos_per_step(micro, world, ds.gradient_accumulation_steps, cfg.data.repeated_aug))
     config = deepspeed_config(ds, optim, micro, world, lr=lr)
     _merge(config["zero_optimization"], extra_zero(ds, args.sub_group_size))
     with open(progress.with_suffix(".dsconfig.json"), "w") as f:

@@ -99,29 +99,55 @@ class DeepSpeedConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW and its per-step schedule (TOML section ``[optim]``); VideoMAE V2 pre-training defaults."""
+    """AdamW and its per-step schedule (TOML section ``[optim]``); VideoMAE V2 pre-training defaults.
+
+    The lr rule is the official one (``run_mae_pretraining.py`` / ``run_class_finetuning.py``):
+    ``--lr``, ``--min_lr`` and ``--warmup_lr`` are each multiplied by ``total_batch_size / 256``,
+    where ``total_batch_size = batch_size x ranks (x update_freq)`` counts *videos*; each video gives
+    ``--num_sample`` clips (our ``data.repeated_aug``). Here ``data.batch_size`` counts clips, so
+    videos per step = ``data.batch_size x ranks x gradient_accumulation_steps / data.repeated_aug``.
+    """
 
     name: Literal["adamw"] = help_field("adamw", help="optimizer (AdamW, decoupled weight decay)")
-    lr: float = help_field(0.0, help="absolute peak lr; 0 = blr * global_batch / 256")
-    blr: float = help_field(1.5e-4, help="base lr per 256 clips of global batch (used when lr = 0)")
-    min_lr: float = help_field(1e-5, help="absolute lr at the end of the cosine")
+    lr: float = help_field(0.0, help="absolute peak lr; 0 = blr x videos per step / 256")
+    blr: float = help_field(
+        1.5e-4, help="peak lr per 256 videos per optimizer step (the official --lr; a video's data.repeated_aug "
+                     "clips count once); used when lr = 0")
+    min_blr: float = help_field(
+        1e-5, help="lr at the end of the cosine per 256 videos per step, scaled like blr also when lr is set "
+                   "(the official --min_lr: 1e-5 pre-training, 1e-6 fine-tuning)")
+    warmup_blr: float = help_field(
+        0.0, help="lr the linear warm-up starts from, per 256 videos per step (official: 0; its --warmup_lr "
+                  "is scaled but never given to cosine_scheduler)")
     weight_decay: float = help_field(0.05, help="AdamW weight decay (never on norms, biases, tokens, pos-emb)")
     betas: tuple[float, float] = help_field((0.9, 0.95), help="Adam betas")
     eps: float = help_field(1e-8, help="Adam epsilon")
     layer_decay: float = help_field(1.0, help="layer-wise lr decay; 1 = off (fine-tuning uses 0.75 for B)")
     warmup_steps: int = help_field(0, help="linear warm-up steps; 0 = warmup_fraction * total steps")
-    warmup_fraction: float = help_field(0.05, help="warm-up as a fraction of total steps (40 of 800 epochs)")
-    schedule: Literal["cosine", "constant"] = help_field("cosine", help="after warm-up: cosine to min_lr, or constant")
+    warmup_fraction: float = help_field(
+        0.05, help="warm-up as a fraction of total steps (official warmup_epochs / epochs: 20/200 B, 30/300 g)")
+    schedule: Literal["cosine", "constant"] = help_field(
+        "cosine", help="after warm-up: cosine to the min lr (official cosine_scheduler), or constant")
     impl: Literal["auto", "torch", "deepspeed"] = help_field(
         "auto", help="auto: torch AdamW (fused on GPU) unless the optimizer is offloaded on GPU (DeepSpeed CPU Adam)")
 
     def __post_init__(self) -> None:
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ValueError(f"betas {self.betas}: two values in [0, 1)")
-        if self.lr < 0 or self.blr <= 0 or self.min_lr < 0 or self.eps <= 0:
-            raise ValueError("lr, min_lr must be >= 0 and blr, eps > 0")
-        if not 0.0 <= self.warmup_fraction < 1.0 or self.warmup_steps < 0:
-            raise ValueError("warmup_steps >= 0 and warmup_fraction in [0, 1)")
+            raise ValueError(f"optim.betas {self.betas}: two values in [0, 1)")
+        if self.lr < 0:
+            raise ValueError(f"optim.lr must be >= 0 (0 = from optim.blr), got {self.lr}")
+        if self.blr <= 0:
+            raise ValueError(f"optim.blr must be > 0, got {self.blr}")
+        if self.min_blr < 0:
+            raise ValueError(f"optim.min_blr must be >= 0, got {self.min_blr}")
+        if self.warmup_blr < 0:
+            raise ValueError(f"optim.warmup_blr must be >= 0, got {self.warmup_blr}")
+        if self.eps <= 0:
+            raise ValueError(f"optim.eps must be > 0, got {self.eps}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise ValueError(f"optim.warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         self.betas = (float(self.betas[0]), float(self.betas[1]))
 
 
@@ -130,32 +156,64 @@ class OptimConfig:
 
 
 def global_batch(micro_batch: int, world_size: int, grad_accum: int) -> int:
-    """Clips per optimizer step. Count views, as the official scripts (batch_size * num_sample)."""
+    """Clips per optimizer step over all ranks (DeepSpeed's ``train_batch_size``)."""
     return micro_batch * world_size * grad_accum
 
 
-def peak_lr(cfg: OptimConfig, global_batch_size: int) -> float:
-    """``cfg.lr`` if set, else the linear scaling rule ``blr * global_batch / 256``."""
-    return cfg.lr if cfg.lr > 0 else cfg.blr * global_batch_size / 256
+def videos_per_step(micro_batch: int, world_size: int, grad_accum: int, views_per_video: int = 1) -> float:
+    """Videos per optimizer step: the official ``total_batch_size`` the lr scales with.
+
+    ``micro_batch`` counts clips (``data.batch_size``); each decoded video gives ``views_per_video``
+    of them (``data.repeated_aug``, the official ``--num_sample``), and counts once.
+    """
+    if views_per_video < 1:
+        raise ValueError(f"data.repeated_aug must be >= 1, got {views_per_video}")
+    return global_batch(micro_batch, world_size, grad_accum) / views_per_video
+
+
+def peak_lr(cfg: OptimConfig, videos: float) -> float:
+    """``cfg.lr`` if set, else the official linear scaling rule ``blr * videos per step / 256``."""
+    return cfg.lr if cfg.lr > 0 else cfg.blr * videos / 256
+
+
+def final_lr(cfg: OptimConfig, videos: float) -> float:
+    """Where the cosine ends: ``min_blr * videos per step / 256`` (official ``args.min_lr`` after scaling)."""
+    return cfg.min_blr * videos / 256
+
+
+def warmup_start_lr(cfg: OptimConfig, videos: float) -> float:
+    """Where the warm-up starts: ``warmup_blr * videos per step / 256`` (0 by default, as official)."""
+    return cfg.warmup_blr * videos / 256
 
 
 def warmup_steps(cfg: OptimConfig, total_steps: int) -> int:
-    return cfg.warmup_steps if cfg.warmup_steps > 0 else int(cfg.warmup_fraction * total_steps)
+    """``warmup_steps`` if set, else ``warmup_fraction`` of the run (never more than the run)."""
+    warm = cfg.warmup_steps if cfg.warmup_steps > 0 else int(cfg.warmup_fraction * total_steps + 1e-9)
+    return min(warm, max(0, total_steps))
 
 
-def lr_at(step: int, cfg: OptimConfig, total_steps: int, base_lr: float) -> float:
-    """lr of optimizer step ``step`` (0-based): linear warm-up to ``base_lr``, then cosine to ``min_lr``.
+def lr_at(step: int, cfg: OptimConfig, total_steps: int, base_lr: float, min_lr: float = 0.0,
+          start_lr: float = 0.0) -> float:
+    """lr of optimizer step ``step`` (0-based), equal step for step to the official
+    ``utils.cosine_scheduler(base_lr, min_lr, epochs, niter_per_ep, warmup, start_warmup_value=start_lr)``
+    with ``epochs x niter_per_ep = total_steps`` (the official index is the optimizer step too):
 
-    Warm-up gives step 0 ``base_lr / warmup`` rather than the official 0, so no step is wasted;
-    step ``warmup - 1`` reaches ``base_lr``. Past ``total_steps`` the lr stays at ``min_lr``.
+    - warm-up, ``W`` steps: ``np.linspace(start_lr, base_lr, W)``: step 0 is ``start_lr`` (0 by
+      default: the first step does not move the weights), step ``W - 1`` is ``base_lr``;
+    - then ``min_lr + (base_lr - min_lr) / 2 * (1 + cos(pi * (step - W) / (total_steps - W)))``:
+      the cosine starts at ``base_lr`` again and never quite reaches ``min_lr``.
+
+    Past ``total_steps`` (the official table ends there) the lr stays at ``min_lr``.
+    ``schedule = "constant"`` keeps ``base_lr`` after the warm-up.
     """
     warm = warmup_steps(cfg, total_steps)
     if step < warm:
-        return base_lr * (step + 1) / warm
+        return start_lr if warm == 1 else start_lr + (base_lr - start_lr) * step / (warm - 1)
     if cfg.schedule == "constant":
         return base_lr
-    progress = min(1.0, (step - warm) / max(1, total_steps - warm))
-    return cfg.min_lr + (base_lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if step >= total_steps:
+        return min_lr
+    return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * (step - warm) / (total_steps - warm)))
 
 
 @dataclass(frozen=True)
@@ -165,9 +223,16 @@ class LrSchedule:
     cfg: OptimConfig
     total_steps: int
     base_lr: float
+    min_lr: float = 0.0
+    start_lr: float = 0.0
+
+    @classmethod
+    def for_run(cls, cfg: OptimConfig, total_steps: int, videos: float) -> LrSchedule:
+        """The official rule: peak, final and warm-up start lr all scale with ``videos`` per step / 256."""
+        return cls(cfg, total_steps, peak_lr(cfg, videos), final_lr(cfg, videos), warmup_start_lr(cfg, videos))
 
     def __call__(self, step: int) -> float:
-        return lr_at(step, self.cfg, self.total_steps, self.base_lr)
+        return lr_at(step, self.cfg, self.total_steps, self.base_lr, self.min_lr, self.start_lr)
 
     def apply(self, engine: Any, step: int) -> float:
         lr = self(step)
@@ -260,14 +325,15 @@ def _optimizer_section(optim: OptimConfig, ds: DeepSpeedConfig, lr: float, devic
 
 def deepspeed_config(ds_cfg: DeepSpeedConfig, optim_cfg: OptimConfig, micro_batch: int, world_size: int,
                      device: str | None = None, lr: float | None = None,
-                     load_universal: bool = False) -> dict[str, Any]:
-    """The JSON DeepSpeed gets. No scheduler section: ``set_lr`` drives the lr from the step."""
+                     load_universal: bool = False, views_per_video: int = 1) -> dict[str, Any]:
+    """The JSON DeepSpeed gets. No scheduler section: ``set_lr`` drives the lr from the step.
+    ``micro_batch`` counts clips; ``views_per_video`` (``data.repeated_aug``) of them are one video."""
     device = device or device_type()
     if ds_cfg.precision == "fp16" and device != "cuda":
         raise EngineError("precision fp16 needs a GPU; use bf16 or fp32 on CPU")
     accum = ds_cfg.gradient_accumulation_steps
     if lr is None:
-        lr = peak_lr(optim_cfg, global_batch(micro_batch, world_size, accum))
+        lr = peak_lr(optim_cfg, videos_per_step(micro_batch, world_size, accum, views_per_video))
     config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": micro_batch,
         "gradient_accumulation_steps": accum,
@@ -331,8 +397,11 @@ def build_model(model_or_factory: ModelOrFactory, ds_cfg: DeepSpeedConfig, confi
 
 def build_engine(model_or_factory: ModelOrFactory, ds_cfg: DeepSpeedConfig, optim_cfg: OptimConfig,
                  micro_batch: int, total_steps: int, world_size: int | None = None,
-                 load_universal: bool = False) -> tuple[Any, LrSchedule]:
+                 load_universal: bool = False, views_per_video: int = 1) -> tuple[Any, LrSchedule]:
     """A DeepSpeed engine and its lr schedule; the lr of step 0 is already set.
+
+    ``micro_batch`` is clips per rank; ``views_per_video`` (``data.repeated_aug``) of them come from
+    one video, and the lr scales with videos per step (the official rule, see :class:`OptimConfig`).
 
     Pass a factory (``lambda: create_model(...)``) so stage 3 can build the model partitioned.
     ``load_universal`` makes ``load_checkpoint`` read a checkpoint made by :func:`to_universal`.
@@ -340,13 +409,13 @@ def build_engine(model_or_factory: ModelOrFactory, ds_cfg: DeepSpeedConfig, opti
     deepspeed = _deepspeed()
     _, dist_world = init_distributed()
     world_size = world_size or dist_world
-    base_lr = peak_lr(optim_cfg, global_batch(micro_batch, world_size, ds_cfg.gradient_accumulation_steps))
-    config = deepspeed_config(ds_cfg, optim_cfg, micro_batch, world_size, lr=base_lr,
+    videos = videos_per_step(micro_batch, world_size, ds_cfg.gradient_accumulation_steps, views_per_video)
+    schedule = LrSchedule.for_run(optim_cfg, total_steps, videos)
+    config = deepspeed_config(ds_cfg, optim_cfg, micro_batch, world_size, lr=schedule.base_lr,
                               load_universal=load_universal)
     model = build_model(model_or_factory, ds_cfg, config)
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=param_groups(model, optim_cfg.weight_decay, optim_cfg.layer_decay, with_names=False),
                                            config=config)
-    schedule = LrSchedule(optim_cfg, total_steps, base_lr)
     schedule.apply(engine, 0)
     return engine, schedule
 
@@ -430,5 +499,5 @@ def to_universal(directory: str | Path, tag: str, out_dir: str | Path, workers: 
 __all__ = ["DeepSpeedConfig", "EngineError", "LrSchedule", "OptimConfig", "build_engine", "build_model",
            "compute_dtype", "consolidate_fp32", "gathered", "deepspeed_config", "device_type", "global_batch",
            "grad_accum_dtype", "grad_norm",
-           "init_distributed", "load_checkpoint", "lr_at", "peak_lr", "save_checkpoint", "set_lr", "to_universal",
-           "warmup_steps"]
+           "final_lr", "init_distributed", "load_checkpoint", "lr_at", "peak_lr", "save_checkpoint", "set_lr",
+           "to_universal", "videos_per_step", "warmup_start_lr", "warmup_steps"]

@@ -36,6 +36,11 @@ class SinCosPosEmbed(nn.Module):
 
     Not a buffer on purpose: the official checkpoints do not contain it, a ``.bfloat16()`` of the
     model (DeepSpeed bf16) must not round it, and ``meta`` construction must not need it.
+
+    At another frame count or size the table is the one of the new grid, never a resized 16 x 224
+    one: that is what official fine-tuning ends up with (its "interpolate position embedding" step
+    is an identity or drops the result for these fixed tables; see
+    :func:`pipeline.models.weights.pos_embed_note`).
     """
 
     def __init__(self, num_tokens: int, dim: int) -> None:

@@ -91,6 +91,11 @@ class PretrainModel(ParamHooks, nn.Module):
         self.decoder = Decoder(spec, drop_path, layer_scale_init, attn_impl)
         self.apply(init_linear_xavier)
         reset_adapters(self)
+        # As official (models/modeling_pretrain.py, PretrainVisionTransformer.__init__): only the encoder
+        # and the decoder apply the xavier init; the top level never calls self.apply(_init_weights), so
+        # encoder_to_decoder keeps nn.Linear's default init (kaiming-uniform, a=sqrt(5): U(+-1/sqrt(D))),
+        # and mask_token is trunc_normal_(std=.02) truncated at +-std (its trunc_normal_ wrapper).
+        self.encoder_to_decoder.reset_parameters()
         nn.init.trunc_normal_(self.mask_token, std=0.02, a=-0.02, b=0.02)
 
     def set_attn_impl(self, impl: AttnImpl) -> None:
@@ -146,7 +151,9 @@ class PretrainModel(ParamHooks, nn.Module):
 
     def targets(self, video: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Targets ``[B, n, tubelet*p*p*C]`` (official layout): per-patch, per-channel normalised
-        pixels, or with ``normalize_target=False`` the raw 0-1 pixels (official ``--normlize_target False``).
+        pixels, or with ``normalize_target=False`` the raw 0-1 pixels: the official raw-pixel branch, which
+        the official CLI reaches only with ``--normlize_target ""`` (the flag is ``type=bool``, so the
+        string ``False`` parses as True and still normalises).
         """
         patches = self._pixel_patches(video, index)
         if not self.normalize_target:

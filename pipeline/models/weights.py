@@ -12,6 +12,10 @@ Official layouts (``qkv_bias=True``; fixed sin-cos positions are plain tensors, 
 either of them possibly wrapped in ``{"model": ...}`` / ``{"module": ...}`` and/or with DDP's
 ``module.`` key prefix. Our module names mirror the official ones, so the mapping is only about
 prefixes and about which parts a model has.
+
+Positions at another frame count or size: see :func:`pos_embed_note`. Every model here, like every
+official one, has fixed sin-cos positions for its own token grid; a ``pos_embed`` a checkpoint may
+carry is dropped (as official fine-tuning drops it), and the model's table is the official one.
 """
 
 from __future__ import annotations
@@ -77,10 +81,38 @@ def official_to_ours_key(key: str) -> str:
     return key
 
 
+def pos_embed_note(key: str, value: torch.Tensor) -> str:
+    """The note for a checkpoint's position table, which is never loaded: as official.
+
+    Official (OpenGVLab/VideoMAEv2): every registered model in ``models/modeling_pretrain.py`` and
+    ``models/modeling_finetune.py`` has ``use_learnable_pos_emb=False`` (no command-line flag turns it
+    on), so ``pos_embed`` is ``get_sinusoid_encoding_table(num_patches, dim)`` for the model's own grid
+    (1-D over the t-major token index), a plain tensor attribute that checkpoints never contain.
+    ``run_class_finetuning.py`` ("interpolate position embedding") then:
+
+    - if the checkpoint carries a ``pos_embed``: resizes it per frame to the new H x W (bicubic), but
+      ``utils.load_state_dict`` drops it as an unexpected key (the model has no such parameter);
+    - else, at ``--input_size != 224``: reshapes the model's own table as 16 // tubelet frames and
+      resizes it bicubically to the size it already has, an identity (16 frames);
+    - at ``--num_frames != 16``: reshapes the model's table as 16 // tubelet frames to interpolate it
+      in time, which fails for a table built at another frame count (8 or 32 frames raise; 64
+      mixes frames into rows).
+
+    So at 16 frames and any size the official table is the fixed table of the new grid, which is
+    what :class:`~pipeline.models.layers.SinCosPosEmbed` computes (at other frame counts too, where
+    the official script stops). The checkpoint's table is never used, here as there.
+    """
+    from pipeline.models.layers import sincos_table
+
+    n, dim = value.shape[-2], value.shape[-1]
+    fixed = value.ndim == 3 and torch.allclose(value.float()[0], sincos_table(n, dim)[0], atol=1e-3)
+    kind = "the fixed sin-cos table" if fixed else "a learned table"
+    return (f"ignored the checkpoint's {key} ({kind} of {n} tokens): positions are the fixed sin-cos table of the "
+            "model's own grid, as in every official model (official fine-tuning drops a saved one too)")
+
+
 def _skip_reason(key: str, has_decoder: bool, has_fc_norm: bool) -> str | None:
     """Why a checkpoint key has no place in this model (a note), or None if it is unexpected."""
-    if key.endswith("pos_embed"):
-        return "ignored saved pos_embed: fixed sin-cos positions are recomputed"
     if key.startswith(_DECODER_PARTS) and not has_decoder:
         return "skipped the pre-training decoder (encoder_to_decoder, mask_token, decoder.*)"
     if key.startswith("encoder.norm.") and has_fc_norm:
@@ -124,7 +156,8 @@ def load_official(model: nn.Module, state_dict: Mapping[str, Any]) -> LoadReport
     report, usable, notes = LoadReport(), {}, []
     for key, value in mapped.items():
         if key not in own:
-            reason = _skip_reason(key, has_decoder, has_fc_norm)
+            reason = pos_embed_note(key, value) if key.endswith("pos_embed") else _skip_reason(
+                key, has_decoder, has_fc_norm)
             notes.append(reason) if reason else report.unexpected.append(key)
             continue
         if value.shape != own[key].shape:

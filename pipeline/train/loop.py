@@ -95,7 +95,8 @@ def setup(cfg: TrainJob, session: Session, build: Callable[[], torch.nn.Module],
     with session.restore_dir() as restore_dir:
         restore = ckpt.prepare_restore(restore_dir, rank, world, session.local_rank)
         engine, schedule = eng.build_engine(build, cfg.deepspeed, cfg.optim, cfg.data.batch_size,
-                                            cfg.train.steps, world, load_universal=bool(restore and restore.universal))
+                                            cfg.train.steps, world, load_universal=bool(restore and restore.universal),
+                                            views_per_video=cfg.data.repeated_aug)
         torch.manual_seed(cfg.run.seed * 1000 + rank)  # from here on (drop path, mixup) each rank has its own stream
         step, run_id = 0, ""
         if restore is not None:

@@ -71,7 +71,8 @@ def _stage_worker(rank, world, stage, out: Path):
 
     if stage == 1:  # as Ray Train does: the group exists before the engine is built
         torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
-    optim = OptimConfig(lr=2e-3, betas=(0.85, 0.97), eps=1e-7, weight_decay=0.1, layer_decay=0.5, warmup_steps=1)
+    optim = OptimConfig(lr=2e-3, betas=(0.85, 0.97), eps=1e-7, weight_decay=0.1, layer_decay=0.5,
+                        warmup_fraction=0.0)
     ds = DeepSpeedConfig(zero_stage=stage, precision="fp32", overlap_comm=stage == 3)
     engine, schedule = build_engine(_model, ds, optim, micro_batch=2, total_steps=50)
     params = list(engine.module.parameters())
@@ -109,7 +110,8 @@ def _precision_worker(rank, world, out: Path):
     from pipeline.infra.engine import build_engine, grad_norm, load_checkpoint, save_checkpoint
 
     ds = DeepSpeedConfig(zero_stage=2, precision="bf16", grad_clip=1.0, gradient_accumulation_steps=2)
-    engine, schedule = build_engine(_model(), ds, OptimConfig(lr=2e-3, warmup_steps=1), micro_batch=2, total_steps=10)
+    engine, schedule = build_engine(_model(), ds, OptimConfig(lr=2e-3, warmup_fraction=0.0), micro_batch=2,
+                                    total_steps=10)
     video, enc, dec = _batch(2)
     losses = []
     for micro in range(8):  # 4 optimizer steps of 2 micro-batches
@@ -138,7 +140,7 @@ def test_bf16_with_accumulation_clipping_and_same_size_resume(tmp_path):
 
 # ---- checkpoints: N ranks -> universal -> M ranks --------------------------------------------
 
-OPTIM = OptimConfig(lr=1e-3, warmup_steps=1, schedule="constant")
+OPTIM = OptimConfig(lr=1e-3, warmup_fraction=0.0, schedule="constant")
 
 
 def _save_worker(rank, world, ckpt: Path):

@@ -73,7 +73,7 @@ def _bf16_worker(rank: int, world: int, out: Path) -> None:
     video, enc, dec = video[rank::world].bfloat16(), enc[rank::world], dec[rank::world]
     for stage in STAGES:
         ds = DeepSpeedConfig(zero_stage=stage, precision="bf16", gradient_accumulation_steps=2)
-        engine, _ = build_engine(_model, ds, OptimConfig(lr=1e-3, warmup_steps=1), micro_batch=2, total_steps=4)
+        engine, _ = build_engine(_model, ds, OptimConfig(lr=1e-3, warmup_fraction=0.0), micro_batch=2, total_steps=4)
         opt = engine.optimizer
         accum = getattr(opt, "grad_acc_dtype", None) or getattr(opt, "gradient_accumulation_dtype", None)
         losses = []

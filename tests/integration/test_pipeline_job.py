@@ -76,7 +76,7 @@ num_workers = 0
 scales = [1.0]
 [finetune.optim]
 lr = 1e-3
-warmup_steps = 1
+warmup_fraction = 0.0  # no warm-up (the official warm-up starts at lr 0)
 [finetune.train]
 steps = 4
 checkpoint_every = 4

@@ -102,7 +102,7 @@ def test_continued_pretraining_starts_from_given_weights(shards: str, tmp_path: 
     official = tmp_path / "runs" / "source" / "export" / "videomae_official.pt"
     # Same data seed, so step 1 sees the same batch; a near-zero lr keeps the weights as loaded.
     assert run(_cfg(shards, tmp_path, "continued", "train.steps=1", "train.checkpoint_every=1", "optim.lr=1e-12",
-                    "optim.min_lr=0", f"model.init={official}")) == 0
+                    "optim.min_blr=0", f"model.init={official}")) == 0
     fresh, continued = _history(tmp_path, "source")[1], _history(tmp_path, "continued")[1]
     assert continued < fresh - 0.02, f"init weights not used: {fresh:.4f} -> {continued:.4f}"
     # After one step at lr 1e-12 the continued run holds exactly what the source run ended with.

@@ -18,7 +18,7 @@ import torch
 from pipeline.infra.engine import DeepSpeedConfig, OptimConfig
 from tests.integration.test_engine_dist import _batch, _model, _spawn, _train
 
-OPTIM = OptimConfig(lr=1e-3, warmup_steps=1, schedule="constant")
+OPTIM = OptimConfig(lr=1e-3, warmup_fraction=0.0, schedule="constant")
 
 
 def _worker(rank: int, world: int, stage: int, precision: str, root: Path) -> None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -20,10 +21,13 @@ from pipeline.infra.engine import (
     OptimConfig,
     compute_dtype,
     deepspeed_config,
+    final_lr,
     global_batch,
     lr_at,
     peak_lr,
     set_lr,
+    videos_per_step,
+    warmup_start_lr,
     warmup_steps,
 )
 from pipeline.models import create_model, param_groups
@@ -34,43 +38,98 @@ TINY = dict(num_frames=4, img_size=32)
 # ---- lr --------------------------------------------------------------------------------------
 
 
-def test_peak_lr_scales_with_global_batch_and_absolute_lr_wins():
-    cfg = OptimConfig(blr=1.5e-4)
-    assert global_batch(8, 4, 2) == 64
-    assert peak_lr(cfg, 2048) == pytest.approx(1.2e-3)  # the official 1.5e-4 * 2048 / 256
-    assert peak_lr(OptimConfig(lr=3e-4), 2048) == 3e-4
+def official_cosine_scheduler(base_value, final_value, epochs, niter_per_ep, warmup_epochs=0,
+                              start_warmup_value=0, warmup_steps=-1):
+    """Oracle: OpenGVLab/VideoMAEv2 utils.py ``cosine_scheduler`` (lines 433-458), restated.
+
+    run_mae_pretraining.py / run_class_finetuning.py call it without ``start_warmup_value`` (so the
+    warm-up starts at 0) and index it with the optimizer step (``it = start_steps + step``)."""
+    warmup_schedule = np.array([])
+    warmup_iters = warmup_epochs * niter_per_ep
+    if warmup_steps > 0:
+        warmup_iters = warmup_steps
+    if warmup_epochs > 0:
+        warmup_schedule = np.linspace(start_warmup_value, base_value, warmup_iters)
+    iters = np.arange(epochs * niter_per_ep - warmup_iters)
+    schedule = np.array([final_value + 0.5 * (base_value - final_value) * (1 + math.cos(math.pi * i / (len(iters))))
+                         for i in iters])
+    schedule = np.concatenate((warmup_schedule, schedule))
+    assert len(schedule) == epochs * niter_per_ep
+    return schedule
 
 
-def test_warmup_then_cosine_to_min_lr():
-    cfg = OptimConfig(warmup_steps=10, min_lr=1e-5)
-    base, total = 1e-3, 110
-    assert lr_at(0, cfg, total, base) == pytest.approx(base / 10)  # step 0 already moves
-    assert lr_at(4, cfg, total, base) == pytest.approx(base * 5 / 10)
-    assert lr_at(9, cfg, total, base) == pytest.approx(base)
-    assert lr_at(10, cfg, total, base) == pytest.approx(base)  # cosine starts at the peak
-    assert lr_at(60, cfg, total, base) == pytest.approx((base + 1e-5) / 2)  # half-way down
-    assert lr_at(110, cfg, total, base) == pytest.approx(1e-5)
-    assert lr_at(500, cfg, total, base) == pytest.approx(1e-5)  # past the end: stays at min
-    lrs = [lr_at(s, cfg, total, base) for s in range(10, 111)]
-    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+# (epochs, niter_per_ep, warmup_epochs, warmup_steps) of the official call -> our (total, warmup) run
+SHAPES = [(10, 7, 2, -1), (200, 1, 20, -1), (30, 4, 0, -1), (12, 5, 1, 3), (5, 3, 1, 1), (8, 2, 1, 2), (1, 6, 0, -1)]
+
+
+@pytest.mark.parametrize("epochs, niter, warmup_epochs, official_warmup_steps", SHAPES)
+@pytest.mark.parametrize("warmup_blr", [0.0, 2e-5])
+def test_schedule_equals_the_official_cosine_scheduler_step_by_step(epochs, niter, warmup_epochs,
+                                                                    official_warmup_steps, warmup_blr):
+    total = epochs * niter
+    warm = official_warmup_steps if official_warmup_steps > 0 else warmup_epochs * niter
+    # the same run stated both ways ours can: warm-up steps, and warm-up as a fraction (epochs / epochs)
+    configs = [OptimConfig(blr=1e-3, min_blr=1e-5, warmup_blr=warmup_blr, warmup_steps=warm, warmup_fraction=0.0)]
+    if official_warmup_steps <= 0:
+        configs.append(OptimConfig(blr=1e-3, min_blr=1e-5, warmup_blr=warmup_blr,
+                                   warmup_fraction=warmup_epochs / epochs))
+    videos = 64  # official total_batch_size: --lr, --min_lr, --warmup_lr all times 64 / 256
+    oracle = official_cosine_scheduler(1e-3 * videos / 256, 1e-5 * videos / 256, epochs, niter, warmup_epochs,
+                                       start_warmup_value=warmup_blr * videos / 256,
+                                       warmup_steps=official_warmup_steps)
+    for cfg in configs:
+        assert warmup_steps(cfg, total) == warm
+        sched = LrSchedule.for_run(cfg, total, videos)
+        ours = [sched(step) for step in range(total)]
+        assert ours == pytest.approx(oracle.tolist(), rel=1e-12, abs=1e-15)
+        assert sched(total) == sched(total + 100) == pytest.approx(1e-5 * videos / 256)  # past the end: the min
+
+
+def test_lr_scales_with_videos_per_step_not_clips():
+    # measured bug: 2 ranks x 8 clips with data.repeated_aug 4 at optim.blr 1e-3 peaked at 6.25e-5 (16 clips);
+    # official: total_batch_size = batch_size x ranks counts videos -> 4 videos per step -> 1e-3 x 4 / 256
+    videos = videos_per_step(micro_batch=8, world_size=2, grad_accum=1, views_per_video=4)
+    assert videos == 4
+    cfg = OptimConfig(blr=1e-3, min_blr=1e-5, warmup_blr=1e-6)
+    assert peak_lr(cfg, videos) == pytest.approx(1.5625e-5)
+    assert final_lr(cfg, videos) == pytest.approx(1e-5 * 4 / 256)  # min and warm-up start scale alike
+    assert warmup_start_lr(cfg, videos) == pytest.approx(1e-6 * 4 / 256)
+    ds = deepspeed_config(DeepSpeedConfig(), cfg, micro_batch=8, world_size=2, device="cpu", views_per_video=4)
+    assert ds["optimizer"]["params"]["lr"] == pytest.approx(1.5625e-5)
+    assert ds["train_batch_size"] == 16  # DeepSpeed still counts clips
+    assert videos_per_step(8, 4, 2) == global_batch(8, 4, 2) == 64  # one view per video: clips = videos
+    assert peak_lr(OptimConfig(lr=3e-4), 2048) == 3e-4  # an absolute lr wins
+    with pytest.raises(ValueError, match="data.repeated_aug"):
+        videos_per_step(8, 2, 1, 0)
 
 
 def test_warmup_fraction_and_constant_schedule():
     cfg = OptimConfig(warmup_fraction=0.1, schedule="constant")
     assert warmup_steps(cfg, 200) == 20
+    assert warmup_steps(OptimConfig(warmup_fraction=0.07), 100) == 7  # 0.07 x 100 = 7.000000000000001
     assert warmup_steps(OptimConfig(warmup_steps=7, warmup_fraction=0.5), 200) == 7
+    assert warmup_steps(OptimConfig(warmup_steps=70), 50) == 50  # never longer than the run
+    assert lr_at(0, cfg, 200, 1.0) == 0.0  # the official warm-up starts at 0
     assert lr_at(19, cfg, 200, 1.0) == pytest.approx(1.0)
     assert lr_at(150, cfg, 200, 1.0) == 1.0
-    no_warm = OptimConfig(warmup_fraction=0.0, min_lr=0.0)
+    no_warm = OptimConfig(warmup_fraction=0.0, min_blr=0.0)
     assert lr_at(0, no_warm, 100, 1.0) == pytest.approx(1.0)
     assert math.isfinite(lr_at(0, no_warm, 0, 1.0))  # zero-step run does not divide by zero
+
+
+@pytest.mark.parametrize("key, value", [("blr", 0.0), ("min_blr", -1e-5), ("warmup_blr", -1.0), ("lr", -1.0),
+                                        ("warmup_fraction", 1.0), ("warmup_steps", -1)])
+def test_a_bad_lr_setting_is_one_line_naming_its_key(key, value):
+    with pytest.raises(ValueError, match=rf"^optim\.{key} ") as err:
+        OptimConfig(**{key: value})
+    assert "\n" not in str(err.value)
 
 
 def test_set_lr_honours_each_groups_lr_scale():
     groups = [{"lr_scale": 1.0, "lr": 0.0}, {"lr_scale": 0.25, "lr": 0.0}, {"lr": 0.0}]
     engine = SimpleNamespace(optimizer=SimpleNamespace(param_groups=groups))
-    sched = LrSchedule(OptimConfig(warmup_steps=4), total_steps=100, base_lr=8e-4)
-    assert sched.apply(engine, 1) == pytest.approx(4e-4)
+    sched = LrSchedule(OptimConfig(warmup_steps=5), total_steps=100, base_lr=8e-4)
+    assert sched.apply(engine, 2) == pytest.approx(4e-4)
     assert [g["lr"] for g in groups] == pytest.approx([4e-4, 1e-4, 4e-4])
     set_lr(engine, 1.0)
     assert [g["lr"] for g in groups] == [1.0, 0.25, 1.0]

@@ -287,3 +287,24 @@ def test_raw_pixel_targets_and_patch_size_from_the_model_section():
     torch.testing.assert_close(model.reconstruct(norm_video, targets, keep), video, rtol=1e-4, atol=1e-4)
     enc = tube_mask(2, (2, 4, 4), 0.75, torch.Generator().manual_seed(0))
     assert model(norm_video, enc).item() > 0
+
+
+def test_encoder_to_decoder_and_mask_token_are_initialised_as_official():
+    """Official models/modeling_pretrain.py: the encoder and decoder apply their xavier init, but
+    PretrainVisionTransformer itself never calls ``self.apply(self._init_weights)``, so
+    ``encoder_to_decoder`` (Linear, no bias) keeps nn.Linear's default kaiming-uniform(a=sqrt(5)),
+    i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)), and ``mask_token`` is trunc_normal_(std=.02) cut at +-std."""
+    torch.manual_seed(0)
+    model = create_model("vit_s", task="pretrain", num_frames=4, img_size=32)
+    w = model.encoder_to_decoder.weight.detach()
+    fan_in, fan_out = w.shape[1], w.shape[0]
+    bound = 1 / fan_in ** 0.5  # nn.Linear default; xavier would be sqrt(6 / (fan_in + fan_out)), twice that here
+    assert model.encoder_to_decoder.bias is None
+    assert w.abs().max() <= bound and w.abs().max() > 0.98 * bound
+    assert w.std().item() == pytest.approx(bound / 3 ** 0.5, rel=0.03)  # uniform's std
+    assert (6 / (fan_in + fan_out)) ** 0.5 > 1.5 * bound  # the two inits are told apart by these checks
+    # the encoder's and decoder's own Linears keep the xavier init
+    fc = model.decoder.blocks[0].mlp.fc1.weight.detach()
+    assert fc.abs().max() > 0.98 * (6 / sum(fc.shape)) ** 0.5
+    m = model.mask_token.detach()
+    assert m.abs().max() <= 0.02 and m.std() > 0.005

@@ -136,7 +136,7 @@ def test_fingerprints_ignore_how_a_stage_runs_but_not_what_it_makes(tmp_path: Pa
     fp = fingerprint(base, {"shard": "a"})
     assert fingerprint(volatile, {"shard": "a"}) == fp
     assert fingerprint(changed, {"shard": "a"}) != fp and fingerprint(base, {"shard": "b"}) != fp
-    assert changed_keys(stable_config(base.cfg), stable_config(changed.cfg)) == "optim.blr: 0.0015 -> 0.001"
+    assert changed_keys(stable_config(base.cfg), stable_config(changed.cfg)) == "optim.blr: 0.003 -> 0.001"
 
 
 def _checkpoint(run_dir: Path, step: int, world: int = 2, stamp: str = "") -> Path:
