@@ -37,7 +37,7 @@ def prepare(cfg: EvaluateConfig) -> EvaluateConfig:
                         "(models:/name@alias, a fine-tuning run folder or a weights file)")
     require_shards(cfg)
     cfg = resolve_on_driver(cfg, model_folders=True)
-    index = check_on_driver(cfg)
+    index = check_on_driver(cfg, task="classify")
     if not index.labels:
         raise DataError(f"shards have no labels: {index.uri}/index.json lists none (evaluation needs labels)")
     return cfg

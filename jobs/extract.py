@@ -41,7 +41,7 @@ def prepare(cfg: ExtractConfig) -> ExtractConfig:
     folder's architecture adopted); ``cfg`` is left as it was. Fails in one line."""
     require_shards(cfg)
     cfg = resolve_on_driver(cfg, model_folders=True)
-    check_on_driver(cfg)
+    check_on_driver(cfg, task="classify")
     if not init_weights(cfg.model.init):
         log.warning("model.init is %r: features of a randomly initialised %s (seed %d)", cfg.model.init,
                     cfg.model.name, cfg.run.seed)

@@ -78,7 +78,7 @@ def prepare(cfg: FinetuneConfig) -> FinetuneConfig:
     it was. Fails in one line."""
     check_config(cfg)
     cfg = resolve_on_driver(cfg, FINETUNE_INIT_FILES)
-    index = check_on_driver(cfg, train=True, val_split=cfg.finetune.val_split)
+    index = check_on_driver(cfg, train=True, val_split=cfg.finetune.val_split, task="classify")
     if cfg.finetune.classes_from_data and index.labels and len(index.labels) != cfg.model.num_classes:
         print(f"model.num_classes: {cfg.model.num_classes} -> {len(index.labels)} (labels of the shard index)")
         cfg = with_values(cfg, {"model.num_classes": len(index.labels)})

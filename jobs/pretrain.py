@@ -29,7 +29,7 @@ def prepare(cfg: PretrainConfig) -> PretrainConfig:
     ``cfg`` is left as it was. Fails in one line."""
     check_config(cfg)
     cfg = resolve_on_driver(cfg)
-    check_on_driver(cfg, train=True)
+    check_on_driver(cfg, train=True, task="pretrain")
     return cfg
 
 

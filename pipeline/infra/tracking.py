@@ -185,12 +185,14 @@ class NullTracker:
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 TRAINING_KIND = "custom_model_development"  # MLflow 3's model-training experiment (runs, charts), not GenAI (traces)
 # MLflow 3.17's UI takes the view from a switch kept in the browser (GenAI by default) and ignores
-# the tag, unless the page's URL names it: the links this package prints carry this parameter.
-UI_TRAINING_VIEW = "workflowType=machine_learning"
+# the tag, unless the page's URL names it: the links this package prints carry this parameter,
+# and open the runs' charts (the model's metrics first: loss, lr, grad norm; then the perf/,
+# data/, startup/ and system/ sections) rather than the runs' table.
+UI_TRAINING_VIEW = "workflowType=machine_learning&compareRunsMode=CHART"
 
 
 def experiment_ui_url(base_url: str, experiment_id: str) -> str:
-    """An experiment's runs in MLflow's UI at ``base_url``, in the model-training view."""
+    """An experiment's runs in MLflow's UI at ``base_url``: the model-training view, charts shown."""
     return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?{UI_TRAINING_VIEW}"
 
 

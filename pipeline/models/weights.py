@@ -21,7 +21,9 @@ carry is dropped (as official fine-tuning drops it), and the model's table is th
 from __future__ import annotations
 
 import logging
+import pickle
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -142,23 +144,21 @@ def _shape_error(key: str, theirs: torch.Size, ours: torch.Size) -> CheckpointEr
                            "the checkpoint is for another architecture (model size)")
 
 
-def load_official(model: nn.Module, state_dict: Mapping[str, Any]) -> LoadReport:
-    """Load an official (or our) checkpoint into ``model`` (pre-training model or classifier).
-
-    Raises :class:`CheckpointError` on depth, width or patch-size mismatch. A classifier head
-    of another class count is re-initialised (noted); parts the model lacks are skipped (noted).
-    """
-    own = model.state_dict()
+def _plan(own: Mapping[str, torch.Tensor], state_dict: Mapping[str, Any]
+          ) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
+    """Which of a checkpoint's tensors load into a model whose state dict is ``own`` (real or meta
+    tensors: only names and shapes are read): ``(usable, notes, unexpected)``. Raises
+    :class:`CheckpointError` on depth, width or patch-size mismatch."""
     has_decoder = any(k.startswith("decoder.") for k in own)
     has_fc_norm = any(k.startswith("fc_norm.") for k in own)
     mapped = {official_to_ours_key(k): v for k, v in unwrap(state_dict).items()}
     _check_depths(mapped, own)
-    report, usable, notes = LoadReport(), {}, []
+    usable, notes, unexpected = {}, [], []
     for key, value in mapped.items():
         if key not in own:
             reason = pos_embed_note(key, value) if key.endswith("pos_embed") else _skip_reason(
                 key, has_decoder, has_fc_norm)
-            notes.append(reason) if reason else report.unexpected.append(key)
+            notes.append(reason) if reason else unexpected.append(key)
             continue
         if value.shape != own[key].shape:
             if key.startswith("head."):
@@ -167,12 +167,27 @@ def load_official(model: nn.Module, state_dict: Mapping[str, Any]) -> LoadReport
                 continue
             raise _shape_error(key, value.shape, own[key].shape)
         usable[key] = value
+    return usable, notes, unexpected
+
+
+def load_official(model: nn.Module, state_dict: Mapping[str, Any]) -> LoadReport:
+    """Load an official (or our) checkpoint into ``model`` (pre-training model or classifier).
+
+    Raises :class:`CheckpointError` on depth, width or patch-size mismatch. A classifier head
+    of another class count is re-initialised (noted); parts the model lacks are skipped (noted).
+    """
+    own = model.state_dict()
+    has_fc_norm = any(k.startswith("fc_norm.") for k in own)
+    usable, notes, unexpected = _plan(own, state_dict)
+    report = LoadReport(unexpected=unexpected)
     result = model.load_state_dict(usable, strict=False)
     if any(n.startswith("re-initialised head") for n in notes):
         model.reset_classifier(model.num_classes)  # type: ignore[operator]
     report.loaded = sorted(usable)
     report.missing = sorted(result.missing_keys)
-    if has_fc_norm and any(k.startswith("head.") for k in report.missing) and "head.weight" not in mapped:
+    head_reset = any(n.startswith("re-initialised head") for n in notes)
+    if has_fc_norm and any(k.startswith("head.") for k in report.missing) and "head.weight" not in usable \
+            and not head_reset:
         notes.append("head kept freshly initialised: the checkpoint has none")
     if any(".adapter." in k for k in report.missing):
         notes.append("adapters kept freshly initialised (zero up-projection): the checkpoint has none")
@@ -188,16 +203,32 @@ def to_official(model: nn.Module) -> dict[str, torch.Tensor]:
     return {(k[len("encoder."):] if k.startswith("encoder.") else k): v for k, v in state.items()}
 
 
+def read_weights(path: Path, mmap: bool = False) -> Mapping[str, Any]:
+    """A checkpoint file's contents; ``mmap``: tensors mapped, not read (zip-format files only)."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    mmap = mmap and zipfile.is_zipfile(path)
+    try:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except pickle.UnpicklingError:  # official files also pickle their argparse Namespace
+            log.warning("%s holds more than tensors; loading it with full unpickling (trusted files only)", path)
+            return torch.load(path, map_location="cpu", weights_only=False)
+    except (EOFError, OSError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
+        raise CheckpointError(f"{path} is not a readable torch weights file ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else 'empty or cut short'})") from None
+
+
 def load_file(model: nn.Module, path: str | Path) -> LoadReport:
     """Load a ``.pth``/``.pt`` file into ``model`` and log the report."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 — official files also pickle their argparse Namespace
-        log.warning("%s holds more than tensors; loading it with full unpickling (trusted files only)", path)
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    report = load_official(model, state)
+    report = load_official(model, read_weights(path))
     log.info("loaded %s: %s", path, report)
     return report
+
+
+def check_state(model: nn.Module, state_dict: Mapping[str, Any]) -> None:
+    """Raise :class:`CheckpointError` (one line) when ``state_dict`` would not load into ``model``,
+    without loading it: ``model`` may be built on the meta device, the tensors memory-mapped
+    (:func:`read_weights` with ``mmap``: only their headers are read)."""
+    _plan(model.state_dict(), state_dict)

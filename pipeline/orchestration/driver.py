@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
+from pathlib import Path
 from typing import Any, TypeVar
 
 from pipeline.core import io as sio
@@ -112,11 +114,13 @@ def adopt_card(cfg: C) -> C:
     return with_values(cfg, changes) if changes else cfg
 
 
-def check_on_driver(cfg: Any, *, train: bool = False, val_split: str = "") -> ShardIndex:
+def check_on_driver(cfg: Any, *, train: bool = False, val_split: str = "", task: str = "") -> ShardIndex:
     """What the resolved config and the shard index show is wrong, before Ray starts (one line each):
-    the model does not tile its clip; ``data.split`` (and ``val_split``) missing or empty; with
-    ``train``, fewer clips than one global batch (``data.batch_size`` x ``scaling.num_workers``,
-    the condition every rank's loader would stop on). Returns the index."""
+    the model does not tile its clip; with ``task`` (the model the job builds: ``pretrain`` or
+    ``classify``), ``model.init``'s weights do not fit it (:func:`check_init`); ``data.split``
+    (and ``val_split``) missing or empty; with ``train``, fewer clips than one global batch
+    (``data.batch_size`` x ``scaling.num_workers``, the condition every rank's loader would stop
+    on). Returns the index."""
     try:
         get_spec(cfg.model.name, **cfg.model.arch_overrides())
     except ValueError as exc:
@@ -128,4 +132,30 @@ def check_on_driver(cfg: Any, *, train: bool = False, val_split: str = "") -> Sh
         index.split(val_split, key="finetune.val_split")
     if train:
         require_global_batch(cfg.data, samples, cfg.scaling.num_workers, index.uri)
+    if task:
+        check_init(cfg.model, task)
     return index
+
+
+def check_init(model_cfg: Any, task: str) -> None:
+    """``model.init``'s weights against the ``task`` model of ``model_cfg``, shapes only (the model
+    on the meta device, the file memory-mapped): an architecture they do not fit (depth, width,
+    patch or tubelet size) is one line naming ``model.init`` and ``model.name``, before Ray
+    starts, not a failure on every rank after it. A card's recipe was adopted before
+    (:func:`adopt_card`); a remote file is checked where it is loaded, by the workers."""
+    from pipeline.models import create_model_from_config
+    from pipeline.models.model_config import init_weights
+    from pipeline.models.weights import CheckpointError, check_state, read_weights
+
+    path = init_weights(model_cfg.init)
+    if not path or sio.is_remote(path) or not os.path.isfile(path):
+        return
+    try:
+        state = read_weights(Path(path), mmap=True)
+    except CheckpointError as exc:
+        raise ConfigError(f"model.init: {exc}") from None
+    model = create_model_from_config(replace(model_cfg, init=""), task, device="meta")  # type: ignore[arg-type]
+    try:
+        check_state(model, state)
+    except CheckpointError as exc:
+        raise ConfigError(f"model.init={path} does not fit model.name={model_cfg.name!r} ({task}): {exc}") from None

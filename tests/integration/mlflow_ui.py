@@ -54,11 +54,16 @@ def line_points(path_d: str) -> int:
     return len(re.findall(r"[ML]", path_d or ""))
 
 
+VIEWPORT = {"width": 1500, "height": 950}
+
+
 def screenshot_runs(url: str, experiment_id: str, parent: str, children: list[str], loss_run: str,
-                    out: Path) -> tuple[str, list[int]]:
-    """Open the experiment's runs in chart view, expand ``parent``, wait for every child row and the
-    ``loss`` chart with ``loss_run``'s curve, save a PNG at ``out``; returns the page text and the
-    vertex count of every line drawn in the charts shown (Plotly's ``path.js-line``)."""
+                    out: Path) -> tuple[str, list[int], dict[str, float] | None]:
+    """Open the link a job prints (the experiment's runs, charts shown), expand ``parent`` (one
+    click), wait for every child row and the ``loss`` chart with ``loss_run``'s curve, as MLflow
+    lays them out (no search, no scrolling), save a PNG at ``out``; returns the page text, the
+    vertex count of every line drawn in the charts (Plotly's ``path.js-line``) and the loss
+    chart title's box on the page (None when it is not rendered)."""
     from playwright.sync_api import sync_playwright
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -66,23 +71,23 @@ def screenshot_runs(url: str, experiment_id: str, parent: str, children: list[st
         browser = p.chromium.launch(executable_path=chromium(),
                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
         try:
-            page = browser.new_page(viewport={"width": 1500, "height": 950})
+            page = browser.new_page(viewport=VIEWPORT)
             # The link jobs.pipeline prints: the experiment in the model-training view (not GenAI's).
-            page.goto(f"{experiment_ui_url(url, experiment_id)}&compareRunsMode=CHART")
+            page.goto(experiment_ui_url(url, experiment_id))
             page.get_by_text(parent, exact=True).first.wait_for(timeout=60_000)
             # The run-name cell's expander button shows the nested (child) runs.
             page.locator('[row-id] button[data-component-id*="runnamecellrenderer"]').first.click()
             for child in children:
                 page.get_by_text(child, exact=True).first.wait_for(timeout=30_000)
-            # Charts are rendered lazily and sorted by name: filter to the loss chart(s).
-            page.get_by_placeholder("Search metric charts").fill("loss")
-            page.get_by_text(f"{loss_run} (loss)", exact=True).first.wait_for(timeout=30_000)
+            # Charts are rendered lazily, when scrolled into view: the loss chart must be there as is.
+            title = page.get_by_text(f"{loss_run} (loss)", exact=True).first
+            title.wait_for(timeout=30_000)
             close = page.locator('button[aria-label="Close"]')  # the assistant side panel, if shown
             if close.count():
                 close.first.click()
             page.wait_for_timeout(1500)  # chart animation
             page.screenshot(path=str(out))
             lines = page.locator("path.js-line").evaluate_all("els => els.map(e => e.getAttribute('d') || '')")
-            return page.locator("body").inner_text(), [line_points(d) for d in lines]
+            return page.locator("body").inner_text(), [line_points(d) for d in lines], title.bounding_box()
         finally:
             browser.close()

@@ -212,3 +212,28 @@ def test_evaluation_and_extraction_default_to_a_model_folders_recipe(tmp_path: P
     assert f"data.sampling_rate=2 differs from the model card's 4 ({card}): using 2" in caplog.text
     assert (f"model.num_frames=16 differs from the model card's 8 ({card}): using 8 (a model folder's classifier is "
             "built from its card)") in caplog.text
+
+
+def test_weights_that_do_not_fit_the_model_stop_on_the_driver(tmp_path: Path) -> None:
+    """A raw weights file (no card: an official checkpoint, say) of another size or patch: one line
+    naming model.init and model.name from prepare(), the model built on the meta device and the
+    file memory-mapped; fitting weights pass (a pre-training checkpoint into a classifier too)."""
+    from jobs import finetune as finetune_job
+    from jobs import pretrain as pretrain_job
+    from pipeline.models import create_model
+
+    weights = tmp_path / "vit_tiny_p8.pt"
+    torch.save(create_model("vit_tiny", "pretrain", num_frames=4, img_size=32, patch_size=8).state_dict(), weights)
+    shards = _index(tmp_path / "shards", {"train": 64, "val": 8})
+    sets = (f"data.shards={shards}", f"run.output={tmp_path / 'runs'}", "model.num_frames=4", "model.img_size=32",
+            f"model.init={weights}")
+    for job, cls, name in ((pretrain_job, PretrainConfig, "pretrain"), (finetune_job, FinetuneConfig, "finetune")):
+        assert job.prepare(_load(cls, name, *sets, "model.patch_size=8"))  # fits
+        with pytest.raises(ConfigError, match=rf"^model\.init={weights} does not fit model\.name='vit_s' .*"
+                                              r"\(pretrain|classify\): checkpoint encoder has 2 blocks, the model 12: pick the matching size$"):
+            job.prepare(_load(cls, name, *sets, "model.patch_size=8", "model.name=vit_s"))
+        with pytest.raises(ConfigError, match=r"tubelet x patch size \[2, 8, 8\] in the checkpoint vs \[2, 16, 16\]"):
+            job.prepare(_load(cls, name, *sets, "model.patch_size=16"))
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"^model\.init: .*empty\.pt is not a readable torch weights file \(EOFError: "):
+        pretrain_job.prepare(_load(PretrainConfig, "pretrain", *sets[:-1], f"model.init={tmp_path / 'empty.pt'}"))

@@ -129,7 +129,7 @@ def test_an_experiment_made_elsewhere_is_marked_as_model_training(cfg):
     experiment_id = experiment_id_of(resolve_uri(cfg), "plain")
     assert experiment_id == client.get_experiment_by_name("plain").experiment_id
     assert experiment_ui_url("http://127.0.0.1:5000/", experiment_id) == \
-        f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+        f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning&compareRunsMode=CHART"
     assert experiment_id_of(resolve_uri(cfg), "absent") == ""
 
 

@@ -298,7 +298,7 @@ def test_the_summary_says_what_each_stage_did_in_words_read_once(tmp_path: Path,
     done, line = pretrain_line()
     # the link printed opens the experiment in the UI's model-training view, not the GenAI one
     assert pages[0].startswith("http://127.0.0.1:5000/#/experiments/")
-    assert pages[0].endswith("/runs?workflowType=machine_learning")
+    assert pages[0].endswith("/runs?workflowType=machine_learning&compareRunsMode=CHART")
     assert done["outcome"] == "done" and done["reason"].startswith("final checkpoint at step 8/8; export/ has")
     assert "starts at step 0" not in line and line.split()[1] == "done", line
     skipped, line = pretrain_line()
