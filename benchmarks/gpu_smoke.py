@@ -115,10 +115,10 @@ def _peak_flops_per_gpu() -> float:
 
 def stage_figures(run: dict[str, Any], world: int, peak: float, seconds: float) -> dict[str, Any]:
     m = run["metrics"]
-    flops = m.get("perf/model_flops_per_s")
-    return {"wall_s": round(seconds, 1), "clips_per_s": m.get("perf/clips_per_s"),
+    flops = m.get("model_flops_per_s")
+    return {"wall_s": round(seconds, 1), "clips_per_s": m.get("clips_per_s"),
             "mfu": (flops / (world * peak)) if flops and peak == peak else None,
-            "peak_gpu_mem_gib": m.get("perf/gpu_mem_peak_gib"), "data_wait_frac": m.get("perf/data_wait_frac"),
+            "peak_gpu_mem_gib": m.get("gpu_mem_peak_gib"), "data_wait_frac": m.get("data_wait_frac"),
             "dist_backend": run["tags"].get("dist_backend"), "device": run["tags"].get("device"),
             "status": run["status"]}
 

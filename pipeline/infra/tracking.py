@@ -186,8 +186,7 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 TRAINING_KIND = "custom_model_development"  # MLflow 3's model-training experiment (runs, charts), not GenAI (traces)
 # MLflow 3.17's UI takes the view from a switch kept in the browser (GenAI by default) and ignores
 # the tag, unless the page's URL names it: the links this package prints carry this parameter,
-# and open the runs' charts (the model's metrics first: loss, lr, grad norm; then the perf/,
-# data/, startup/ and system/ sections) rather than the runs' table.
+# and open the runs' charts rather than the runs' table.
 UI_TRAINING_VIEW = "workflowType=machine_learning&compareRunsMode=CHART"
 
 

@@ -195,7 +195,7 @@ def finetune(cfg: FinetuneConfig, session: Session) -> dict[str, Any]:
                 tracker.log_metrics(metrics, s.step)
                 if rank == 0:
                     log.info("step %d/%d  loss %.4f  lr %.2e  %.1f clips/s  eta %s", s.step, cfg.train.steps,
-                             metrics["loss"], metrics["lr"], metrics["perf/clips_per_s"], format_eta(metrics["perf/eta_s"]))
+                             metrics["loss"], metrics["lr"], metrics["clips_per_s"], format_eta(metrics["eta_s"]))
             if s.val is not None and loop.due(s.step, val_every, cfg.train.steps):
                 val = validate(cfg, s, names)
                 metrics.update(val)

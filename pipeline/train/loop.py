@@ -161,8 +161,8 @@ def due(step: int, every: int, last: int) -> bool:
 
 def data_metrics(loader: TrainLoader) -> dict[str, int]:
     stats = loader.stats
-    return {"data/samples_ok": stats.samples_ok, "data/decode_errors": stats.decode_errors,
-            "data/shard_errors": stats.shard_errors, "data/samples_lost": stats.samples_lost}
+    return {"data_samples_ok": stats.samples_ok, "data_decode_errors": stats.decode_errors,
+            "data_shard_errors": stats.shard_errors, "data_samples_lost": stats.samples_lost}
 
 
 def step_metrics(s: Setup, means: dict[str, torch.Tensor]) -> dict[str, Any]:

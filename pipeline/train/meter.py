@@ -32,25 +32,23 @@ class Meter:
             self.first_step_at = time.time()
 
     def window(self, step: int, host_syncs: int | None = None) -> dict[str, float]:
-        """Rates since the last window, under ``perf/`` (MLflow's charts group a prefix into a section
-        of its own, after the model's metrics: loss, lr, grad norm); ``host_syncs`` (the process's
-        running count of collective results read on the host, :func:`pipeline.train.comm.host_syncs`)
-        adds ``perf/host_syncs_per_step``."""
+        """Rates since the last window; ``host_syncs`` (the process's running count of collective
+        results read on the host, :func:`pipeline.train.comm.host_syncs`) adds ``host_syncs_per_step``."""
         now = time.monotonic()
         elapsed = max(now - self._start, 1e-9)
         clips = self._steps * self.clips_per_step
         out = {
-            "perf/clips_per_s": clips / elapsed,
-            "perf/tokens_per_s": clips * self.tokens_per_clip / elapsed,
-            "perf/data_wait_frac": min(1.0, self._data_time / elapsed),
-            "perf/model_flops_per_s": clips * self.flops_per_clip / elapsed,
-            "perf/step_time_s": elapsed / max(self._steps, 1),
+            "clips_per_s": clips / elapsed,
+            "tokens_per_s": clips * self.tokens_per_clip / elapsed,
+            "data_wait_frac": min(1.0, self._data_time / elapsed),
+            "model_flops_per_s": clips * self.flops_per_clip / elapsed,
+            "step_time_s": elapsed / max(self._steps, 1),
         }
-        out["perf/eta_s"] = out["perf/step_time_s"] * max(self.total_steps - step, 0)
+        out["eta_s"] = out["step_time_s"] * max(self.total_steps - step, 0)
         if torch.cuda.is_available():  # this rank's peak since the start (what an OOM would exceed)
-            out["perf/gpu_mem_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            out["gpu_mem_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
         if host_syncs is not None:
-            out["perf/host_syncs_per_step"] = (host_syncs - self._syncs) / max(self._steps, 1)
+            out["host_syncs_per_step"] = (host_syncs - self._syncs) / max(self._steps, 1)
             self._syncs = host_syncs
         self._start, self._data_time, self._steps = now, 0.0, 0
         return out

@@ -123,8 +123,8 @@ def pretrain(cfg: PretrainConfig, session: Session) -> dict[str, Any]:
                 tracker.log_metrics(metrics, s.step)
                 if rank == 0:
                     log.info("step %d/%d  loss %.4f  lr %.2e  %.1f clips/s  data %.0f%%  eta %s", s.step,
-                             cfg.train.steps, metrics["loss"], metrics["lr"], metrics["perf/clips_per_s"],
-                             100 * metrics["perf/data_wait_frac"], format_eta(metrics["perf/eta_s"]))
+                             cfg.train.steps, metrics["loss"], metrics["lr"], metrics["clips_per_s"],
+                             100 * metrics["data_wait_frac"], format_eta(metrics["eta_s"]))
             if picture_due(cfg, s.step, rank):
                 tracker.log_image(reconstruction_picture(s.engine, batch, s.dtype), "reconstruction", s.step)
             if loop.due(s.step, cfg.train.checkpoint_every, cfg.train.steps):

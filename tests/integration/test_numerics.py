@@ -36,7 +36,7 @@ def test_nonfinite_loss_on_one_rank_is_skipped_by_every_rank(shards: str, tmp_pa
     losses = _history(tmp_path, "skips")
     assert sorted(losses) == [1, 2, 3, 4] and all(v == v and abs(v) < 1e3 for v in losses.values()), losses
     # one guard per micro-batch (2, or 4 at step 2) + one for the logged means
-    assert _history(tmp_path, "skips", "perf/host_syncs_per_step") == {1: 3, 2: 5, 3: 3, 4: 3}
+    assert _history(tmp_path, "skips", "host_syncs_per_step") == {1: 3, 2: 5, 3: 3, 4: 3}
     # the run folder also holds Ray Train's checkpoint_manager_snapshot.json: only folders are checkpoints
     (checkpoint,) = (p for p in (tmp_path / "runs" / "skips").glob("checkpoint_*") if p.is_dir())
     tag = json.loads((checkpoint / "loop.json").read_text())["tag"]

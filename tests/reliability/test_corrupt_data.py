@@ -68,9 +68,9 @@ def test_errors_below_the_bound_are_counted_and_skipped(broken_shards: Path, ray
     assert rc == 0
     m = _metrics(tmp_path, "tolerant")
     # 4 steps x 4 clips (2 views per video): every shard is read at least once.
-    assert m["data/decode_errors"] >= 2, m  # the undecodable video and the .avi sample
-    assert m["data/shard_errors"] >= 2 and m["data/samples_lost"] >= 1, m  # truncated + garbage header
-    assert m["data/samples_ok"] >= 1
+    assert m["data_decode_errors"] >= 2, m  # the undecodable video and the .avi sample
+    assert m["data_shard_errors"] >= 2 and m["data_samples_lost"] >= 1, m  # truncated + garbage header
+    assert m["data_samples_ok"] >= 1
     # ... and logged, with the sample and the reason, by the worker that met them.
     import ray
 
