@@ -22,6 +22,13 @@ Figures: ours / (a), ours / (b) at k = 1 and 4. Cases are interleaved round by r
     python -m benchmarks.bench_data                  # 24 videos 426x320, 96 frames (rendered once, cached)
     python -m benchmarks.bench_data --quick --shards DIR   # tiny clips from an existing shard folder
     python -m benchmarks.bench_data --profile        # also cProfile ours at k=1 (top functions in the JSON)
+    python -m benchmarks.bench_data --finetune       # fine-tuning augmentation: official VideoMAE V2 vs before
+
+``--finetune`` compares, like for like (the same shards, views per decode and batch, our loader
+single-threaded), fine-tuning batches with ``data.augment = "official"`` (RandAugment + random resized
+crop + flip + erasing, official frame window) against what fine-tuning used before
+(``augment = "multiscale"``, ``frame_sampling = "stride"``: the pre-training crop with flip); it writes
+``results/data_loading_finetune.json``.
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ from benchmarks.common import (
 )
 
 OUT = RESULTS / "data_loading.json"
+OUT_FINETUNE = RESULTS / "data_loading_finetune.json"
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
@@ -251,6 +259,52 @@ def our_loader(shards: Path, k: int, batch: int, num_frames: int, stride: int, s
     return pretrain_loader(cfg, MaskConfig(), grid).forever()
 
 
+def finetune_loader(shards: Path, k: int, batch: int, num_frames: int, stride: int, size: int,
+                    augment: str) -> Iterator[dict[str, Any]]:
+    """Fine-tuning batches: ``augment="official"`` (VideoMAE V2) or ``"multiscale"`` with the stride sampler
+    (the fine-tuning data before the official augmentation)."""
+    from pipeline.data.loader import FinetuneDataConfig, supervised_loader
+
+    before = {"frame_sampling": "stride"} if augment == "multiscale" else {}
+    cfg = FinetuneDataConfig(shards=str(shards), num_frames=num_frames, sampling_rate=stride, input_size=size,
+                             repeated_aug=k, batch_size=batch, num_workers=0, shuffle_buffer=8, decode_threads=1,
+                             flip=True, augment=augment, **before)  # type: ignore[arg-type]
+    return supervised_loader(cfg).forever()
+
+
+def finetune_main(args: argparse.Namespace, argv: list[str] | None, started: float,
+                  load_before: list[float]) -> dict[str, Any]:
+    shards = prepare_data(args)
+    views = [int(v) for v in args.views.split(",")]
+    cases: dict[str, Callable[[], float]] = {}
+    for k in views:
+        for augment in ("multiscale", "official"):
+            loader = finetune_loader(shards, k, args.batch, args.num_frames, args.stride, args.input_size, augment)
+            cases[f"ft_{augment}_k{k}"] = clips_per_s(loader, args.clips)
+    print(f"fine-tuning data loading, one core: clips {args.num_frames}x{args.input_size} stride {args.stride}, "
+          f"batch {args.batch}, {args.reps} interleaved rounds", flush=True)
+    values = interleaved(cases, args.reps, warmup=1)
+    med = medians(values)
+    figures = [figure(f"fine-tune augmentation k={k}: official / before", med[f"ft_official_k{k}"],
+                      med[f"ft_multiscale_k{k}"], "clips/s/core",
+                      "data.augment=multiscale + frame_sampling=stride (the pre-training crop, flip)",
+                      detail="official: RandAugment rand-m7-n4-mstd0.5-inc1 on the decoded frames, random resized "
+                             "crop, flip, erasing 0.25, official frame window",
+                      ratio=paired_ratio(values, f"ft_official_k{k}", f"ft_multiscale_k{k}")) for k in views]
+    body: dict[str, Any] = {
+        "config": {"video_frames": args.video_frames, "video_size_hw": list(args.video_size),
+                   "num_frames": args.num_frames, "stride": args.stride, "input_size": args.input_size,
+                   "batch": args.batch, "clips_per_case": args.clips, "reps": args.reps, "shards": str(shards),
+                   "threads": 1},
+        "values": values, "medians": med, "figures": figures}
+    out = Path(args.out) if args.out != str(OUT) else OUT_FINETUNE
+    result = write_result(out, "data_loading_finetune", command("benchmarks.bench_data", argv), started,
+                          load_before, body)
+    for f in figures:
+        print(f"  {f['name']:50s} {f['ratio']:6.2f}x  ({f['ours']:.2f} vs {f['baseline']:.2f} {f['unit']})")
+    return result
+
+
 def clips_per_s(batches: Iterator[dict[str, Any]], clips: int) -> Callable[[], float]:
     def run() -> float:
         start, n = time.perf_counter(), 0
@@ -319,12 +373,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--profile", action="store_true", help="cProfile ours at k=1 after the timed rounds")
     p.add_argument("--quick", action="store_true", help="4 frames of 32x32, 1 round, 8 clips (smoke test)")
+    p.add_argument("--finetune", action="store_true",
+                   help="only the fine-tuning augmentation: official VideoMAE V2 vs before (same shards, views, batch)")
     p.add_argument("--out", default=str(OUT))
     args = p.parse_args(argv)
     if args.quick:
         args.num_frames, args.stride, args.input_size, args.reps, args.clips, args.batch = 4, 2, 32, 1, 8, 4
     torch.set_num_threads(1)  # per core: every stage single-threaded
     started, load_before = time.time(), load_avg()
+    if args.finetune:
+        return finetune_main(args, argv, started, load_before)
     from pipeline.data.masking import token_grid
 
     grid = token_grid(args.num_frames, args.input_size, 16, 2)

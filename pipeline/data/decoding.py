@@ -20,9 +20,10 @@ import torch
 
 from pipeline.core.errors import DataError
 from pipeline.data.shard_index import RawSample
+from pipeline.video.augment import FinetuneTransform
 from pipeline.video.decode import open_video
 from pipeline.video.probe import DEFAULT_MAX_FRAMES, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, VideoInfo
-from pipeline.video.sampling import test_clip_indices, train_clip_indices
+from pipeline.video.sampling import official_clip_indices, test_clip_indices, train_clip_indices
 from pipeline.video.transforms import TestTransform, TrainTransform
 
 MAX_REASONS = 8
@@ -121,11 +122,19 @@ class ClipSpec:
     num_frames: int
     stride: int
     views: int
-    train: TrainTransform
+    train: TrainTransform | FinetuneTransform
     test: TestTransform
     test_clips: int = 1
     backend: str = "auto"
     threads: int = 1
+    # Training frames: "stride" = train_clip_indices (pre-training), "official" = the VideoMAE V2
+    # fine-tuning window (official_clip_indices: linspace over clip_len x stride, last frame repeated).
+    sampling: str = "stride"
+
+    def train_indices(self, num_frames: int, rng: np.random.Generator) -> np.ndarray:
+        if self.sampling == "official":
+            return official_clip_indices(num_frames, self.num_frames, self.stride, rng)
+        return train_clip_indices(num_frames, self.num_frames, self.stride, rng)
 
 
 def sample_label(raw: RawSample, required: bool) -> int:
@@ -185,7 +194,7 @@ def train_views(raw: RawSample, spec: ClipSpec, seed: int, epoch: int, require_l
         data = _video_bytes(raw)
         rng = np.random.default_rng(seed_of(seed, epoch, raw.key, raw.pass_index, "frames"))
         with open_video(data, spec.backend, info=stated_info(raw), threads=spec.threads) as reader:  # type: ignore[arg-type]
-            idx = train_clip_indices(reader.num_frames, spec.num_frames, spec.stride, rng)
+            idx = spec.train_indices(reader.num_frames, rng)
             frames = reader.get(idx)
         gens = [torch.Generator().manual_seed(seed_of(seed, epoch, raw.key, raw.pass_index, v)) for v in range(spec.views)]
         video = torch.stack([spec.train.crop(frames, g) for g in gens])

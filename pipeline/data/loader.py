@@ -43,6 +43,7 @@ produced each batch and where it stood, for exact resume.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections.abc import Iterator
@@ -58,6 +59,7 @@ from pipeline.data.decoding import ClipSpec, DataStats, seed_of
 from pipeline.data.masking import Grid, MaskConfig
 from pipeline.data.shard_index import ShardIndex, Unit, assign_units, plan_units
 from pipeline.data.streams import EvalPlan, EvalStream, TrainPlan, TrainStream
+from pipeline.video.augment import OFFICIAL_RAND_AUGMENT, FinetuneTransform, parse_rand_augment
 from pipeline.video.transforms import MULTISCALE_SCALES, TestTransform, TrainTransform
 
 log = logging.getLogger(__name__)
@@ -153,7 +155,45 @@ class EvalDataConfig(DataConfig):
 
 @dataclass
 class FinetuneDataConfig(TrainDataConfig, EvalDataConfig):
-    """Fine-tuning data: training views, and the test views validation and the model card use."""
+    """Fine-tuning data: training views, and the test views validation and the model card use.
+
+    ``augment = "official"`` is VideoMAE V2's fine-tuning augmentation
+    (:class:`~pipeline.video.augment.FinetuneTransform`: RandAugment, random resized crop, ``flip``,
+    random erasing); ``"multiscale"`` is the pre-training crop (``scales``, ``flip``). Validation
+    and evaluation views are never augmented.
+    """
+
+    augment: Literal["official", "multiscale"] = help_field(
+        "official", help="training views: official = VideoMAE V2 fine-tuning (RandAugment + random resized crop + "
+                         "flip + random erasing); multiscale = the pre-training crop (data.scales)")
+    auto_augment: str = help_field(OFFICIAL_RAND_AUGMENT, help="augment=official: RandAugment policy, applied "
+                                                                "alike to every frame of a clip ('' = none)")
+    crop_scale: tuple[float, float] = help_field((0.08, 1.0), help="augment=official: area range of the random "
+                                                                    "resized crop (aspect 3/4-4/3)")
+    erase_prob: float = help_field(0.25, help="augment=official: random erasing probability per clip (0 = none)")
+    frame_sampling: Literal["official", "stride"] = help_field(
+        "official", help="training frames: official = VideoMAE V2's window of num_frames x sampling_rate "
+                         "(last frame repeated in shorter videos); stride = the pre-training sampler")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.auto_augment:
+            parse_rand_augment(self.auto_augment)  # ValueError names the bad part
+        lo, hi = self.crop_scale
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ValueError(f"data.crop_scale must be 0 < lo <= hi <= 1, got {self.crop_scale}")
+        if not 0.0 <= self.erase_prob <= 1.0:
+            raise ValueError(f"data.erase_prob must be in [0, 1], got {self.erase_prob}")
+
+    def train_views(self) -> tuple[TrainTransform | FinetuneTransform, int]:  # type: ignore[override]
+        if self.augment == "multiscale":
+            return super().train_views()
+        return (FinetuneTransform(size=self.input_size, auto_augment=self.auto_augment,
+                                  scale=(float(self.crop_scale[0]), float(self.crop_scale[1])), flip=self.flip,
+                                  erase_prob=self.erase_prob), self.repeated_aug)
+
+    def clip_spec(self) -> ClipSpec:
+        return dataclasses.replace(super().clip_spec(), sampling=self.frame_sampling)
 
 
 def _check_rank(rank: int, world_size: int) -> None:

@@ -16,7 +16,8 @@ _EXPORTS = {
     "pipeline.video.decode": ["VideoReader", "decode_frames", "fallback_counts", "open_video"],
     "pipeline.video.encode": ["H264Writer", "encode_h264"],
     "pipeline.video.probe": ["VideoInfo", "probe"],
-    "pipeline.video.sampling": ["segment_indices", "test_clip_indices", "train_clip_indices"],
+    "pipeline.video.augment": ["FinetuneTransform"],
+    "pipeline.video.sampling": ["official_clip_indices", "segment_indices", "test_clip_indices", "train_clip_indices"],
     "pipeline.video.transcode": ["transcode"],
     "pipeline.video.transforms": [
         "IMAGENET_MEAN", "IMAGENET_STD", "MULTISCALE_SCALES", "TestTransform", "TrainTransform", "denormalize", "normalize",

@@ -39,21 +39,49 @@ def train_clip_indices(num_frames: int, clip_len: int, stride: int, rng: np.rand
     return start + np.arange(clip_len, dtype=np.int64) * stride
 
 
+def official_clip_indices(num_frames: int, clip_len: int, stride: int,
+                          rng: np.random.Generator | None) -> np.ndarray:
+    """One clip as VideoMAE V2 fine-tuning samples it: ``VideoClsDataset.load_video`` with one segment
+    (OpenGVLab/VideoMAEv2 ``dataset/datasets.py``), training mode with ``rng``, validation mode without.
+
+    The clip covers a window of ``clip_len * stride`` frames, sampled by ``linspace`` (so the step is
+    ``clip_len * stride / (clip_len - 1)``, a little over ``stride``), the window's end drawn uniformly
+    in ``[clip_len * stride, num_frames)`` (training) or the window **centred** in the video
+    (validation: end ``(clip_len * stride + num_frames) // 2``). A video of at most ``clip_len * stride``
+    frames: ``num_frames // stride`` frames spread over the whole video, then the **last frame repeated**
+    up to ``clip_len`` (the same in both modes). Returns ``[clip_len]`` int64.
+    """
+    _check(num_frames, clip_len, stride)
+    span = clip_len * stride
+    if num_frames <= span:
+        head = np.linspace(0, num_frames, num=num_frames // stride)
+        index = np.concatenate([head, np.full(clip_len - num_frames // stride, float(num_frames))])
+        return np.clip(index, 0, num_frames - 1).astype(np.int64)
+    end = (span + num_frames) // 2 if rng is None else int(rng.integers(span, num_frames))
+    start = end - span
+    return np.clip(np.linspace(start, end, num=clip_len), start, end - 1).astype(np.int64)
+
+
 def test_clip_indices(num_frames: int, clip_len: int, stride: int, num_clips: int) -> list[np.ndarray]:
     """``num_clips`` evenly spaced clips, VideoMAE's test protocol. Returns a list of ``[clip_len]``.
 
     As in VideoMAE's ``VideoClsDataset`` (test mode): take every ``stride``-th frame of the whole
     video, pad that list with its last frame up to ``clip_len``, then cut ``num_clips`` windows of
-    ``clip_len`` at starts ``int(i * (len - clip_len) / (num_clips - 1))``. One clip is the first
-    window (start 0), as there.
+    ``clip_len`` at starts ``int(i * (len - clip_len) / (num_clips - 1))``.
+
+    ``num_clips == 1`` (which the official test mode cannot do: it divides by ``num_clips - 1``) is
+    the official *validation* clip, the window at the centre of the video
+    (:func:`official_clip_indices` without rng).
     """
     _check(num_frames, clip_len, stride)
     if num_clips < 1:
         raise ValueError(f"num_clips must be >= 1, got {num_clips}")
+    if num_clips == 1:
+        return [official_clip_indices(num_frames, clip_len, stride, None)]
     strided = np.arange(0, num_frames, stride, dtype=np.int64)
     if len(strided) < clip_len:
         strided = np.concatenate([strided, np.full(clip_len - len(strided), strided[-1], dtype=np.int64)])
-    step = (len(strided) - clip_len) / (num_clips - 1) if num_clips > 1 else 0.0
+    step = (len(strided) - clip_len) / (num_clips - 1)
     return [strided[int(i * step) : int(i * step) + clip_len].copy() for i in range(num_clips)]
 
 

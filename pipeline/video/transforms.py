@@ -9,7 +9,8 @@ without the batch), normalised with the ImageNet mean/std of :mod:`pipeline.core
 Resizing is bilinear **with antialiasing**: VideoMAE (V1 and V2) runs ``GroupMultiScaleCrop`` on
 PIL images, and PIL's bilinear resize filters over the whole downscaled footprint, which is what
 ``antialias=True`` reproduces (torch documents it as matching PIL). ``antialias=False`` (cv2-like)
-is available for speed; it aliases when shrinking by more than ~2x.
+is available for speed; it aliases when shrinking by more than ~2x. The test views
+(:class:`TestTransform`) resize without antialiasing, as VideoMAE V2's validation and test do (cv2).
 
 Every random choice comes from the ``torch.Generator`` passed in, so a seed gives the same crop.
 """
@@ -118,14 +119,18 @@ def denormalize(x: torch.Tensor, mean: tuple[float, ...] = IMAGENET_MEAN, std: t
 
 
 def resize_short_side(x: torch.Tensor, short_side: int, antialias: bool = True) -> torch.Tensor:
-    """Resize uint8 ``[T, C, H, W]`` so that ``min(H, W) == short_side``, keeping the aspect ratio."""
+    """Resize uint8 ``[T, C, H, W]`` so that ``min(H, W) == short_side``, keeping the aspect ratio.
+
+    The long side is ``int(short_side * long / short)`` (floored), as VideoMAE V2's ``resize_clip``
+    (``dataset/functional.py`` ``get_resize_sizes``) sizes its validation and test frames.
+    """
     h, w = x.shape[-2:]
     if min(h, w) == short_side:
         return x
     if h <= w:
-        out = (short_side, max(1, round(w * short_side / h)))
+        out = (short_side, max(1, int(short_side * w / h)))
     else:
-        out = (max(1, round(h * short_side / w)), short_side)
+        out = (max(1, int(short_side * h / w)), short_side)
     return F.interpolate(x, size=out, mode="bilinear", align_corners=False, antialias=antialias)
 
 
@@ -134,14 +139,16 @@ def spatial_crop_boxes(height: int, width: int, crop: int, num_crops: int) -> li
 
     With 3 crops: left/centre/right for landscape frames, top/middle/bottom for portrait ones
     (starts ``int(i * (long - crop) / (num_crops - 1))``), centred on the short side. One crop is
-    the centre crop.
+    the centre crop of official validation (offsets ``int(round((side - crop) / 2))``, Python's
+    round-half-to-even as there).
     """
     if crop > min(height, width):
         raise ValueError(f"crop {crop} larger than the frame {width}x{height}")
     long_, short = max(height, width), min(height, width)
     short_off = (short - crop) // 2
-    if num_crops == 1:
-        long_offs = [(long_ - crop) // 2]
+    if num_crops == 1:  # VideoMAE V2's CenterCrop (dataset/video_transforms.py): int(round((side - crop) / 2))
+        short_off = int(round((short - crop) / 2))
+        long_offs = [int(round((long_ - crop) / 2))]
     else:
         step = (long_ - crop) / (num_crops - 1)
         long_offs = [int(i * step) for i in range(num_crops)]
@@ -209,7 +216,9 @@ class TestTransform:
     size: int = 224
     short_side: int = 224
     num_crops: int = 3
-    antialias: bool = True
+    # Official validation / test frames are resized by cv2 INTER_LINEAR (dataset/functional.py resize_clip):
+    # bilinear without antialiasing.
+    antialias: bool = False
 
     def crops(self, frames: FramesLike) -> torch.Tensor:
         """The test crops, not yet normalised: uint8 ``[num_crops, C, T, size, size]``."""

@@ -80,6 +80,16 @@ def test_shard_and_data_benchmarks_quick(results: Path) -> None:
     assert f"{os.cpu_count()}-core machine" in shard["figures"][0]["detail"]
 
 
+def test_finetune_augmentation_benchmark_quick(tmp_path: Path) -> None:
+    """bench_data --finetune: official vs before on the same labelled shards, views and batch."""
+    from tests.unit.shard_fixtures import make_shards
+
+    make_shards(tmp_path / "shards", [4, 4])
+    data = _bench("bench_data", tmp_path / "ft.json", "--finetune", "--quick", "--shards", str(tmp_path / "shards"))
+    assert set(data["medians"]) == {"ft_multiscale_k1", "ft_official_k1", "ft_multiscale_k4", "ft_official_k4"}
+    assert [f["name"] for f in data["figures"]] == [f"fine-tune augmentation k={k}: official / before" for k in (1, 4)]
+
+
 def test_flops_benchmark_quick(results: Path) -> None:
     data = _bench("bench_flops", results / "flops.json", "--quick")
     assert data["medians"]["matmul"] > 0 and len(data["figures"]) == 2

@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from pipeline.video.sampling import segment_indices, test_clip_indices, train_clip_indices
+from pipeline.video.sampling import official_clip_indices, segment_indices, test_clip_indices, train_clip_indices
 
 LENGTHS = [1, 2, 5, 15, 16, 17, 40, 61, 64, 65, 300]
 
@@ -68,7 +68,7 @@ def _videomae_test_clips(num_frames: int, clip_len: int, stride: int, num_clips:
 
 
 @pytest.mark.parametrize("num_frames", LENGTHS)
-@pytest.mark.parametrize("num_clips", [1, 2, 5])
+@pytest.mark.parametrize("num_clips", [2, 5])  # one clip is the validation window (below): official test mode divides by 0
 def test_test_clips_match_videomae_and_are_valid(num_frames: int, num_clips: int) -> None:
     clips = test_clip_indices(num_frames, 16, 4, num_clips)
     assert len(clips) == num_clips
@@ -119,3 +119,59 @@ def test_bad_arguments() -> None:
         test_clip_indices(10, 16, 0, 2)
     with pytest.raises(ValueError):
         test_clip_indices(10, 16, 1, 0)
+
+
+def _official_load_video(length: int, clip_len: int, frame_sample_rate: int, end_idx: int | None) -> list[int]:
+    """OpenGVLab/VideoMAEv2 ``dataset/datasets.py`` ``VideoClsDataset.load_video`` (train / validation mode,
+    ``num_segment=1`` as ``dataset/build.py`` builds Kinetics), transcribed. ``end_idx`` None is validation
+    mode (``(converted_len + seg_len) // 2``); training draws it with ``np.random.randint(converted_len, seg_len)``."""
+    converted_len = int(clip_len * frame_sample_rate)
+    seg_len = length // 1
+    if seg_len <= converted_len:
+        index = np.linspace(0, seg_len, num=seg_len // frame_sample_rate)
+        index = np.concatenate((index, np.ones(clip_len - seg_len // frame_sample_rate) * seg_len))
+        index = np.clip(index, 0, seg_len - 1).astype(np.int64)
+    else:
+        if end_idx is None:
+            end_idx = (converted_len + seg_len) // 2
+        str_idx = end_idx - converted_len
+        index = np.linspace(str_idx, end_idx, num=clip_len)
+        index = np.clip(index, str_idx, end_idx - 1).astype(np.int64)
+    return index.tolist()
+
+
+@pytest.mark.parametrize("num_frames", LENGTHS + [63, 66, 250])
+@pytest.mark.parametrize("clip_len,stride", [(16, 4), (16, 2), (8, 4)])
+def test_validation_clip_is_official_centre_window(num_frames: int, clip_len: int, stride: int) -> None:
+    ours = official_clip_indices(num_frames, clip_len, stride, None)
+    _valid(ours, num_frames, clip_len)
+    assert ours.tolist() == _official_load_video(num_frames, clip_len, stride, None)
+    # one validation clip per video (finetune.val_num_clips = 1) is this window
+    assert test_clip_indices(num_frames, clip_len, stride, 1)[0].tolist() == ours.tolist()
+
+
+def test_validation_window_is_centred() -> None:
+    idx = official_clip_indices(300, 16, 4, None)  # window of 64 frames: end (64 + 300) // 2 = 182
+    assert idx[0] == 118 and idx[-1] == 181
+    assert abs((idx[0] + idx[-1]) / 2 - 149.5) <= 1
+
+
+def test_short_video_repeats_last_frame_as_official() -> None:
+    # 40 frames < 16 x 4: 40 // 4 = 10 frames over the whole video, then the last frame 6 more times
+    idx = official_clip_indices(40, 16, 4, np.random.default_rng(0))
+    assert idx.tolist() == [0, 4, 8, 13, 17, 22, 26, 31, 35, 39] + [39] * 6
+    assert official_clip_indices(40, 16, 4, None).tolist() == idx.tolist()  # no randomness in a short video
+    assert official_clip_indices(3, 16, 4, None).tolist() == [2] * 16  # fewer frames than the stride: the last
+
+
+@pytest.mark.parametrize("num_frames", [65, 100, 300])
+def test_training_clip_is_an_official_window_and_covers_all_ends(num_frames: int) -> None:
+    rng = np.random.default_rng(0)
+    windows = {end: _official_load_video(num_frames, 16, 4, end) for end in range(64, num_frames)}
+    seen = set()
+    for _ in range(30 * len(windows)):
+        idx = official_clip_indices(num_frames, 16, 4, rng)
+        ends = [end for end, w in windows.items() if w == idx.tolist()]
+        assert ends, idx
+        seen.add(ends[0])
+    assert seen == set(windows)  # end uniform in [converted_len, num_frames) as np.random.randint

@@ -130,7 +130,8 @@ def test_test_transform_three_crops_along_the_long_side(h: int, w: int) -> None:
     centre = TestTransform(size=24, short_side=32, num_crops=1)(clip)
     assert centre.shape == (1, 3, 2, 24, 24)
     b = spatial_crop_boxes(32, 43, 24, 1)[0] if h < w else spatial_crop_boxes(43, 32, 24, 1)[0]
-    assert (b.x, b.y) == ((9, 4) if h < w else (4, 9))
+    # official CenterCrop: int(round((43 - 24) / 2)) = round(9.5) = 10 (half to even), int(round(8 / 2)) = 4
+    assert (b.x, b.y) == ((10, 4) if h < w else (4, 10))
 
 
 def test_rejects_wrong_layout() -> None:
@@ -182,3 +183,22 @@ def test_model_input_refuses_a_float_batch() -> None:
 
     with pytest.raises(ValueError, match="must be uint8"):
         model_input(torch.zeros(1, 3, 2, 8, 8), "cpu", torch.float32)
+
+
+def _official_resize_sizes(im_h: int, im_w: int, size: int) -> tuple[int, int]:
+    """OpenGVLab/VideoMAEv2 ``dataset/functional.py`` ``get_resize_sizes`` (validation / test Resize), transcribed."""
+    if im_w < im_h:
+        ow, oh = size, int(size * im_h / im_w)
+    else:
+        oh, ow = size, int(size * im_w / im_h)
+    return oh, ow
+
+
+@pytest.mark.parametrize("h,w", [(256, 340), (320, 426), (340, 256), (48, 64), (33, 47)])
+def test_test_views_resize_as_official(h: int, w: int) -> None:
+    from pipeline.video.transforms import resize_short_side
+
+    x = torch.zeros((1, 3, h, w), dtype=torch.uint8)
+    assert tuple(resize_short_side(x, 24).shape[-2:]) == _official_resize_sizes(h, w, 24)
+    assert tuple(resize_short_side(x, 224).shape[-2:]) == _official_resize_sizes(h, w, 224)
+    assert TestTransform().antialias is False  # cv2 INTER_LINEAR there
