@@ -32,6 +32,10 @@ from benchmarks.common import RESULTS, ROOT, load_avg, machine, now
 BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "sharding": ("bench_shard", [], ["--quick", "--keep", "{results}/tmp_quick_shards"]),
     "data_loading": ("bench_data", ["--profile"], ["--quick", "--shards", "{results}/tmp_quick_shards"]),
+    # the fine-tuning augmentation (official VideoMAE V2 vs the pre-training crop) on the same shards
+    "data_loading_finetune": ("bench_data", ["--finetune", "--views", "2", "--batch", "8", "--clips", "16",
+                                             "--reps", "4"],
+                              ["--finetune", "--quick", "--shards", "{results}/tmp_quick_shards"]),
     # 1 thread: on a small shared machine 2 threads straggle behind other jobs (and bench_model's
     # earlier record used 1); flops times its step and matmul at the same count.
     "model_step": ("bench_model", ["--reps", "5", "--threads", "1"], ["--quick"]),
@@ -41,7 +45,8 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "handoff": ("bench_handoff", [], ["--quick"]),
     "startup": ("bench_startup", [], ["--quick"]),
 }
-ALIASES = {"hand-off": "handoff", "shard": "sharding", "data": "data_loading", "model": "model_step", "zero": "zero_memory"}
+ALIASES = {"hand-off": "handoff", "shard": "sharding", "data": "data_loading", "model": "model_step", "zero": "zero_memory",
+           "augment": "data_loading_finetune"}
 VIT_G = "vit_g_step"
 VIT_G_LABEL = "zero3-bf16-nvme-optimizer-1rank"
 VIT_G_COMMAND = ("make vit-g-step RANKS=1  (python -m benchmarks.vit_g_step --config "
