@@ -168,7 +168,7 @@ def pretrain(a: argparse.Namespace, work: Path, shards: Path, name: str, seed: i
     t0 = time.perf_counter()
     assert run(cfg) == 0
     wall = time.perf_counter() - t0
-    losses = _metric_history(f"sqlite:///{work / 'mlflow.db'}", name, "loss")
+    losses = _metric_history(f"sqlite:///{work / 'mlflow.db'}", name, "loss/train")
     steps = sorted(losses)
     k = max(1, min(3, len(steps) // 4))
     first, last = _mean([losses[s] for s in steps[:k]]), _mean([losses[s] for s in steps[-k:]])
@@ -200,7 +200,7 @@ def finetune(a: argparse.Namespace, work: Path, shards: Path, name: str, init: s
     assert job.run(cfg) == 0
     wall = time.perf_counter() - t0
     uri = f"sqlite:///{work / 'mlflow.db'}"
-    losses = _metric_history(uri, name, "loss")
+    losses = _metric_history(uri, name, "loss/train")
     val = _metric_history(uri, name, "val_top1")
     steps = sorted(losses)
     k = max(1, min(5, len(steps) // 4))

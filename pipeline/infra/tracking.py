@@ -190,6 +190,18 @@ TRAINING_KIND = "custom_model_development"  # MLflow 3's model-training experime
 UI_TRAINING_VIEW = "workflowType=machine_learning&compareRunsMode=CHART"
 
 
+# The training curves' names in MLflow. Its chart view lays sections out by key prefix, sorted,
+# then the unprefixed keys ("Model metrics"), then system/: these prefixes sort first, so the
+# loss, then the lr and grad norm, are what the charts open with.
+CHART_KEYS = {"loss": "loss/train", "lr": "optim/lr", "grad_norm": "optim/grad_norm",
+              "nonfinite_skipped": "optim/nonfinite_skipped"}
+
+
+def chart_keys(metrics: dict[str, Any]) -> dict[str, Any]:
+    """``metrics`` under their MLflow names (:data:`CHART_KEYS`; the others as they are)."""
+    return {CHART_KEYS.get(k, k): v for k, v in metrics.items()}
+
+
 def experiment_ui_url(base_url: str, experiment_id: str) -> str:
     """An experiment's runs in MLflow's UI at ``base_url``: the model-training view, charts shown."""
     return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?{UI_TRAINING_VIEW}"
@@ -453,7 +465,7 @@ def reconstruction_grid(original: np.ndarray, masked: np.ndarray, recon: np.ndar
 
 
 __all__ = ["MlflowTracker", "NullTracker", "Tracker", "TrackingConfig", "TrackingError", "check_reachable",
-           "child_config", "close_run", "experiment_id_of", "experiment_ui_url", "git_commit", "is_registered",
+           "CHART_KEYS", "chart_keys", "child_config", "close_run", "experiment_id_of", "experiment_ui_url", "git_commit", "is_registered",
            "make_tracker", "metric_history",
            "reconstruction_grid", "redact_url", "resolve_uri", "run_is_active", "safe_params"]
 

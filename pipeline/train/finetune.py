@@ -27,6 +27,7 @@ from pipeline.core.errors import DataError
 from pipeline.data.loader import EvalLoader, eval_loader, supervised_loader
 from pipeline.data.shard_index import ShardIndex
 from pipeline.infra import engine as eng
+from pipeline.infra.tracking import chart_keys
 from pipeline.models.flops import classify_macs
 from pipeline.models.sizes import get_spec
 from pipeline.train import loop
@@ -192,7 +193,7 @@ def finetune(cfg: FinetuneConfig, session: Session) -> dict[str, Any]:
             if loop.due(s.step, cfg.train.log_every, cfg.train.steps):
                 metrics = {**loop.step_metrics(s, {"loss": loss, "train_top1": acc}),
                            "epoch": s.step / s.loader.steps_per_epoch}
-                tracker.log_metrics(metrics, s.step)
+                tracker.log_metrics(chart_keys(metrics), s.step)
                 if rank == 0:
                     log.info("step %d/%d  loss %.4f  lr %.2e  %.1f clips/s  eta %s", s.step, cfg.train.steps,
                              metrics["loss"], metrics["lr"], metrics["clips_per_s"], format_eta(metrics["eta_s"]))

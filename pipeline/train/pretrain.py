@@ -19,7 +19,7 @@ import torch
 from pipeline.data.loader import pretrain_loader
 from pipeline.data.masking import token_grid
 from pipeline.infra import engine as eng
-from pipeline.infra.tracking import reconstruction_grid
+from pipeline.infra.tracking import chart_keys, reconstruction_grid
 from pipeline.models.flops import token_counts, train_flops_per_clip
 from pipeline.models.sizes import get_spec
 from pipeline.train import loop
@@ -120,7 +120,7 @@ def pretrain(cfg: PretrainConfig, session: Session) -> dict[str, Any]:
             lr = s.schedule.apply(s.engine, s.step)  # the lr of the next step
             if loop.due(s.step, cfg.train.log_every, cfg.train.steps):
                 metrics = loop.step_metrics(s, {"loss": loss})
-                tracker.log_metrics(metrics, s.step)
+                tracker.log_metrics(chart_keys(metrics), s.step)
                 if rank == 0:
                     log.info("step %d/%d  loss %.4f  lr %.2e  %.1f clips/s  data %.0f%%  eta %s", s.step,
                              cfg.train.steps, metrics["loss"], metrics["lr"], metrics["clips_per_s"],

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.core.config import config_hash, to_dict
-from pipeline.infra.tracking import MlflowTracker, TrackingConfig, close_run, metric_history, run_is_active
+from pipeline.infra.tracking import CHART_KEYS, MlflowTracker, TrackingConfig, close_run, metric_history, run_is_active
 from pipeline.workflow.pipeline_config import STAGES, PipelineConfig, given
 
 
@@ -50,7 +50,7 @@ class Runs:
         """Close a stage run the stage left open (a killed worker cannot close its own)."""
         close_run(self.uri, run_id, status)
 
-    def loss_history(self, run_id: str, key: str = "loss") -> list[tuple[int, float]]:
+    def loss_history(self, run_id: str, key: str = CHART_KEYS["loss"]) -> list[tuple[int, float]]:
         return metric_history(self.uri, run_id, key)
 
     def log_into(self, run_id: str, parent_id: str, cfg: Any, stage: str, metrics: dict[str, Any],

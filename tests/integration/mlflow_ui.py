@@ -58,15 +58,16 @@ VIEWPORT = {"width": 1500, "height": 950}
 
 
 def screenshot_runs(url: str, experiment_id: str, parent: str, children: list[str], loss_run: str,
-                    out: Path) -> tuple[str, list[int]]:
+                    out: Path) -> tuple[str, list[int], dict[str, float] | None]:
     """Open the link a job prints (the experiment's runs, charts shown), expand ``parent`` (one
-    click), wait for every child row, filter the charts to ``loss`` and wait for ``loss_run``'s
-    curve, save a PNG at ``out``; returns the page text and the vertex count of every line drawn
-    in the charts shown (Plotly's ``path.js-line``).
+    click), wait for every child row and the training-loss chart with ``loss_run``'s curve as
+    MLflow lays the charts out (no search, no scrolling), save a PNG at ``out``; returns the page
+    text, the vertex count of every line drawn in the charts (Plotly's ``path.js-line``) and the
+    box of the loss chart's legend entry on the page (None when not rendered).
 
-    The filter is needed: MLflow 3.17 lays out the charts' sections as prefixed ones first
-    (``startup/``, alphabetically), then "Model metrics" (every unprefixed key, by name), then
-    "System metrics"; the loss chart is not on the first screen."""
+    MLflow 3.17 lays the sections out by key prefix, sorted, then the unprefixed keys ("Model
+    metrics"), then "System metrics": the loss is ``loss/train`` so that its section comes first
+    (``pipeline.infra.tracking.CHART_KEYS``)."""
     from playwright.sync_api import sync_playwright
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -82,15 +83,15 @@ def screenshot_runs(url: str, experiment_id: str, parent: str, children: list[st
             page.locator('[row-id] button[data-component-id*="runnamecellrenderer"]').first.click()
             for child in children:
                 page.get_by_text(child, exact=True).first.wait_for(timeout=30_000)
-            # Charts are rendered lazily and laid out as above: filter to the loss chart(s).
-            page.get_by_placeholder("Search metric charts").fill("loss")
-            page.get_by_text(f"{loss_run} (loss)", exact=True).first.wait_for(timeout=30_000)
+            # Charts are rendered lazily, when scrolled into view: the loss chart must be there as is.
+            legend = page.get_by_text(f"{loss_run} (loss/train)", exact=True).first
+            legend.wait_for(timeout=30_000)
             close = page.locator('button[aria-label="Close"]')  # the assistant side panel, if shown
             if close.count():
                 close.first.click()
             page.wait_for_timeout(1500)  # chart animation
             page.screenshot(path=str(out))
             lines = page.locator("path.js-line").evaluate_all("els => els.map(e => e.getAttribute('d') || '')")
-            return page.locator("body").inner_text(), [line_points(d) for d in lines]
+            return page.locator("body").inner_text(), [line_points(d) for d in lines], legend.bounding_box()
         finally:
             browser.close()

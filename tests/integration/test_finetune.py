@@ -87,7 +87,7 @@ def test_finetune_evaluate_register_and_predict(data: dict[str, Path], tmp_path:
     best_step = min(step for step, top1 in val.items() if top1 == max(val.values()))
     assert best["source"]["step"] == best_step, (val, best["source"])
     assert best["metrics"]["val_top1"] == pytest.approx(val[best_step])
-    losses = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "loss")}
+    losses = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "loss/train")}
     assert sorted(losses) == list(range(1, 49))
     # Fine-tuning learns the classes: over its last 8 steps (64 clips) top-1 on the training batches is at
     # least twice chance (1/4) and cross-entropy well below chance's ln 4 = 1.386 (measured 0.74 / 0.74).
@@ -181,7 +181,7 @@ def test_interrupted_finetune_resumes_without_lost_or_repeated_steps(data: dict[
     runs = client.search_runs(client.get_experiment_by_name("tubelet").experiment_id,
                               filter_string="attributes.run_name = 'resumed'")
     assert len(runs) == 1, "the resumed attempt continues the same MLflow run"
-    losses = [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")]
+    losses = [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss/train")]
     assert sorted(losses) == list(range(1, 7)), losses
     assert sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "val_top1")) == [3, 6]
     checkpoints = sorted(p for p in (tmp_path / "runs" / "resumed").glob("checkpoint_*") if p.is_dir())

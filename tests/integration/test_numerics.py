@@ -31,7 +31,7 @@ def test_nonfinite_loss_on_one_rank_is_skipped_by_every_rank(shards: str, tmp_pa
                "deepspeed.gradient_accumulation_steps=2", "train.max_nonfinite=3",
                "train.fault_nonfinite_step=2", "train.fault_nonfinite_count=2", "train.export=false")
     assert run(cfg) == 0
-    skipped = _history(tmp_path, "skips", "nonfinite_skipped")
+    skipped = _history(tmp_path, "skips", "optim/nonfinite_skipped")
     assert skipped == {1: 0, 2: 2, 3: 2, 4: 2}
     losses = _history(tmp_path, "skips")
     assert sorted(losses) == [1, 2, 3, 4] and all(v == v and abs(v) < 1e3 for v in losses.values()), losses

@@ -168,7 +168,7 @@ def test_a_crash_in_pretraining_stops_the_job_in_one_line(first: dict[str, Any])
     client = _client(first["root"])
     run = client.get_run(stages["pretrain"]["run_id"])
     assert run.info.status == "FAILED"
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss/train")] == [1, 2, 3]
 
 
 def test_rerun_continues_pretraining_in_the_same_runs(first: dict[str, Any], second: dict[str, Any]) -> None:
@@ -185,7 +185,7 @@ def test_rerun_continues_pretraining_in_the_same_runs(first: dict[str, Any], sec
     assert after["stages"]["pretrain"]["run_id"] == before["stages"]["pretrain"]["run_id"]  # the same child run
     assert after["stages"]["shard"]["run_id"] == before["stages"]["shard"]["run_id"]
     client = _client(first["root"])
-    history = client.get_metric_history(after["stages"]["pretrain"]["run_id"], "loss")
+    history = client.get_metric_history(after["stages"]["pretrain"]["run_id"], "loss/train")
     assert sorted(m.step for m in history) == list(range(1, STEPS + 1)), "a step logged twice or lost"
 
 
@@ -247,7 +247,7 @@ def test_third_run_skips_every_stage(third: dict[str, Any]) -> None:
 def test_mlflow_ui_shows_the_pipeline_run_its_stage_runs_and_a_loss_chart(third: dict[str, Any]) -> None:
     """The dashboard a user opens after `make demo`: served by cluster/mlflow/serve.sh (`make mlflow`),
     read in headless Chromium; the screenshot is kept under runs/test-artifacts/."""
-    from tests.integration.mlflow_ui import ARTIFACTS, chromium, mlflow_server, screenshot_runs
+    from tests.integration.mlflow_ui import ARTIFACTS, VIEWPORT, chromium, mlflow_server, screenshot_runs
 
     chromium()  # fails with the fix (make browser) when the browser is missing
     root = third["root"]
@@ -257,13 +257,15 @@ def test_mlflow_ui_shows_the_pipeline_run_its_stage_runs_and_a_loss_chart(third:
     with mlflow_server(f"sqlite:///{root / 'mlflow.db'}", root / "mlflow-server") as url:
         assert url.startswith("http://127.0.0.1:")
         shot = ARTIFACTS / "mlflow-ui-pipeline.png"
-        text, points = screenshot_runs(url, experiment.experiment_id, "tiny", stages, "pretrain", shot)
+        text, points, loss_box = screenshot_runs(url, experiment.experiment_id, "tiny", stages, "pretrain", shot)
     lines = set(text.splitlines())
     assert {"tiny", *stages} <= lines, "the parent run and every stage run are listed"
     # the model-training view (its page is "Runs"), not the GenAI one ("Training runs", with sessions,
     # judges and agent versions in its side bar) that MLflow 3 opens by default
     assert "Runs" in lines and not {"Training runs", "Sessions", "Judges", "Agent versions"} & lines, sorted(lines)
-    assert "pretrain (loss)" in lines, "the loss chart has the pre-training curve"
+    assert "pretrain (loss/train)" in lines, "the loss chart has the pre-training curve"
+    # where the printed link lands: the loss chart on the first screen, not below the fold
+    assert loss_box and loss_box["y"] + loss_box["height"] <= VIEWPORT["height"], f"loss chart at {loss_box}"
     # a curve, not a dot: pre-training logged its loss at each of its STEPS steps
     assert points and max(points) > 1, f"the loss chart draws no line of more than one point: {points}"
     assert shot.stat().st_size > 20_000

@@ -39,7 +39,7 @@ def _manifest(root: Path) -> Path:
     return manifest
 
 
-def _history(tracking_uri: str, name: str, metric: str = "loss") -> list[int]:
+def _history(tracking_uri: str, name: str, metric: str = "loss/train") -> list[int]:
     """Every logged step of ``metric`` in the MLflow run ``name``, duplicates kept."""
     client = MlflowClient(tracking_uri)
     runs = client.search_runs(client.get_experiment_by_name("tubelet").experiment_id,
@@ -89,7 +89,7 @@ def _losses(tracking: str, name: str) -> dict[int, list[float]]:
     run = client.search_runs(client.get_experiment_by_name("tubelet").experiment_id,
                              filter_string=f"attributes.run_name = '{name}'")[0]
     out: dict[int, list[float]] = {}
-    for m in client.get_metric_history(run.info.run_id, "loss"):
+    for m in client.get_metric_history(run.info.run_id, "loss/train"):
         out.setdefault(m.step, []).append(m.value)
     return out
 

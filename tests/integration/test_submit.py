@@ -124,7 +124,7 @@ def _mlflow_steps(tracking: str, name: str) -> tuple[str, list[int]]:
     runs = client.search_runs(client.get_experiment_by_name("tubelet").experiment_id,
                               filter_string=f"attributes.run_name = '{name}'")
     assert len(runs) == 1, f"expected one MLflow run named {name}, got {len(runs)}"
-    return runs[0].info.status, sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "loss"))
+    return runs[0].info.status, sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "loss/train"))
 
 
 def test_pretrain_submitted_with_ray_cli_and_jobs_submit(services: dict, shards: Path, tmp_path: Path,

@@ -40,7 +40,7 @@ def _history(tracking: str) -> dict[int, list[float]]:
     assert len(runs) == 1, f"a relaunch must log into the run it continues, found {len(runs)} runs"
     assert runs[0].info.status == "FINISHED"
     values: dict[int, list[float]] = collections.defaultdict(list)
-    for m in client.get_metric_history(runs[0].info.run_id, "loss"):
+    for m in client.get_metric_history(runs[0].info.run_id, "loss/train"):
         values[m.step].append(m.value)
     return values
 
