@@ -113,6 +113,17 @@ def safe_params(params: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+def run_params(config: Any) -> dict[str, Any]:
+    """The MLflow params of a job config: the keys its class names in ``mlflow_params`` (the recipe at
+    a glance; MLflow's image card prints every param of a run above its picture), else every key.
+    The whole config goes with the run as ``config.toml`` either way."""
+    if config is None:
+        return {}
+    flat = flatten(to_dict(config))
+    keys = getattr(type(config), "mlflow_params", None)
+    return {k: flat[k] for k in keys} if keys else flat
+
+
 def git_commit(cwd: str | Path | None = None) -> str:
     """HEAD of the checkout the code runs from ('' outside git, e.g. an installed package)."""
     try:
@@ -276,7 +287,7 @@ class MlflowTracker:
                 raise TrackingError(f"cannot resume MLflow run {resume_run_id}: {str(exc).splitlines()[0]}") from None
             self._run_id = resume_run_id
             if fresh:
-                self._log_params(safe_params({**(to_dict(config) if config is not None else {}), **(params or {})}))
+                self._log_params(safe_params({**run_params(config), **(params or {})}))
                 if config is not None:
                     self.log_text(redact_url(to_toml(config)), "config.toml")
             if tags:  # e.g. the world size of this launch, which may differ from the last one
@@ -300,7 +311,7 @@ class MlflowTracker:
             raise TrackingError(f"cannot create an MLflow run at {redact_url(self.uri)}: "
                                 f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
         self._run_id = run.info.run_id
-        merged = {**(to_dict(config) if config is not None else {}), **(params or {})}
+        merged = {**run_params(config), **(params or {})}
         self._log_params(safe_params(merged))
         if config is not None:
             self.log_text(redact_url(to_toml(config)), "config.toml")
@@ -440,9 +451,11 @@ def is_registered(uri: str, name: str, run_id: str) -> bool:
 # Pictures
 
 
-def reconstruction_grid(original: np.ndarray, masked: np.ndarray, recon: np.ndarray, frames: int = 4,
+def reconstruction_grid(original: np.ndarray, masked: np.ndarray, recon: np.ndarray, frames: int = 8,
                         gap: int = 2) -> np.ndarray:
     """One picture: rows original | masked input | reconstruction, ``frames`` evenly spaced columns.
+
+    Up to 8 columns: a wide picture, which MLflow's image card shows whole below the run's params.
 
     Inputs are uint8 ``[T, H, W, 3]`` clips of one sample; returns uint8
     ``[3H + 2 gap, F W + (F - 1) gap, 3]`` with white gaps (no text: nothing to render fonts with).

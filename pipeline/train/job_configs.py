@@ -15,7 +15,7 @@ The shared sections keep their pre-training defaults; the fine-tuning recipe val
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pipeline.core.config import fill_derived, help_field
 from pipeline.data.loader import EvalDataConfig, FinetuneDataConfig, TrainDataConfig
@@ -86,6 +86,12 @@ class PretrainConfig:
     scaling: ScalingSection = field(default_factory=ScalingSection)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
+    # The run's MLflow params: the recipe at a glance (MLflow prints a run's every param above its
+    # reconstruction picture). The whole config is the run's config.toml artifact; its hash the config_hash tag.
+    # Six, so that the picture stays in view on MLflow's default card size.
+    mlflow_params: ClassVar[tuple[str, ...]] = (
+        "model.name", "mask.encoder_ratio", "optim.lr", "optim.blr", "train.steps", "deepspeed.zero_stage")
+
     def __post_init__(self) -> None:
         fill_derived(self)  # the clip size the loader cuts is the model's
 
@@ -135,6 +141,10 @@ class FinetuneConfig:
     train: TrainSection = field(default_factory=TrainSection)
     scaling: ScalingSection = field(default_factory=ScalingSection)
     tracking: FinetuneTracking = field(default_factory=FinetuneTracking)
+
+    mlflow_params: ClassVar[tuple[str, ...]] = (  # as PretrainConfig's: the rest is in config.toml
+        "model.name", "model.patch_size", "finetune.mode", "data.sampling_rate", "data.batch_size", "optim.lr",
+        "optim.blr", "optim.layer_decay", "train.steps", "deepspeed.zero_stage", "deepspeed.precision")
 
     def __post_init__(self) -> None:
         fill_derived(self)  # the clip size the loader cuts is the model's

@@ -10,6 +10,7 @@ logging and checkpointing on a schedule; the parts the training loops share are 
 
 from __future__ import annotations
 
+import itertools
 import logging
 from typing import Any
 
@@ -114,6 +115,10 @@ def pretrain(cfg: PretrainConfig, session: Session) -> dict[str, Any]:
     s.run_id = tracker.run_id or s.run_id
     batches, metrics, status = s.loader.forever(), {}, "FAILED"
     try:
+        if s.step == 0 and picture_due(cfg, 0, rank):  # the untrained reconstruction: where the picture slider starts
+            first = loop.next_batch(s, batches)
+            tracker.log_image(reconstruction_picture(s.engine, first, s.dtype), "reconstruction", 0)
+            batches = itertools.chain([first], batches)  # still the first step's batch: the data order is unchanged
         while s.step < cfg.train.steps:
             loss, batch = train_step(s, batches)
             s.step += 1

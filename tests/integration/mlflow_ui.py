@@ -14,6 +14,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -57,13 +58,46 @@ def line_points(path_d: str) -> int:
 VIEWPORT = {"width": 1500, "height": 950}
 
 
+@dataclass
+class RunsView:
+    """What the runs page showed: its text, the vertex count of every line drawn in the charts
+    (Plotly's ``path.js-line``), the box of the loss chart's legend entry (None when not rendered),
+    and, when asked for, the picture card: its box, its text and the box of its picture."""
+
+    text: str
+    points: list[int]
+    loss_box: dict[str, float] | None
+    picture_card: dict[str, float] | None = None
+    picture_text: str = ""
+    picture_box: dict[str, float] | None = None
+    picture_visible: float = 0.0
+
+
+# The fraction of an element's area that is not clipped by any scrolling or clipping ancestor (a
+# card whose content scrolls shows only its top) nor by the window.
+VISIBLE_FRACTION = """e => {
+  const r = e.getBoundingClientRect();
+  let [x0, y0, x1, y1] = [r.left, r.top, r.right, r.bottom];
+  for (let n = e.parentElement; n; n = n.parentElement) {
+    const s = getComputedStyle(n);
+    if (s.overflowX !== 'visible' || s.overflowY !== 'visible') {
+      const c = n.getBoundingClientRect();
+      x0 = Math.max(x0, c.left); y0 = Math.max(y0, c.top); x1 = Math.min(x1, c.right); y1 = Math.min(y1, c.bottom);
+    }
+  }
+  x0 = Math.max(x0, 0); y0 = Math.max(y0, 0); x1 = Math.min(x1, window.innerWidth); y1 = Math.min(y1, window.innerHeight);
+  const area = r.width * r.height;
+  return area > 0 ? Math.max(0, x1 - x0) * Math.max(0, y1 - y0) / area : 0;
+}"""
+
+
 def screenshot_runs(url: str, experiment_id: str, parent: str, children: list[str], loss_run: str,
-                    out: Path) -> tuple[str, list[int], dict[str, float] | None]:
+                    out: Path, picture: str = "") -> RunsView:
     """Open the link a job prints (the experiment's runs, charts shown), expand ``parent`` (one
     click), wait for every child row and the training-loss chart with ``loss_run``'s curve as
-    MLflow lays the charts out (no search, no scrolling), save a PNG at ``out``; returns the page
-    text, the vertex count of every line drawn in the charts (Plotly's ``path.js-line``) and the
-    box of the loss chart's legend entry on the page (None when not rendered).
+    MLflow lays the charts out (no search, no scrolling), save a PNG at ``out``; with ``picture``
+    (an image key), then scroll to that image card, wait for its picture and save ``out`` with
+    ``-picture`` in its name.
 
     MLflow 3.17 lays the sections out by key prefix, sorted, then the unprefixed keys ("Model
     metrics"), then "System metrics": the loss is ``loss/train`` so that its section comes first
@@ -92,6 +126,31 @@ def screenshot_runs(url: str, experiment_id: str, parent: str, children: list[st
             page.wait_for_timeout(1500)  # chart animation
             page.screenshot(path=str(out))
             lines = page.locator("path.js-line").evaluate_all("els => els.map(e => e.getAttribute('d') || '')")
-            return page.locator("body").inner_text(), [line_points(d) for d in lines], legend.bounding_box()
+            view = RunsView(page.locator("body").inner_text(), [line_points(d) for d in lines], legend.bounding_box())
+            if picture:
+                title = page.get_by_text(picture, exact=True).first
+                page.mouse.move(VIEWPORT["width"] * 2 // 3, VIEWPORT["height"] * 2 // 3)  # over the charts
+                for _ in range(60):  # scroll down as a user does: cards render when they come into view
+                    if title.count():
+                        break
+                    page.mouse.wheel(0, 400)
+                    page.wait_for_timeout(500)
+                title.scroll_into_view_if_needed(timeout=30_000)
+                # the card: the nearest ancestor of the title that also holds the run's row (its picture
+                # or MLflow's "No image logged at this step")
+                card = title.locator("xpath=ancestor::*[.//img or contains(., 'No image')][1]")
+                card.locator("img").or_(card.get_by_text("No image logged", exact=False)).first.wait_for(
+                    timeout=30_000)
+                image = card.locator("img")
+                if image.count():
+                    page.wait_for_function("e => e.complete && e.naturalWidth > 0", arg=image.first.element_handle(),
+                                           timeout=30_000)
+                    card.scroll_into_view_if_needed(timeout=10_000)  # the page scrolls; the card's own content does not
+                    page.wait_for_timeout(1000)  # layout after the picture loaded
+                    view.picture_box = image.first.bounding_box()
+                    view.picture_visible = image.first.evaluate(VISIBLE_FRACTION)
+                view.picture_card, view.picture_text = card.bounding_box(), card.inner_text()
+                page.screenshot(path=str(out.with_name(f"{out.stem}-picture{out.suffix}")))
+            return view
         finally:
             browser.close()

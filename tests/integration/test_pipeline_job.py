@@ -45,7 +45,7 @@ progress = false
 [pretrain]
 config = "pretrain/demo"
 [pretrain.model]
-num_frames = 4
+num_frames = 8  # 8 columns in the reconstruction picture, as a 16-frame clip gets
 img_size = 32
 [pretrain.data]
 sampling_rate = 2
@@ -59,14 +59,14 @@ warmup_steps = 2
 steps = {steps}
 checkpoint_every = 3
 log_every = 1
-image_every = 0
+image_every = 3
 [pretrain.tracking]
 system_metrics = false
 
 [finetune]
 config = "finetune/demo"
 [finetune.model]
-num_frames = 4
+num_frames = 8
 img_size = 32
 [finetune.data]
 sampling_rate = 2
@@ -187,6 +187,10 @@ def test_rerun_continues_pretraining_in_the_same_runs(first: dict[str, Any], sec
     client = _client(first["root"])
     history = client.get_metric_history(after["stages"]["pretrain"]["run_id"], "loss/train")
     assert sorted(m.step for m in history) == list(range(1, STEPS + 1)), "a step logged twice or lost"
+    # reconstruction pictures: the untrained one at step 0 (first launch only), then every image_every steps
+    images = [a.path for a in client.list_artifacts(after["stages"]["pretrain"]["run_id"], "images")]
+    steps = sorted(int(p.split("+step+")[1].split("+")[0]) for p in images if p.endswith(".png") and "+step+" in p)
+    assert steps == [0, 3, 6], images
 
 
 def test_parent_run_with_a_child_run_per_stage(second: dict[str, Any]) -> None:
@@ -257,7 +261,8 @@ def test_mlflow_ui_shows_the_pipeline_run_its_stage_runs_and_a_loss_chart(third:
     with mlflow_server(f"sqlite:///{root / 'mlflow.db'}", root / "mlflow-server") as url:
         assert url.startswith("http://127.0.0.1:")
         shot = ARTIFACTS / "mlflow-ui-pipeline.png"
-        text, points, loss_box = screenshot_runs(url, experiment.experiment_id, "tiny", stages, "pretrain", shot)
+        view = screenshot_runs(url, experiment.experiment_id, "tiny", stages, "pretrain", shot, picture="reconstruction")
+    text, points, loss_box = view.text, view.points, view.loss_box
     lines = set(text.splitlines())
     assert {"tiny", *stages} <= lines, "the parent run and every stage run are listed"
     # the model-training view (its page is "Runs"), not the GenAI one ("Training runs", with sessions,
@@ -269,4 +274,12 @@ def test_mlflow_ui_shows_the_pipeline_run_its_stage_runs_and_a_loss_chart(third:
     # a curve, not a dot: pre-training logged its loss at each of its STEPS steps
     assert points and max(points) > 1, f"the loss chart draws no line of more than one point: {points}"
     assert shot.stat().st_size > 20_000
+    # the reconstruction card shows a picture where its step slider starts (step 0: pre-training's first
+    # launch logged the untrained reconstruction), under a few lines of params, not a wall of them
+    picture = view.picture_box
+    assert "No image logged" not in view.picture_text, view.picture_text
+    assert picture and picture["width"] >= 100 and picture["height"] >= 50, picture
+    # all of it but a few pixel rows at the card's edge (measured 97% at 1500 x 950; 0% with every key a param)
+    assert view.picture_visible > 0.9, (f"{view.picture_visible:.0%} of the picture is visible in its card "
+                                         f"{view.picture_card} (picture {picture}; card text {view.picture_text!r})")
     print(f"MLflow UI screenshot: {shot}")

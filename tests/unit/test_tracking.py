@@ -21,6 +21,7 @@ from pipeline.infra.tracking import (
     reconstruction_grid,
     redact_url,
     resolve_uri,
+    run_params,
     safe_params,
 )
 
@@ -90,6 +91,26 @@ def test_secrets_never_reach_the_store(cfg):
         assert secret not in everything, secret
     assert run.data.params["store.secret_key"] == "***" and run.data.params["api_token"] == "***"
     assert run.data.params["store.bucket"] == "s3://***@minio:9000/data"
+
+
+def test_training_runs_log_their_recipe_keys_as_params_and_the_whole_config_as_toml(cfg):
+    """MLflow prints every param of a run above its reconstruction picture: a training run's params
+    are the keys its config class names (each one a real key), the rest is in config.toml."""
+    from pipeline.train.job_configs import EvaluateConfig, FinetuneConfig, PretrainConfig
+
+    for job in (PretrainConfig(), FinetuneConfig()):
+        assert set(run_params(job)) == set(type(job).mlflow_params) and len(run_params(job)) <= 12
+    assert len(run_params(EvaluateConfig())) > 30  # no list: every key
+    job = PretrainConfig()
+    job.optim.blr = 3e-4
+    tracker = make_tracker(cfg).start("pre", config=job, params={"train": {"videos_per_step": 16}})
+    run_id = tracker.run_id
+    tracker.end()
+    run = _run(cfg, run_id)
+    assert set(run.data.params) == {*PretrainConfig.mlflow_params, "train.videos_per_step"}
+    assert run.data.params["optim.blr"] == "0.0003" and run.data.params["model.name"] == job.model.name
+    saved = open(MlflowClient(cfg.tracking_uri).download_artifacts(run_id, "config.toml")).read()
+    assert "blr = 0.0003" in saved and "stage3_prefetch_bucket_size" in saved
 
 
 def test_safe_params_and_redact_url_rules():
@@ -204,6 +225,7 @@ def test_reconstruction_grid_layout():
     assert grid[h + 2 + 1, 1, 0] == 20 and grid[2 * (h + 2) + 1, 1, 0] == 30  # rows: orig | masked | recon
     assert (grid[h:h + 2] == 255).all()  # white gap between rows
     assert reconstruction_grid(*[c[:2] for c in clips], frames=4).shape[1] == 2 * w + 2
+    assert reconstruction_grid(*[np.zeros((16, h, w, 3), np.uint8)] * 3).shape[1] == 8 * w + 14  # 8 by default
 
 
 def test_reconstruction_grid_rejects_bad_input():
