@@ -76,9 +76,10 @@ class Float32Handoff(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         from pipeline.core.pixels import normalize_pixels
+        from pipeline.train.batch import channels_first
 
         for batch in self.stream:
-            batch["video"] = normalize_pixels(batch["video"])
+            batch["video"] = normalize_pixels(channels_first(batch["video"]))
             yield batch
 
 
@@ -138,15 +139,15 @@ def step_cases(a: argparse.Namespace) -> dict[str, Callable[[], float]]:
     from pipeline.core.pixels import normalize_pixels
     from pipeline.data.masking import MaskConfig, make_masks, token_grid
     from pipeline.models import create_model
-    from pipeline.train.batch import model_input
+    from pipeline.train.batch import channels_first, model_input
 
     torch.manual_seed(0)
     size, t = a.step_size, a.num_frames
     model = create_model("vit_tiny", "pretrain", num_frames=t, img_size=size)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     grid = token_grid(t, size, model.spec.patch_size, model.spec.tubelet_size)
-    uint8 = torch.randint(0, 256, (a.step_batch, 3, t, size, size), dtype=torch.uint8)
-    normalised = normalize_pixels(uint8)
+    uint8 = torch.randint(0, 256, (a.step_batch, t, size, size, 3), dtype=torch.uint8)  # the loader's layout
+    normalised = normalize_pixels(channels_first(uint8))
     enc, dec = make_masks(MaskConfig(), a.step_batch, grid, torch.Generator().manual_seed(0))
 
     def step(video: torch.Tensor) -> None:

@@ -24,7 +24,7 @@ from pipeline.video.augment import FinetuneTransform
 from pipeline.video.decode import open_video
 from pipeline.video.probe import DEFAULT_MAX_FRAMES, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, VideoInfo
 from pipeline.video.sampling import official_clip_indices, test_clip_indices, train_clip_indices
-from pipeline.video.transforms import TestTransform, TrainTransform
+from pipeline.video.transforms import TestTransform, TrainTransform, to_thwc
 
 MAX_REASONS = 8
 
@@ -95,18 +95,19 @@ class SampleError:
 
 @dataclass
 class TrainViews:
-    """k augmented views of one decoded clip: ``video [k, T, C, S, S]`` uint8 crops (shipped as
-    uint8; the training process normalises them on its device), ``frames [T]``."""
+    """k augmented views of one decoded clip: ``video``, k uint8 crops ``[T, S, S, C]`` (channels
+    last, as decoded and as the resize leaves them: collating them is a plain copy; the training
+    process normalises and transposes them on its device), ``frames [T]``."""
 
     key: str
-    video: torch.Tensor
+    video: tuple[torch.Tensor, ...]
     frames: torch.Tensor
     label: int
 
 
 @dataclass
 class TestViews:
-    """All test views of one video: ``video [clips * crops, C, T, S, S]`` uint8 (clip-major, not normalised)."""
+    """All test views of one video: ``video [clips * crops, T, S, S, C]`` uint8 (clip-major, not normalised)."""
 
     __test__ = False  # not a pytest class
 
@@ -197,7 +198,7 @@ def train_views(raw: RawSample, spec: ClipSpec, seed: int, epoch: int, require_l
             idx = spec.train_indices(reader.num_frames, rng)
             frames = reader.get(idx)
         gens = [torch.Generator().manual_seed(seed_of(seed, epoch, raw.key, raw.pass_index, v)) for v in range(spec.views)]
-        video = torch.stack([spec.train.crop(frames, g) for g in gens])
+        video = tuple(to_thwc(spec.train.crop(frames, g)) for g in gens)
     except DataError:
         raise  # unlabelled shards cannot become labelled by skipping samples
     except Exception as exc:  # noqa: BLE001 - every per-sample failure is counted, not fatal
@@ -214,7 +215,7 @@ def test_views(raw: RawSample, spec: ClipSpec, require_label: bool) -> TestViews
             clips = test_clip_indices(reader.num_frames, spec.num_frames, spec.stride, spec.test_clips)
             frames = reader.get(np.concatenate(clips))  # one decode pass for every clip
         t = spec.num_frames
-        video = torch.cat([spec.test.crops(frames[i * t : (i + 1) * t]) for i in range(len(clips))])
+        video = torch.cat([spec.test.crops(frames[i * t : (i + 1) * t]) for i in range(len(clips))]).permute(0, 2, 3, 4, 1)
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001

@@ -7,12 +7,14 @@ Pre-training (:func:`pretrain_loader`), per rank::
     -> shuffle buffer -> decode mp4 once -> T frames at stride s -> k views, each its own
     multi-scale crop -> batch of ``batch_size`` views + tube / running-cell masks (in the worker)
 
-Batches: ``{"video": uint8 [B, C, T, H, W], "enc_mask": bool [B, N], "dec_mask": bool [B, N],
+Batches: ``{"video": uint8 [B, T, H, W, C] (channels last, as decoded), "enc_mask": bool [B, N], "dec_mask": bool [B, N],
 "keys": [B] str, "label": long [B] (-1 = unlabelled), "frame_indices": long [B, T],
 "stats": counts since the worker's previous batch}``.
 
 **uint8 hand-off.** Workers ship the uint8 crops, not normalised float32: a 16x224 clip is 2.4 MB
-through ``/dev/shm`` instead of 9.6 MB. With CUDA present the batches come in pinned memory, so
+through ``/dev/shm`` instead of 9.6 MB, and in the layout the decoder and the resize leave them
+(``[T, H, W, C]``), so collating is a plain copy; the device transposes them while it normalises.
+With CUDA present the batches come in pinned memory, so
 :func:`pipeline.train.batch.model_input` copies them ``non_blocking`` and normalises (and mixes)
 on the training device. ``jobs.plan --shm`` states what the shipped configs keep in flight.
 
@@ -357,7 +359,7 @@ class TrainLoader:
 class EvalLoader:
     """One pass over a split for evaluation: every sample of this rank's share once.
 
-    Batches: ``{"video": uint8 [B, V, C, T, S, S] (V = test_num_clips x test_num_crops, clip-major),
+    Batches: ``{"video": uint8 [B, V, T, S, S, C] (V = test_num_clips x test_num_crops, clip-major),
     "label": long [B] (-1 = unlabelled), "keys": [B], "stats"}``; the last batch may be short and
     ranks may yield different counts (gather results at the end, not per step).
     """

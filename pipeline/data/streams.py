@@ -160,16 +160,16 @@ class _Batcher:
         self.resumed_pass = False
 
     def batch(self, position: tuple[int, int]) -> dict[str, Any]:
-        """Collate the pending views: uint8 video ``[B, C, T, H, W]``, masks ``[B, N]``, labels ``[B]``.
+        """Collate the pending views: uint8 video ``[B, T, H, W, C]``, masks ``[B, N]``, labels ``[B]``.
 
-        The video stays uint8 (1 byte per value through shared memory, not 4): the training
-        process normalises it on its device (:func:`pipeline.train.batch.model_input`).
+        The video stays uint8 (1 byte per value through shared memory, not 4) and channels last,
+        as decoded: the training process normalises it into ``[B, C, T, H, W]`` on its device
+        (:func:`pipeline.train.batch.model_input`).
         """
         plan, views = self.plan, self.pending
-        t, c, h, w = views[0][0].video.shape[1:]
-        video = torch.empty(len(views), c, t, h, w, dtype=torch.uint8)
-        for slot, (tv, v) in zip(video, views):  # [T, C, H, W] crop -> [C, T, H, W] slot, one copy
-            slot.copy_(tv.video[v].permute(1, 0, 2, 3))
+        video = torch.empty(len(views), *views[0][0].video[0].shape, dtype=torch.uint8)
+        for slot, (tv, v) in zip(video, views):  # one contiguous copy per view
+            slot.copy_(tv.video[v])
         out: dict[str, Any] = {
             "video": video,
             "keys": [tv.key for tv, _ in views],
@@ -244,7 +244,7 @@ def _eval_batch(views: list[TestViews], stats: DataStats) -> dict[str, Any]:
 
 
 class EvalStream(IterableDataset):
-    """Batches ``{video uint8 [B, V, C, T, H, W], label [B], keys, stats}``; V = clips x crops; last one may be short."""
+    """Batches ``{video uint8 [B, V, T, H, W, C], label [B], keys, stats}``; V = clips x crops; last one may be short."""
 
     def __init__(self, plan: EvalPlan) -> None:
         self.plan = plan

@@ -16,17 +16,29 @@ from pipeline.core.pixels import normalize_pixels
 from pipeline.train.mixup import Mixup
 
 
+def channels_first(video: torch.Tensor) -> torch.Tensor:
+    """``[..., T, H, W, C]`` -> ``[..., C, T, H, W]``, a view (no copy)."""
+    lead = list(range(video.ndim - 4))
+    return video.permute(*lead, video.ndim - 1, video.ndim - 4, video.ndim - 3, video.ndim - 2)
+
+
 def model_input(video: torch.Tensor, device: torch.device | str, dtype: torch.dtype, mixer: Mixup | None = None,
                 label: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """uint8 ``[..., C, T, H, W]`` -> (normalised ``dtype`` video on ``device``, soft targets or None).
+    """uint8 ``[..., T, H, W, C]`` (the loader's layout) -> (normalised ``dtype`` video ``[..., C, T, H, W]``
+    on ``device``, soft targets or None).
+
+    The layout change rides on the normalising copy (uint8 -> float32 reads the permuted view):
+    the loader never transposes a clip on its CPU core, and on the device it costs nothing extra.
 
     With ``mixer`` (and ``label [B]``), the batch is mixed on the device and the targets
     ``[B, K]`` come back on it too; without, the second value is None.
     """
     if video.dtype != torch.uint8:
-        raise ValueError(f"a loader batch's video must be uint8 [..., C, T, H, W], got {video.dtype} "
+        raise ValueError(f"a loader batch's video must be uint8 [..., T, H, W, C], got {video.dtype} "
                          f"{tuple(video.shape)} (normalisation happens here, on the training device)")
-    x = normalize_pixels(video.to(device, non_blocking=True))  # float32 on the device
+    if video.ndim < 4 or video.shape[-1] not in (1, 3):
+        raise ValueError(f"a loader batch's video must be uint8 [..., T, H, W, C], got {tuple(video.shape)}")
+    x = normalize_pixels(channels_first(video.to(device, non_blocking=True)))  # float32 [..., C, T, H, W] on the device
     target = None
     if mixer is not None:
         if label is None:

@@ -88,7 +88,7 @@ def pool_views(features: torch.Tensor, num_clips: int, num_crops: int, mode: Mod
 @torch.no_grad()
 def view_features(model: nn.Module, video: torch.Tensor, dtype: torch.dtype = torch.float32,
                   chunk: int = 0) -> torch.Tensor:
-    """``video [B, V, C, T, H, W]`` -> float32 ``[B, V, D]`` on the CPU (``model.forward_features`` per
+    """uint8 ``video [B, V, T, H, W, C]`` -> float32 ``[B, V, D]`` on the CPU (``model.forward_features`` per
     view). Inputs go to the model's device here and nowhere else."""
     b, v = video.shape[:2]
     device = next(model.parameters()).device

@@ -128,7 +128,7 @@ class EvalResult:
 @torch.no_grad()
 def video_scores(model: nn.Module, video: torch.Tensor, dtype: torch.dtype = torch.float32,
                  chunk: int = 0, device: torch.device | None = None) -> torch.Tensor:
-    """uint8 ``video [B, V, C, T, H, W]`` -> per-video probabilities ``[B, K]`` on the CPU (views in
+    """uint8 ``video [B, V, T, H, W, C]`` -> per-video probabilities ``[B, K]`` on the CPU (views in
     chunks of ``chunk``). Inputs go to ``device`` (default: the model's) and are normalised there,
     here and nowhere else."""
     b, v = video.shape[:2]

@@ -49,6 +49,13 @@ def to_tchw(frames: FramesLike) -> torch.Tensor:
     return x.permute(0, 3, 1, 2)
 
 
+def to_thwc(x: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[T, C, H, W]`` -> ``[T, H, W, C]``, a view: the inverse of :func:`to_tchw`. A resized crop
+    keeps its input's channels-last memory, so the view is contiguous and the loader collates it by
+    a plain copy (a ``[C, T, H, W]`` transpose cost a strided copy per view: ~0.9 ms at 16 x 224)."""
+    return x.permute(0, 2, 3, 1)
+
+
 def _generator(seed: torch.Generator | int | None) -> torch.Generator | None:
     if isinstance(seed, int):
         return torch.Generator().manual_seed(seed)

@@ -111,11 +111,11 @@ class _Fixed(torch.nn.Module):
 
 def test_evaluate_pass_groups_views_per_video() -> None:
     # 3 videos x 4 uint8 views of 1 pixel; logits = the first 2 normalised channel values
-    video = torch.zeros(3, 4, 3, 1, 1, 1, dtype=torch.uint8)
-    video[0, :, 0] = 255   # video 0 -> class 0
-    video[1, :, 1] = 255   # video 1 -> class 1
-    video[2, :2, 0] = 255  # video 2: 2 views each way -> about 0.5 / 0.5
-    video[2, 2:, 1] = 255
+    video = torch.zeros(3, 4, 1, 1, 1, 3, dtype=torch.uint8)  # the loader's [B, V, T, H, W, C]
+    video[0, ..., 0] = 255   # video 0 -> class 0
+    video[1, ..., 1] = 255   # video 1 -> class 1
+    video[2, :2, ..., 0] = 255  # video 2: 2 views each way -> about 0.5 / 0.5
+    video[2, 2:, ..., 1] = 255
     batches = [{"video": video[:2], "label": torch.tensor([0, 1]), "keys": ["a", "b"]},
                {"video": video[2:], "label": torch.tensor([0]), "keys": ["c"]}]  # c leans to 1 (0.4985 / 0.5015)
     result = evaluate_pass(_Fixed(), batches, chunk=3)

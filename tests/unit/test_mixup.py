@@ -87,13 +87,13 @@ def test_mixing_on_the_device_equals_mixing_the_loaders_float_batch() -> None:
     and soft targets that mixing the loader's normalised float32 batch on the CPU gave, bit for bit,
     for unmixed, mixup and cutmix batches (the mixer draws from the same global RNG either way)."""
     from pipeline.core.pixels import normalize_pixels
-    from pipeline.train.batch import model_input
+    from pipeline.train.batch import channels_first, model_input
 
     mixer = Mixup(MixupConfig(mixup_alpha=0.8, cutmix_alpha=1.0, prob=0.8, label_smoothing=0.1), num_classes=5)
     g = torch.Generator().manual_seed(0)
-    uint8 = torch.randint(0, 256, (6, 3, 4, 16, 16), dtype=torch.uint8, generator=g)
+    uint8 = torch.randint(0, 256, (6, 4, 16, 16, 3), dtype=torch.uint8, generator=g)  # the loader's [B, T, H, W, C]
     label = torch.arange(6) % 5
-    float_batch = normalize_pixels(uint8)  # what the loader workers shipped before (bits: test_video_transforms)
+    float_batch = normalize_pixels(channels_first(uint8))  # what the loader workers shipped before (bits: test_video_transforms)
     kinds = set()
     for seed in range(12):
         torch.manual_seed(seed)
@@ -103,4 +103,4 @@ def test_mixing_on_the_device_equals_mixing_the_loaders_float_batch() -> None:
         video, target = model_input(uint8, "cpu", torch.float32, mixer, label)
         assert torch.equal(video, old_video) and torch.equal(target, old_target), (seed, mixer.last_kind)
     assert kinds == {"none", "mixup", "cutmix"}
-    assert torch.equal(float_batch, normalize_pixels(uint8))  # mixing did not touch the caller's batch
+    assert torch.equal(float_batch, normalize_pixels(channels_first(uint8)))  # mixing did not touch the caller's batch

@@ -201,7 +201,7 @@ def test_validation_and_evaluation_views_are_not_augmented(tmp_path: Path):
     assert torch.equal(first.video, again.video)
     with open_video(raw.members["mp4"]) as reader:
         expected = small.test.crops(reader.get(official_clip_indices(reader.num_frames, 4, 2, None)))
-    assert torch.equal(first.video, expected)
+    assert torch.equal(first.video, expected.permute(0, 2, 3, 4, 1))  # handed on channels last
 
 
 def test_finetune_batches_with_the_official_augmentation(tmp_path: Path):
@@ -209,7 +209,7 @@ def test_finetune_batches_with_the_official_augmentation(tmp_path: Path):
     cfg = FinetuneDataConfig(shards=str(tmp_path), num_frames=4, sampling_rate=2, input_size=32, repeated_aug=2,
                              batch_size=4, num_workers=0, shuffle_buffer=4, flip=True)
     batch = next(iter(supervised_loader(cfg)))
-    assert batch["video"].shape == (4, 3, 4, 32, 32) and batch["video"].dtype == torch.uint8
+    assert batch["video"].shape == (4, 4, 32, 32, 3) and batch["video"].dtype == torch.uint8
     assert batch["label"].shape == (4,)
     # training frames: the official window (linspace over 4 x 2 frames: steps 2, 3, 2), not the stride sampler's
     assert cfg.clip_spec().sampling == "official"

@@ -20,6 +20,7 @@ from pipeline.video.transforms import (
     resized_crop,
     spatial_crop_boxes,
     to_tchw,
+    to_thwc,
 )
 
 
@@ -152,29 +153,31 @@ def _loader_normalised_before(crop: torch.Tensor) -> torch.Tensor:
 
 def test_device_normalisation_equals_the_loaders_bit_for_bit() -> None:
     """model_input(uint8 batch) == the float32 batch the loader normalised before, bit for bit:
-    pre-training views [B, C, T, H, W] and evaluation views [B, V, C, T, H, W]; and cast to bf16
+    pre-training views [B, T, H, W, C] and evaluation views [B, V, T, H, W, C] (the loader's
+    channels-last layout) come out as [B, (V,) C, T, H, W]; and cast to bf16
     it is that batch cast to bf16 (what `.to(device, dtype)` did). On a GPU the same two float32
     IEEE operations run (multiply, add; constants made on the CPU), so the bits are the same there."""
-    from pipeline.train.batch import model_input
+    from pipeline.train.batch import channels_first, model_input
 
     clip = _clip(t=4, h=48, w=64, seed=3)
     train = TrainTransform(size=32)
     crops = [train.crop(clip, seed) for seed in range(5)]
-    batch = torch.stack([c.permute(1, 0, 2, 3) for c in crops])  # the loader's uint8 collate
+    batch = torch.stack([to_thwc(c) for c in crops])  # the loader's uint8 collate
     before = torch.stack([_loader_normalised_before(c) for c in crops])
     video, target = model_input(batch, "cpu", torch.float32)
     assert target is None and video.dtype == torch.float32 and torch.equal(video, before)
     assert torch.equal(model_input(batch, "cpu", torch.bfloat16)[0], before.to(torch.bfloat16))
     # evaluation: 2 videos x 3 crops; the crops as TestTransform cut them, normalised the old way
     test = TestTransform(size=32, short_side=32, num_crops=3)
-    views = torch.stack([test.crops(_clip(seed=s)) for s in (4, 5)])
-    assert views.dtype == torch.uint8 and views.shape == (2, 3, 3, 4, 32, 32)
+    crops = torch.stack([test.crops(_clip(seed=s)) for s in (4, 5)])
+    assert crops.dtype == torch.uint8 and crops.shape == (2, 3, 3, 4, 32, 32)
+    views = crops.permute(0, 1, 3, 4, 5, 2)  # as decoding.test_views hands them on: [B, V, T, H, W, C]
     old = torch.stack([torch.stack([_loader_normalised_before(v.permute(1, 0, 2, 3)) for v in video])
-                       for video in views])
+                       for video in crops])
     assert torch.equal(model_input(views, "cpu", torch.float32)[0], old)
     assert torch.equal(test(_clip(seed=4)), old[0])  # the float form of TestTransform is unchanged too
     # and it is the textbook (x / 255 - mean) / std, within float32 rounding
-    textbook = (batch.float() / 255 - torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1, 1)
+    textbook = (channels_first(batch).float() / 255 - torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1, 1)
     assert torch.allclose(video, textbook, rtol=0, atol=1e-6)
 
 
@@ -182,7 +185,9 @@ def test_model_input_refuses_a_float_batch() -> None:
     from pipeline.train.batch import model_input
 
     with pytest.raises(ValueError, match="must be uint8"):
-        model_input(torch.zeros(1, 3, 2, 8, 8), "cpu", torch.float32)
+        model_input(torch.zeros(1, 2, 8, 8, 3), "cpu", torch.float32)
+    with pytest.raises(ValueError, match=r"\[\.\.\., T, H, W, C\]"):  # channels first: the old layout
+        model_input(torch.zeros(1, 3, 2, 8, 8, dtype=torch.uint8), "cpu", torch.float32)
 
 
 def _official_resize_sizes(im_h: int, im_w: int, size: int) -> tuple[int, int]:
