@@ -35,6 +35,10 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	# DeepSpeed builds from source against the torch above; build isolation would fetch another torch.
 	$(PIP) --no-build-isolation "deepspeed>=0.15"
 	$(PIP) -e ".[test]"
+	# decord2 replaced decord 0.6.0 and installs the same module: drop a decord 0.6.0 an older setup left
+	# (it would shadow or break decord2's files), then rewrite decord2's files.
+	if $(PY) -m pip show -q decord >/dev/null 2>&1; then $(PY) -m pip uninstall -q -y decord && \
+	  $(PIP) --force-reinstall --no-deps "decord2; platform_machine == 'x86_64'"; fi
 	touch $@
 
 setup: $(STAMP) ## create .venv and install everything
