@@ -35,6 +35,10 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	# DeepSpeed builds from source against the torch above; build isolation would fetch another torch.
 	$(PIP) --no-build-isolation "deepspeed>=0.15"
 	$(PIP) -e ".[test]"
+	# decord2 replaced decord 0.6.0 and installs the same module: drop a decord 0.6.0 an older setup left
+	# (it would shadow or break decord2's files), then rewrite decord2's files.
+	if $(PY) -m pip show -q decord >/dev/null 2>&1; then $(PY) -m pip uninstall -q -y decord && \
+	  $(PIP) --force-reinstall --no-deps "decord2; platform_machine == 'x86_64'"; fi
 	touch $@
 
 setup: $(STAMP) ## create .venv and install everything
@@ -69,7 +73,7 @@ bench-pretrain-value: $(STAMP) ## does pre-training help? pre-trained vs random 
 plan: $(STAMP) ## parameters, FLOPs and memory per GPU: make plan MODEL=vit_g
 	$(PY) -m jobs.plan --set model.name=$(or $(MODEL),vit_b)
 
-bench: $(STAMP) ## benchmarks -> benchmarks/results/ (JSON, README.md table, PNG plots): make bench [ONLY=data,augment,model,flops,zero,shard,handoff,startup]
+bench: $(STAMP) ## benchmarks -> benchmarks/results/ (JSON, README.md table, PNG plots): make bench [ONLY=data,augment,model,flops,zero,shard,handoff,startup,decoders]
 	$(PY) -m benchmarks.report $(if $(ONLY),--only $(ONLY))
 
 # The GPU check (no GPU in CI: CI runs the same code with CPU=1, see tests/integration/test_gpu_smoke.py).

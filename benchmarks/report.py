@@ -44,9 +44,11 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "zero_memory": ("bench_zero", [], ["--quick"]),
     "handoff": ("bench_handoff", [], ["--quick"]),
     "startup": ("bench_startup", [], ["--quick"]),
+    # decord2 3.4.0 vs decord 0.6.0 vs PyAV: frames on every fixture video, bad-file handling, speed
+    "decoders": ("bench_decoders", [], ["--quick"]),
 }
 ALIASES = {"hand-off": "handoff", "shard": "sharding", "data": "data_loading", "model": "model_step", "zero": "zero_memory",
-           "augment": "data_loading_finetune"}
+           "augment": "data_loading_finetune", "decord": "decoders"}
 VIT_G = "vit_g_step"
 VIT_G_LABEL = "zero3-bf16-nvme-optimizer-1rank"
 VIT_G_COMMAND = ("make vit-g-step RANKS=1  (python -m benchmarks.vit_g_step --config "

@@ -7,11 +7,22 @@ for (repeats and any order allowed), as stored: no display rotation is applied (
 are already upright, see ``transcode``).
 
 ``backend="auto"`` uses decord (fast random access) and falls back to PyAV when decord is not
-installed, fails to open or decode, or states a frame count other than PyAV's probe (decord has
-misreported counts, e.g. of a cinepak AVI), and for display-rotated streams (decord 0.6 fails on
-them). On H.264, MJPEG and FFV1 both backends return bit-identical frames (same FFmpeg decoder
-and RGB conversion; checked by a test). A fallback is logged at debug level, recorded on the
-reader (``reader.fallback_reason``) and counted per process (:func:`fallback_counts`).
+installed, fails to open or decode, or states a frame count other than PyAV's probe (decord 0.6.0
+was seen misreporting a cinepak AVI's count; decord2 counts a cut file below its header, see
+below), and for display-rotated streams. A fallback is logged at debug level, recorded on the reader
+(``reader.fallback_reason``) and counted per process (:func:`fallback_counts`).
+
+decord is the ``decord2`` package (3.4.0, the maintained fork of decord 0.6.0, same module and
+API; x86-64 CPU wheel, FFmpeg 8 like PyAV 18). ``python -m benchmarks.bench_decoders`` checks it
+against decord 0.6.0 and PyAV on every video the tests make plus cinepak, MPEG-4 part 2, VP9,
+HEVC, AV1 and variable-frame-rate files: bit-identical frames to PyAV on all of them (H.264,
+MJPEG and FFV1 also checked by a test here; decord 0.6.0 could not open AV1) except rotated
+streams, which both decord releases fail to decode ("from_size == to_size"); broken files are
+refused as decord 0.6.0 refused them, except an MP4 cut after a front ``moov``: decord2 opens it,
+states the 16 frames present (like PyAV) where the header promises 40, so the count check falls
+back, and decoding it failed now and then (decord 0.6.0 refused to open it). Single-threaded
+clip reads (16 frames at stride 4, 426x320 H.264, open included) ran 1.16x decord 0.6.0's speed
+and 1.14x PyAV's (554 vs 468 vs 491 frames/s, medians of 7 interleaved rounds; 2-core Xeon).
 """
 
 from __future__ import annotations
@@ -132,12 +143,12 @@ class _PyAVSource:
 
 
 class _DecordSource:
-    """decord's VideoReader (needs x86-64; reads bytes through a BytesIO)."""
+    """decord's VideoReader (the decord2 package; installed on x86-64; reads bytes through a BytesIO)."""
 
     name = "decord"
 
     def __init__(self, source: VideoSource, threads: int = 0) -> None:
-        import decord  # optional dependency: no aarch64 wheels
+        import decord  # optional dependency (pyproject: decord2 on x86-64 only)
 
         file: Any = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else str(source)
         self._vr = decord.VideoReader(file, ctx=decord.cpu(0), num_threads=threads)
@@ -240,7 +251,7 @@ def open_video(
     info = info or probe(source)  # classifies bad inputs before decord sees them (it can hang)
     reader = VideoReader(None, info, source, threads, auto=True)
     if info.rotation:
-        # decord 0.6 fails on streams with a display rotation ("from_size == to_size" check)
+        # decord (0.6.0 and decord2 3.4.0) fails on streams with a display rotation ("from_size == to_size")
         reader.fall_back("rotated video", f"{info.rotation} degrees")
         return reader
     try:

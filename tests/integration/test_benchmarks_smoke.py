@@ -102,6 +102,22 @@ def test_zero_benchmark_quick(results: Path) -> None:
     assert held["params"] > 0 and held["optimizer_states"] > 0 and held["model_states"] > 0
 
 
+def test_decoders_benchmark_quick(results: Path) -> None:
+    """bench_decoders --quick: decord 0.6.0 and decord2 each in its own --target folder (pip-installed
+    once into benchmarks/results/tmp/decoders: the first run needs PyPI), every fixture video, one
+    speed round on tiny clips."""
+    data = _bench("bench_decoders", results / "decoders.json", "--quick")
+    assert set(data["medians"]) == {"pyav", "decord0.6", "decord2"}
+    assert [f["name"] for f in data["figures"]] == ["decode speed: decord2 3.4.0 / decord 0.6.0",
+                                                    "decode speed: decord2 3.4.0 / PyAV"]
+    assert (data["decoders"]["decord0.6"]["version"], data["decoders"]["decord2"]["version"]) == ("0.6.0", "3.4.0")
+    assert all(info["module"].endswith("decord") for name, info in data["decoders"].items() if name != "pyav")
+    for dec in ("decord0.6", "decord2"):
+        assert {"h264", "mjpeg_avi", "ffv1_odd_mkv"} <= set(data["agreement"][dec]["bit_identical"])
+        assert data["videos"]["missing"]["summary"][dec].startswith("refused")
+    assert data["videos"]["rotated"]["summary"]["decord2"].startswith("40 frames, decode failed")
+
+
 def test_report_builds_the_table_and_plots(results: Path) -> None:
     """The combined table from whatever JSON the tests above left (plus the recorded ViT-g step)."""
     result = subprocess.run([sys.executable, "-m", "benchmarks.report", "--no-run", "--results-dir", str(results)],

@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import struct
 import tarfile
 from pathlib import Path
 
@@ -23,27 +22,13 @@ from pipeline.data.loader import EvalDataConfig, eval_loader
 from pipeline.orchestration.sharding import ShardSection, shard
 from pipeline.video.encode import encode_h264
 from tests.unit.shard_fixtures import sample, tiny_mp4, write_index
-from tests.unit.video_fixtures import moving_frames, write_with_pyav
+from tests.unit.video_fixtures import mjpeg_claiming, moving_frames
 
 pytestmark = pytest.mark.reliability
 
 
 def _listing(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*")}
-
-
-def _mjpeg_claiming(path: Path, side: int) -> Path:
-    """A real 8-frame MJPEG AVI whose every header (AVI + JPEG) claims ``side x side`` pixels."""
-    data = bytearray(write_with_pyav(path.with_suffix(".src.avi"), moving_frames(8), 8, "mjpeg", "yuvj420p").read_bytes())
-    path.with_suffix(".src.avi").unlink()
-    at = data.find(b"\xff\xc0")
-    while at >= 0:  # JPEG start-of-frame: height, width
-        struct.pack_into(">HH", data, at + 5, side, side)
-        at = data.find(b"\xff\xc0", at + 2)
-    struct.pack_into("<II", data, data.find(b"avih") + 8 + 32, side, side)
-    struct.pack_into("<ii", data, data.find(b"strf") + 8 + 4, side, side)
-    path.write_bytes(bytes(data))
-    return path
 
 
 @pytest.fixture()
@@ -57,7 +42,7 @@ def hostile(tmp_path: Path) -> dict:
     (outside / "secret.mp4").write_bytes(good.read_bytes())  # a real video, but not ours to read
     (allowed / "link.mp4").symlink_to(outside / "secret.mp4")
     (allowed / "bomb.y4m").write_bytes(b"YUV4MPEG2 W9000 H9000 F25:1 Ip A1:1 C420jpeg\nFRAME\n" + bytes(1024))
-    _mjpeg_claiming(allowed / "bomb.avi", 60000)
+    mjpeg_claiming(allowed / "bomb.avi", 60000)
     (allowed / "long.mp4").write_bytes(encode_h264(moving_frames(40), 12))  # more frames than allowed
     odd = os.fsencode(str(allowed)) + b"/caf\xe9.mp4"  # a Latin-1 file name: not UTF-8
     with open(odd, "wb") as fh:

@@ -6,6 +6,7 @@ are tiny (64x48, tens of frames) so the whole video test set runs in seconds on 
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -79,6 +80,20 @@ def write_audio_only(path: Path) -> Path:
     return path
 
 
+def mjpeg_claiming(path: Path, side: int) -> Path:
+    """A real 8-frame MJPEG AVI whose every header (AVI + JPEG) claims ``side x side`` pixels."""
+    data = bytearray(write_with_pyav(path.with_suffix(".src.avi"), moving_frames(8), 8, "mjpeg", "yuvj420p").read_bytes())
+    path.with_suffix(".src.avi").unlink()
+    at = data.find(b"\xff\xc0")
+    while at >= 0:  # JPEG start-of-frame: height, width
+        struct.pack_into(">HH", data, at + 5, side, side)
+        at = data.find(b"\xff\xc0", at + 2)
+    struct.pack_into("<II", data, data.find(b"avih") + 8 + 32, side, side)
+    struct.pack_into("<ii", data, data.find(b"strf") + 8 + 4, side, side)
+    path.write_bytes(bytes(data))
+    return path
+
+
 @dataclass(frozen=True)
 class VideoFiles:
     frames: np.ndarray = field(repr=False)  # the source frames of h264 / mjpeg, [T, H, W, 3]
@@ -98,9 +113,9 @@ class VideoFiles:
     front_moov_cut: Path  # moov at the front, media data cut at 60%: opens, but frames are missing
 
 
-@pytest.fixture(scope="session")
-def video_files(tmp_path_factory: pytest.TempPathFactory) -> VideoFiles:
-    d = tmp_path_factory.mktemp("videos")
+def make_video_files(d: Path) -> VideoFiles:
+    """Write every fixture video into the folder ``d`` (also used by benchmarks/bench_decoders.py)."""
+    d.mkdir(parents=True, exist_ok=True)
     frames = moving_frames()
     h264_bytes = encode_h264(frames, FPS, gop=10)
     (d / "h264.mp4").write_bytes(h264_bytes)
@@ -130,6 +145,11 @@ def video_files(tmp_path_factory: pytest.TempPathFactory) -> VideoFiles:
         rotated=write_h264_pyav(d / "rotated.mp4", frames, FPS, rotation=90),
         front_moov_cut=d / "front_cut.mp4",
     )
+
+
+@pytest.fixture(scope="session")
+def video_files(tmp_path_factory: pytest.TempPathFactory) -> VideoFiles:
+    return make_video_files(tmp_path_factory.mktemp("videos"))
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
