@@ -41,6 +41,8 @@ class DataStats:
 
     ``seen = samples_ok + decode_errors + samples_lost`` (every sample the index promised and the
     loader reached is in exactly one bucket); ``shard_errors`` counts broken shards (or slices).
+    ``by_source``: with ``data.sources``, the ok samples per source (short name); they add up to
+    ``samples_ok``. Empty (and left out of :meth:`to_dict`) for a single shard set.
     """
 
     samples_ok: int = 0
@@ -48,6 +50,7 @@ class DataStats:
     shard_errors: int = 0
     samples_lost: int = 0
     reasons: deque[str] = field(default_factory=lambda: deque(maxlen=MAX_REASONS))
+    by_source: dict[str, int] = field(default_factory=dict)
 
     @property
     def errors(self) -> int:
@@ -69,10 +72,16 @@ class DataStats:
         self.shard_errors += int(d.get("shard_errors", 0))
         self.samples_lost += int(d.get("samples_lost", 0))
         self.reasons.extend(d.get("reasons", ()))
+        for name, count in (d.get("by_source") or {}).items():
+            self.by_source[name] = self.by_source.get(name, 0) + int(count)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"samples_ok": self.samples_ok, "decode_errors": self.decode_errors, "shard_errors": self.shard_errors,
-                "samples_lost": self.samples_lost, "reasons": list(self.reasons)}
+        out: dict[str, Any] = {"samples_ok": self.samples_ok, "decode_errors": self.decode_errors,
+                               "shard_errors": self.shard_errors, "samples_lost": self.samples_lost,
+                               "reasons": list(self.reasons)}
+        if self.by_source:
+            out["by_source"] = dict(self.by_source)
+        return out
 
     def check(self, max_fraction: float, min_samples: int) -> None:
         """DataError once the error fraction passes ``max_fraction`` after ``min_samples`` samples."""

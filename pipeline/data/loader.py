@@ -39,6 +39,13 @@ worker's previous batch; :attr:`TrainLoader.stats` sums them for the rank (the t
 all-reduce them). Past ``max_decode_error_fraction`` of the samples seen (after
 ``error_check_after`` samples), or when nothing decodes at all, a DataError stops the run.
 
+**Several sources** (``data.sources``, VideoMAE V2's UnlabeledHybrid). Shard sets with sampling
+weights (``data.source_weights``; by default each source's sample count) replace ``data.shards``,
+each read at ``data.split``. An epoch is the sum of their samples; every reader gets a deal of each
+source's units and draws, per sample slot, a source by weight (:func:`~pipeline.data.streams.mix_sources`).
+The mix is seeded like the rest, so resume stays exact with the same state; the ok samples per
+source are counted (``stats.by_source``, keyed by :attr:`TrainLoader.source_names`).
+
 WebDataset's ``WebLoader.with_epoch`` is not used: this wrapper must also know which worker
 produced each batch and where it stood, for exact resume.
 """
@@ -47,7 +54,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import random
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -127,11 +136,29 @@ class TrainDataConfig(DataConfig):
     flip: bool = help_field(False, help="random horizontal flip (VideoMAE pre-training: off)")
     repeated_aug: int = help_field(4, help="views (clips) cut from each decoded video (VideoMAE V2: 4)")
     shuffle_buffer: int = help_field(64, help="undecoded samples per worker shuffled together")
+    sources: tuple[str, ...] = help_field((), help="pre-training on several shard sets (folders or s3:// prefixes, "
+                                                   "each read at data.split); replaces data.shards when given")
+    source_weights: tuple[float, ...] = help_field((), help="sampling weight of each of data.sources (> 0; "
+                                                            "empty = proportional to each source's samples)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.repeated_aug < 1:
             raise ValueError(f"data.repeated_aug must be >= 1, got {self.repeated_aug}")
+        self.sources, self.source_weights = tuple(self.sources), tuple(self.source_weights)
+        if any(not str(src).strip() for src in self.sources):
+            raise ValueError(f"data.sources must name shard folders or s3:// prefixes, got an empty one in "
+                             f"{list(self.sources)}")
+        twice = sorted({src for src in self.sources if self.sources.count(src) > 1})
+        if twice:
+            raise ValueError(f"data.sources lists {twice[0]!r} more than once: give it once, with a larger "
+                             "data.source_weights entry to sample it more")
+        if self.source_weights and len(self.source_weights) != len(self.sources):
+            raise ValueError(f"data.source_weights has {len(self.source_weights)} weights for "
+                             f"{len(self.sources)} data.sources: give one per source, or none (by sample count)")
+        bad = [w for w in self.source_weights if not (math.isfinite(w) and w > 0)]
+        if bad:
+            raise ValueError(f"data.source_weights must all be > 0 (and finite), got {bad[0]}")
 
     def train_views(self) -> tuple[TrainTransform, int]:
         return TrainTransform(size=self.input_size, scales=tuple(self.scales), flip=self.flip), self.repeated_aug
@@ -179,6 +206,9 @@ class FinetuneDataConfig(TrainDataConfig, EvalDataConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.sources:
+            raise ValueError("data.sources is for pre-training only: fine-tuning reads one labelled shard set "
+                             "(data.shards); label spaces of several datasets are not merged")
         if self.auto_augment:
             parse_rand_augment(self.auto_augment)  # ValueError names the bad part
         lo, hi = self.crop_scale
@@ -196,6 +226,20 @@ class FinetuneDataConfig(TrainDataConfig, EvalDataConfig):
 
     def clip_spec(self) -> ClipSpec:
         return dataclasses.replace(super().clip_spec(), sampling=self.frame_sampling)
+
+
+def source_names(sources: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """Short MLflow-safe names of ``data.sources``: each folder's last part (``s3://b/k400/`` ->
+    ``k400``), characters outside ``[A-Za-z0-9_.-]`` as ``_``; a repeated name gets ``_2``, ``_3``, ..."""
+    out: list[str] = []
+    for src in sources:
+        base = re.sub(r"[^A-Za-z0-9_.-]", "_", str(src).rstrip("/").rsplit("/", 1)[-1]) or "source"
+        name, n = base, 1
+        while name in out:
+            n += 1
+            name = f"{base}_{n}"
+        out.append(name)
+    return tuple(out)
 
 
 def _check_rank(rank: int, world_size: int) -> None:
@@ -270,15 +314,29 @@ class TrainLoader:
             raise ValueError("give both mask and grid (pre-training) or neither (supervised)")
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.mask, self.grid, self.require_labels = mask, grid, require_labels
-        self.index = index or ShardIndex.load(cfg.shards)
+        sources = tuple(getattr(cfg, "sources", ()))
+        if sources and require_labels:
+            raise DataError("data.sources is for pre-training only: supervised training reads one labelled shard "
+                            "set (data.shards)")
+        # One entry per source; a single shard set (data.shards) is the one source of the old layout.
+        self.indexes = [ShardIndex.load(src) for src in sources] if sources else [index or ShardIndex.load(cfg.shards)]
+        self.index = self.indexes[0]
         if require_labels and not self.index.labels:
             raise DataError(f"shards have no labels: {self.index.uri}/index.json lists none "
                             "(shard a manifest with a label column for supervised training)")
-        shards = self.index.split(cfg.split)
-        self.num_samples = sum(s.samples for s in shards)
-        require_global_batch(cfg, self.num_samples, world_size, self.index.uri)
+        splits = [ix.split(cfg.split) for ix in self.indexes]
+        self.source_samples = [sum(s.samples for s in shards) for shards in splits]
+        self.num_samples = sum(self.source_samples)
+        where = self.index.uri if not sources else f"data.sources ({', '.join(ix.uri for ix in self.indexes)})"
+        require_global_batch(cfg, self.num_samples, world_size, where)
         self.steps_per_epoch = self.num_samples * cfg.repeated_aug // (cfg.batch_size * world_size)
-        self._units = plan_units(shards, world_size * cfg.readers_per_rank)
+        readers = world_size * cfg.readers_per_rank
+        self._source_units = [plan_units(shards, readers) for shards in splits]
+        self._units = self._source_units[0]
+        self.sources = sources
+        self.source_names = source_names(sources) if sources else ()
+        weights = tuple(getattr(cfg, "source_weights", ())) or tuple(float(n) for n in self.source_samples)
+        self.source_weights = weights if sources else ()
         self._spec = cfg.clip_spec()
         self.seed, self.epoch, self.step = cfg.seed, 0, 0
         self._positions: dict[int, tuple[int, int]] = {}
@@ -288,17 +346,32 @@ class TrainLoader:
         return self.steps_per_epoch
 
     def readers(self, epoch: int) -> list[list[Unit]]:
-        """This rank's units per logical reader in ``epoch`` (the same deal on every rank)."""
+        """This rank's units per logical reader in ``epoch`` (the same deal on every rank); with
+        ``data.sources``, every source's units of each reader together (see :meth:`source_readers`)."""
+        if self.sources:
+            return [[u for units in per_source for u in units] for per_source in self.source_readers(epoch)]
         parts = self.world_size * self.cfg.readers_per_rank
         deal = assign_units(self._units, parts, random.Random(seed_of(self.seed, epoch, "deal")))
         return deal[self.rank * self.cfg.readers_per_rank : (self.rank + 1) * self.cfg.readers_per_rank]
 
+    def source_readers(self, epoch: int) -> list[list[list[Unit]]]:
+        """With ``data.sources``: this rank's units per logical reader, per source, in ``epoch``: each
+        source is dealt on its own (balanced by sample count), seeded with its index."""
+        parts, per_rank = self.world_size * self.cfg.readers_per_rank, self.cfg.readers_per_rank
+        deals = [assign_units(units, parts, random.Random(seed_of(self.seed, epoch, "deal", s)))
+                 for s, units in enumerate(self._source_units)]
+        return [[deal[self.rank * per_rank + w] for deal in deals] for w in range(per_rank)]
+
     def _plan(self) -> TrainPlan:
+        per_source = self.source_readers(self.epoch) if self.sources else []
+        units = ([[u for units in reader for u in units] for reader in per_source] if self.sources
+                 else self.readers(self.epoch))
         return TrainPlan(
-            units=self.readers(self.epoch), spec=self._spec, seed=self.seed, epoch=self.epoch, rank=self.rank,
+            units=units, spec=self._spec, seed=self.seed, epoch=self.epoch, rank=self.rank,
             batch_size=self.cfg.batch_size, shuffle_buffer=self.cfg.shuffle_buffer, start_step=self.step,
             positions=dict(self._positions), mask=self.mask, grid=self.grid, require_labels=self.require_labels,
-            min_samples=self.cfg.error_check_after,
+            min_samples=self.cfg.error_check_after, sources=per_source, source_weights=self.source_weights,
+            source_names=self.source_names,
         )
 
     def _next_epoch(self) -> None:
@@ -330,9 +403,14 @@ class TrainLoader:
         return {"world_size": self.world_size, "num_workers": self.cfg.readers_per_rank,
                 "batch_size": self.cfg.batch_size, "repeated_aug": self.cfg.repeated_aug}
 
+    def _mix(self) -> dict[str, Any]:
+        """With ``data.sources``: what the positions also depend on (the sources and their weights)."""
+        return {"sources": list(self.sources), "source_weights": list(self.source_weights)} if self.sources else {}
+
     def state_dict(self) -> dict[str, Any]:
-        """The data position (plain ints and lists: JSON- and torch.save-able)."""
-        return {"epoch": self.epoch, "step": self.step, "seed": self.seed, **self._layout(),
+        """The data position (plain ints and lists: JSON- and torch.save-able). With ``data.sources``
+        no per-source position is needed: the mixed stream replays from the reader positions."""
+        return {"epoch": self.epoch, "step": self.step, "seed": self.seed, **self._layout(), **self._mix(),
                 "positions": [[w, d, p] for w, (d, p) in sorted(self._positions.items())],
                 "stats": self.stats.to_dict()}
 
@@ -344,7 +422,12 @@ class TrainLoader:
         self.stats = DataStats()
         self.stats.add(state.get("stats", {}))
         old = {k: int(state.get(k, 0)) for k in self._layout()}
-        if old == self._layout():
+        old_mix = {"sources": list(state.get("sources", [])), "source_weights": [float(w) for w in state.get(
+            "source_weights", [])]} if state.get("sources") else {}
+        if old_mix != self._mix():  # other sources or weights: the readers' streams are other streams
+            log.warning("data.sources / data.source_weights changed (%s -> %s)", old_mix or "data.shards",
+                        self._mix() or "data.shards")
+        elif old == self._layout():
             self.step = int(state["step"])
             self._positions = {int(w): (int(d), int(p)) for w, d, p in state.get("positions", [])}
             return
@@ -367,6 +450,8 @@ class EvalLoader:
     def __init__(self, cfg: EvalDataConfig, rank: int = 0, world_size: int = 1, *, require_labels: bool = True,
                  index: ShardIndex | None = None) -> None:
         _check_rank(rank, world_size)
+        if getattr(cfg, "sources", ()):
+            raise DataError("data.sources is for pre-training only: evaluation reads one shard set (data.shards)")
         self.cfg, self.rank, self.world_size, self.require_labels = cfg, rank, world_size, require_labels
         self.index = index or ShardIndex.load(cfg.shards)
         if require_labels and not self.index.labels:

@@ -193,6 +193,7 @@ class RawSample:
     members: dict[str, bytes]
     shard: str
     pass_index: int = 0  # which pass over the reader's units (a reader cycles to fill an epoch)
+    source: int = 0  # which of data.sources it comes from (0 for a single shard set)
 
 
 @dataclass(frozen=True)
@@ -202,6 +203,7 @@ class ShardFault:
     shard: str
     reason: str
     lost: int
+    source: int = 0  # which of data.sources (0 for a single shard set)
 
 
 def _group(files: Iterator[dict[str, Any]], shard: str) -> Iterator[RawSample]:

@@ -14,14 +14,24 @@ The stream before decoding is a pure function of ``(seed, epoch, rank, world_siz
 resuming replays it without decoding: a batch carries its worker's position ``(done, partial)``
 (samples finished, views of the next sample already batched), and :func:`skip_samples` drops that
 many undecoded samples, plus the shard-error events the skipped part already counted.
+
+**Several sources** (``data.sources``). Each logical worker holds a deal of every source's units
+and one :func:`cycle_units` stream per source; :func:`mix_sources` fills each sample slot from a
+source drawn by weight with an RNG seeded ``(seed, epoch, rank, worker, "source")``, taking that
+source's next sample (its events pass through on the way). The mixed stream is still a pure
+function of ``(seed, epoch, rank, world_size, workers)``, so the same ``(done, partial)`` position
+resumes it exactly: replaying the draws replays every source's position, no per-source state.
 """
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import itertools
 import logging
 import random
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,9 +57,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PassEnd:
-    """Marks the end of one pass of a logical worker over its units."""
+    """Marks the end of one pass of a logical worker over its units (of one source)."""
 
     pass_index: int
+    source: int = 0
 
 
 Item = RawSample | ShardFault | PassEnd
@@ -71,17 +82,39 @@ def buffer_shuffle(items: Iterable[Item], size: int, rng: random.Random) -> Iter
     yield from buf
 
 
-def cycle_units(units: list[Unit], seed_parts: tuple[object, ...], shuffle_buffer: int) -> Iterator[Item]:
-    """Infinite passes over ``units``; pass ``p``'s unit order and sample order come from seed_parts + p."""
+def cycle_units(units: list[Unit], seed_parts: tuple[object, ...], shuffle_buffer: int, source: int = 0
+                ) -> Iterator[Item]:
+    """Infinite passes over ``units``; pass ``p``'s unit order and sample order come from seed_parts + p.
+    Every item is tagged with ``source`` (the index in ``data.sources``; 0 for a single shard set)."""
     for p in itertools.count():
         order = list(units)
         random.Random(seed_of(*seed_parts, p, "units")).shuffle(order)
         samples = itertools.chain.from_iterable(read_unit(u) for u in order)
         for item in buffer_shuffle(samples, shuffle_buffer, random.Random(seed_of(*seed_parts, p, "samples"))):
             if isinstance(item, RawSample):
-                item.pass_index = p
+                item.pass_index, item.source = p, source
+            elif isinstance(item, ShardFault) and source:
+                item = dataclasses.replace(item, source=source)
             yield item
-        yield PassEnd(p)
+        yield PassEnd(p, source)
+
+
+def mix_sources(sources: Sequence[Iterator[Item] | None], weights: Sequence[float], rng: random.Random
+                ) -> Iterator[Item]:
+    """One infinite stream from several: each sample slot draws a source by weight (sources that are
+    None, i.e. with no units on this worker, are never drawn) and takes that source's next sample;
+    the events it meets on the way (shard faults, pass ends) pass through first."""
+    live = [i for i, src in enumerate(sources) if src is not None and weights[i] > 0]
+    if not live:  # no units of any source: as cycle_units([]) would (pass ends only)
+        yield from cycle_units([], (), 1)
+        return
+    cum = list(itertools.accumulate(float(weights[i]) for i in live))
+    while True:
+        pick = live[min(bisect.bisect_right(cum, rng.random() * cum[-1]), len(live) - 1)]
+        for item in sources[pick]:  # type: ignore[union-attr]
+            yield item
+            if isinstance(item, RawSample):
+                break
 
 
 def skip_samples(items: Iterable[Item], done: int, partial: int) -> Iterator[tuple[Item, int]]:
@@ -107,7 +140,7 @@ def skip_samples(items: Iterable[Item], done: int, partial: int) -> Iterator[tup
 class TrainPlan:
     """Everything a worker needs for one epoch of one rank (pickled into each worker process)."""
 
-    units: list[list[Unit]]  # per logical worker of this rank
+    units: list[list[Unit]]  # per logical worker of this rank (with sources: all its sources' units)
     spec: ClipSpec
     seed: int
     epoch: int
@@ -120,6 +153,10 @@ class TrainPlan:
     grid: Grid | None = None
     require_labels: bool = False
     min_samples: int = 20
+    # data.sources: per logical worker, its units of each source; the sources' weights and short names
+    sources: list[list[list[Unit]]] = field(default_factory=list)
+    source_weights: tuple[float, ...] = ()
+    source_names: tuple[str, ...] = ()
 
 
 class _Batcher:
@@ -130,10 +167,16 @@ class _Batcher:
         self.pending: list[tuple[TrainViews, int]] = []
         self.stats = DataStats()  # since the last batch: what the batch carries
         self.total = DataStats()  # this worker's whole epoch: the no-progress guard
-        self.pass_ok = self.pass_bad = 0
-        self.resumed_pass = bool(first_batch)
+        # per source (0 for a single shard set): samples used / lost in its current pass, and
+        # whether that pass began before the resume point (its earlier part was not replayed here)
+        self.pass_ok: Counter[int] = Counter()
+        self.pass_bad: Counter[int] = Counter()
+        self.resumed_pass: dict[int, bool] = {}
+        self.resumed = bool(first_batch)
+        self.source_ok: Counter[int] = Counter()  # with data.sources: this worker's epoch, per source
+        self.source_bad: Counter[int] = Counter()
 
-    def error(self, what: str, reason: str, lost: int = 1, shard: bool = False) -> None:
+    def error(self, what: str, reason: str, lost: int = 1, shard: bool = False, source: int = 0) -> None:
         log.warning("data error: %s: %s", what, reason)
         for s in (self.stats, self.total):
             if shard:
@@ -142,22 +185,30 @@ class _Batcher:
             else:
                 s.decode_errors += 1
             s.reasons.append(f"{what}: {reason}")
-        self.pass_bad += lost
+        self.pass_bad[source] += lost
+        self.source_bad[source] += lost
         if self.total.samples_ok == 0 and self.total.errors >= self.plan.min_samples:
             raise DataError(f"every sample failed ({self.total.errors} of {self.total.seen}); last: {what}: {reason}")
+        # a source drawn rarely may not end a pass in an epoch: its own guard, as the one above
+        if self.plan.source_names and self.source_ok[source] == 0 and self.source_bad[source] >= self.plan.min_samples:
+            raise DataError(f"every sample of data.sources source {self.plan.source_names[source]!r} failed "
+                            f"({self.source_bad[source]}); last: {what}: {reason}")
 
-    def ok(self, counted: bool = False) -> None:
+    def ok(self, counted: bool = False, source: int = 0, name: str = "") -> None:
         if not counted:
-            self.stats.samples_ok += 1
-            self.total.samples_ok += 1
-        self.pass_ok += 1
+            for s in (self.stats, self.total):
+                s.samples_ok += 1
+                if name:
+                    s.by_source[name] = s.by_source.get(name, 0) + 1
+        self.pass_ok[source] += 1
+        self.source_ok[source] += 1
 
-    def end_pass(self, units: list[Unit]) -> None:
-        if self.pass_ok == 0 and self.pass_bad and not self.resumed_pass:
+    def end_pass(self, units: list[Unit], source: int = 0) -> None:
+        if self.pass_ok[source] == 0 and self.pass_bad[source] and not self.resumed_pass.get(source, self.resumed):
             names = ", ".join(u.name for u in units[:4]) + (" ..." if len(units) > 4 else "")
             raise DataError(f"no sample of shards {names} could be used; last: {'; '.join(list(self.total.reasons)[-2:])}")
-        self.pass_ok = self.pass_bad = 0
-        self.resumed_pass = False
+        self.pass_ok[source] = self.pass_bad[source] = 0
+        self.resumed_pass[source] = False
 
     def batch(self, position: tuple[int, int]) -> dict[str, Any]:
         """Collate the pending views: uint8 video ``[B, T, H, W, C]``, masks ``[B, N]``, labels ``[B]``.
@@ -192,22 +243,30 @@ def train_batches(plan: TrainPlan, worker: int) -> Iterator[dict[str, Any]]:
     before = len(range(worker, plan.start_step, workers))  # batches it yielded before start_step
     # Without a recorded position (other layout), assume no errors in the skipped part.
     done, partial = plan.positions.get(worker) or divmod(before * size, k)
-    units = plan.units[worker]
-    stream = cycle_units(units, (plan.seed, plan.epoch, plan.rank, worker), plan.shuffle_buffer)
+    if plan.sources:  # several shard sets, mixed by weight (module docstring)
+        units_of = plan.sources[worker]
+        mixer = random.Random(seed_of(plan.seed, plan.epoch, plan.rank, worker, "source"))
+        stream = mix_sources([cycle_units(units, (plan.seed, plan.epoch, plan.rank, worker, s), plan.shuffle_buffer, s)
+                              if units else None for s, units in enumerate(units_of)], plan.source_weights, mixer)
+    else:
+        units_of = [plan.units[worker]]
+        stream = cycle_units(units_of[0], (plan.seed, plan.epoch, plan.rank, worker), plan.shuffle_buffer)
+    names = plan.source_names
     b = _Batcher(plan, worker, before)
     for item, drop in skip_samples(stream, done, partial):
         if isinstance(item, PassEnd):
-            b.end_pass(units)
+            b.end_pass(units_of[item.source], item.source)
             continue
         if isinstance(item, ShardFault):
-            b.error(f"shard {item.shard}", item.reason, lost=item.lost, shard=True)
+            b.error(f"shard {item.shard}", item.reason, lost=item.lost, shard=True, source=item.source)
             continue
         views = train_views(item, plan.spec, plan.seed, plan.epoch, plan.require_labels)
         if isinstance(views, SampleError):
-            b.error(f"sample {views.key} in {item.shard}", views.reason)
+            b.error(f"sample {views.key} in {item.shard}", views.reason, source=item.source)
             done += 1
             continue
-        b.ok(counted=bool(drop))  # a partly batched sample was counted before the checkpoint
+        # a partly batched sample was counted before the checkpoint
+        b.ok(counted=bool(drop), source=item.source, name=names[item.source] if names else "")
         for v in range(drop, k):
             b.pending.append((views, v))
             if len(b.pending) == size:

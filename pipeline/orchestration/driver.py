@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from pipeline.core import io as sio
 from pipeline.core.config import ConfigError, given_keys, with_values
+from pipeline.core.errors import DataError
 from pipeline.data.loader import require_global_batch
 from pipeline.data.shard_index import ShardIndex
 from pipeline.infra.tracking import resolve_uri
@@ -52,6 +53,9 @@ def resolve_on_driver(cfg: C, candidates: tuple[str, ...] = WEIGHT_FILES, model_
     for key, value in (("data.shards", c.data.shards), ("run.output", c.run.output)):
         if value and not sio.is_remote(value):
             values[key] = os.path.abspath(value)
+    sources = tuple(getattr(c.data, "sources", ()))
+    if any(not sio.is_remote(src) for src in sources):
+        values["data.sources"] = [src if sio.is_remote(src) else os.path.abspath(src) for src in sources]
     tracking: Any = c.tracking
     if c.tracking.enabled:  # decided here, where the user's working directory and env are
         tracking = values["tracking.tracking_uri"] = resolve_uri(c.tracking)
@@ -126,6 +130,9 @@ def check_on_driver(cfg: Any, *, train: bool = False, val_split: str = "", task:
     except ValueError as exc:
         raise ConfigError(f"[model] {exc}: change model.num_frames, model.img_size, model.tubelet_size "
                           "or model.patch_size") from None
+    sources = tuple(getattr(cfg.data, "sources", ()))
+    if sources:
+        return _check_sources(cfg, sources, train=train, task=task)
     index = ShardIndex.load(cfg.data.shards)
     samples = index.num_samples(cfg.data.split, key="data.split")
     if val_split:
@@ -135,6 +142,25 @@ def check_on_driver(cfg: Any, *, train: bool = False, val_split: str = "", task:
     if task:
         check_init(cfg.model, task)
     return index
+
+
+def _check_sources(cfg: Any, sources: tuple[str, ...], *, train: bool, task: str) -> ShardIndex:
+    """:func:`check_on_driver` for pre-training on ``data.sources``: every source's ``index.json``
+    readable and its ``data.split`` non-empty (one line naming ``data.sources`` and the source),
+    and, with ``train``, one global batch in their samples together. Returns the first index."""
+    indexes, samples = [], 0
+    for i, src in enumerate(sources):
+        try:
+            index = ShardIndex.load(src)
+            samples += index.num_samples(cfg.data.split, key="data.split")
+        except DataError as exc:
+            raise DataError(f"data.sources[{i}]={src!r}: {exc}") from None
+        indexes.append(index)
+    if train:
+        require_global_batch(cfg.data, samples, cfg.scaling.num_workers, f"data.sources ({len(sources)} sources)")
+    if task:
+        check_init(cfg.model, task)
+    return indexes[0]
 
 
 def check_init(model_cfg: Any, task: str) -> None:

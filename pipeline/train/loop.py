@@ -62,8 +62,8 @@ class Setup:
 
 
 def require_shards(cfg: LoopJob) -> None:
-    """DataError unless ``data.shards`` names a shard set."""
-    if not cfg.data.shards:
+    """DataError unless ``data.shards`` names a shard set (or, pre-training, ``data.sources`` several)."""
+    if not cfg.data.shards and not getattr(cfg.data, "sources", ()):
         raise DataError("data.shards is not set (a folder or s3:// prefix written by jobs.shard)")
 
 
@@ -160,9 +160,14 @@ def due(step: int, every: int, last: int) -> bool:
 
 
 def data_metrics(loader: TrainLoader) -> dict[str, int]:
+    """The rank's data health counters; with ``data.sources``, also ``data/source/<name>_samples``
+    (ok samples per source, names from :attr:`TrainLoader.source_names`), every source from the start."""
     stats = loader.stats
-    return {"data_samples_ok": stats.samples_ok, "data_decode_errors": stats.decode_errors,
-            "data_shard_errors": stats.shard_errors, "data_samples_lost": stats.samples_lost}
+    metrics = {"data_samples_ok": stats.samples_ok, "data_decode_errors": stats.decode_errors,
+               "data_shard_errors": stats.shard_errors, "data_samples_lost": stats.samples_lost}
+    for name in getattr(loader, "source_names", ()):
+        metrics[f"data/source/{name}_samples"] = stats.by_source.get(name, 0)
+    return metrics
 
 
 def step_metrics(s: Setup, means: dict[str, torch.Tensor]) -> dict[str, Any]:
