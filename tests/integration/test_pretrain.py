@@ -5,6 +5,7 @@ Runs share one embedded Ray (``ray_local``) and one shard set (synthetic + sampl
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -63,9 +64,13 @@ def _history(tmp: Path, name: str, metric: str = "loss/train") -> dict[int, floa
 # checked by tests/reliability (SIGKILL of a worker and of the driver) and the S3 resume tests.
 @pytest.mark.parametrize("stage", [2, 3])
 def test_two_workers_pretrain_and_loss_goes_down(shards: str, tmp_path: Path, stage: int) -> None:
+    hybrid: list[str] = []
+    if stage == 2:  # hybrid data through the real job: the same videos as two sources, weighted 1:3
+        shutil.copytree(shards, tmp_path / "second")
+        hybrid = [f"data.sources={shards},{tmp_path / 'second'}", "data.source_weights=1,3"]
     cfg = _cfg(shards, tmp_path, f"zero{stage}", f"deepspeed.zero_stage={stage}", "train.steps=24",
                "train.checkpoint_every=24", "train.image_every=12", "tracking.system_metrics=true",
-               "tracking.system_metrics_interval=1")
+               "tracking.system_metrics_interval=1", *hybrid)
     assert run(cfg) == 0
     losses = _history(tmp_path, f"zero{stage}")
     assert sorted(losses) == list(range(1, 25))
@@ -82,6 +87,9 @@ def test_two_workers_pretrain_and_loss_goes_down(shards: str, tmp_path: Path, st
     for key in ("clips_per_s", "tokens_per_s", "data_wait_frac", "model_flops_per_s"):
         assert key in mlrun.data.metrics, key
     assert any(k.startswith("system/") for k in mlrun.data.metrics), "no MLflow system metrics"
+    if hybrid:  # good samples per source, adding up to the total; the 3x weighted source drew more
+        first_source, second = (mlrun.data.metrics[f"data/source/{n}_samples"] for n in ("shards", "second"))
+        assert first_source + second == mlrun.data.metrics["data_samples_ok"] and second > first_source > 0
     startup = {k: v for k, v in mlrun.data.metrics.items() if k.startswith("startup/")}
     phases = ("ray", "workers", "engine", "tracking", "first_step", "total")
     assert set(startup) == {f"startup/{p}_s" for p in phases}, startup
