@@ -6,7 +6,9 @@ and pytest's own process stays free of both. Results come back as files in ``tmp
 
 from __future__ import annotations
 
+import faulthandler
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -51,10 +53,22 @@ def _train(engine, schedule, batch, steps, start=0):
 
 
 def _spawn(fn, world: int, *args) -> None:
-    mp.start_processes(_entry, args=(world, free_port(), fn, args), nprocs=world, start_method="spawn")
+    """Run ``fn(rank, world, *args)`` on ``world`` spawned ranks. A rank killed by a signal (a C++
+    abort in gloo or DeepSpeed) leaves no Python exception: the failure then carries each rank's
+    last stderr lines and Python stacks (faulthandler), which the ranks write to files."""
+    with tempfile.TemporaryDirectory(prefix="ranks-") as logs:
+        try:
+            mp.start_processes(_entry, args=(world, free_port(), fn, args, logs), nprocs=world, start_method="spawn")
+        except mp.ProcessExitedException as exc:
+            tails = {p.name: p.read_text(errors="replace").splitlines()[-25:] for p in sorted(Path(logs).iterdir())}
+            raise AssertionError(f"{exc}; the ranks' stderr ends:\n" + "\n".join(
+                f"--- {name}\n" + "\n".join(lines) for name, lines in tails.items())) from None
 
 
-def _entry(rank: int, world: int, port: int, fn, args) -> None:
+def _entry(rank: int, world: int, port: int, fn, args, logs: str) -> None:
+    err = open(os.path.join(logs, f"rank{rank}.stderr"), "w")  # noqa: SIM115 - open for the process's life
+    os.dup2(err.fileno(), 2)  # C++ aborts write to fd 2: keep them
+    faulthandler.enable(file=err)  # Python stacks of every thread on SIGABRT / SIGSEGV
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)  # 2 ranks on 2 shared cores
