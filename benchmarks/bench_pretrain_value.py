@@ -132,7 +132,7 @@ def make_data(a: argparse.Namespace, work: Path) -> tuple[Path, dict[str, int]]:
     rows = ["uri,label,split"] + [f"{e.uri},{e.label},{e.split}" for e in entries]
     (work / "manifest.csv").write_text("\n".join(rows) + "\n")
     index, _ = shard(ShardSection(manifest=str(work / "manifest.csv"), output=str(out),
-                                  max_short_side=a.video_size, max_samples_per_shard=32, progress=False))
+                                  max_short_side=a.video_size, videos_per_shard=32, progress=False))
     counts = {s: sum(e.split == s for e in entries) for s in splits}
     (work / "split_counts.json").write_text(json.dumps(counts))
     assert index["totals"]["samples"] == len(entries)

@@ -135,11 +135,11 @@ def start_ray(num_cpus: int) -> Any:
 
 
 def shard_videos(manifest: Path, output: Path, transcode: bool, max_in_flight: int = 0,
-                 target_shard_mb: float = 1.0) -> Any:
+                 videos_per_shard: int = 8, remux: bool = False) -> Any:
     """``pipeline.orchestration.sharding.shard`` on ``manifest`` into ``output`` (Ray must be running)."""
     from pipeline.orchestration.sharding import ShardSection, shard
 
-    cfg = ShardSection(manifest=str(manifest), output=str(output), target_shard_mb=target_shard_mb,
-                       transcode=transcode, max_in_flight=max_in_flight, progress=False)
+    cfg = ShardSection(manifest=str(manifest), output=str(output), videos_per_shard=videos_per_shard,
+                       transcode=transcode, remux=remux, max_in_flight=max_in_flight, progress=False)
     _, report = shard(cfg)
     return report

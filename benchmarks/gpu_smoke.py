@@ -68,7 +68,7 @@ def make_shards(work: Path, s: Shape) -> Path:
     manifest.write_text("\n".join(["uri,label,split"] + [f"{e.uri},{e.label},{e.split}" for e in entries]) + "\n")
     out = work / "shards"
     shard(ShardSection(manifest=str(manifest), output=str(out), max_short_side=max(s.video_size, 64),
-                       max_samples_per_shard=4, progress=False))
+                       videos_per_shard=4, progress=False))
     return out
 
 

@@ -32,9 +32,12 @@ class ShardJobConfig:
 
 
 def run(cfg: ShardJobConfig) -> int:
-    plan = prepare(cfg.shard)  # fails fast, before Ray starts, on a bad manifest or output
-    with ray_session(cfg.ray.address, cfg.ray.num_cpus or None):
-        index, report = shard(cfg.shard, plan)
+    prepared = prepare(cfg.shard)  # fails fast, before Ray starts, on a bad manifest, setting or output
+    try:
+        with ray_session(cfg.ray.address, cfg.ray.num_cpus or None):
+            index, report = shard(cfg.shard, prepared)
+    finally:
+        prepared.close()
     sio.write_text(sio.join(cfg.shard.output, "shard.toml"), to_toml(cfg))
     print(format_report(report, cfg.shard.output))
     return 0

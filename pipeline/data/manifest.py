@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import math
 import os
@@ -24,7 +25,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterable, Sequence
+from typing import IO, Iterable, Iterator, Sequence
 from urllib.parse import unquote
 
 from pipeline.core.errors import DataError
@@ -97,48 +98,33 @@ def _seconds(value: object, key: str, where: str) -> float | None:
     return seconds
 
 
-def _row(fields: dict[str, object], name: str, line: int, rejects: list[Reject] | None) -> ManifestEntry | None:
-    try:
-        return _entry_from_fields(fields, f"{name}:{line}")
-    except DataError as exc:
-        if rejects is None:
-            raise
-        uri = fields.get("uri")
-        rejects.append(Reject(line, uri if isinstance(uri, str) else "", str(exc).split(": ", 1)[-1]))
-        return None
-
-
-def _parse_csv(lines: list[str], name: str, rejects: list[Reject] | None = None) -> list[tuple[int, ManifestEntry]]:
-    rows = [(i + 1, row) for i, row in enumerate(csv.reader(lines)) if row and any(c.strip() for c in row)]
-    if not rows:
-        return []
-    first = [c.strip().lower() for c in rows[0][1]]
-    if "uri" in first:
-        header_line, header, rows = rows[0][0], first, rows[1:]
-        unknown = [c for c in header if c not in COLUMNS]
-        if unknown or len(set(header)) != len(header):
-            raise DataError(f"{name}:{header_line}: bad header {','.join(header)!r}; "
-                            f"columns must be distinct, from {', '.join(COLUMNS)}")
-    elif len(first) == 1:
-        header = ["uri"]  # header-less list of URIs
-    else:
-        raise DataError(f"{name}:1: no header; the first row must name the columns ({', '.join(COLUMNS)})")
-    entries = []
-    for line, row in rows:
-        if len(row) != len(header):
-            reason = f"expected {len(header)} fields ({','.join(header)}), got {len(row)}"
-            if rejects is None:
-                raise DataError(f"{name}:{line}: {reason}")
-            rejects.append(Reject(line, row[0] if header[0] == "uri" and row else "", reason))
+def _iter_csv(lines: Iterable[str], name: str) -> Iterator[tuple[int, ManifestEntry | Reject]]:
+    reader = csv.reader(lines)
+    header: list[str] | None = None
+    for row in reader:
+        line = reader.line_num
+        if not row or not any(c.strip() for c in row):
             continue
-        entry = _row(dict(zip(header, row)), name, line, rejects)
-        if entry is not None:
-            entries.append((line, entry))
-    return entries
+        if header is None:
+            first = [c.strip().lower() for c in row]
+            if "uri" in first:
+                unknown = [c for c in first if c not in COLUMNS]
+                if unknown or len(set(first)) != len(first):
+                    raise DataError(f"{name}:{line}: bad header {','.join(first)!r}; "
+                                    f"columns must be distinct, from {', '.join(COLUMNS)}")
+                header = first
+                continue
+            if len(first) != 1:
+                raise DataError(f"{name}:1: no header; the first row must name the columns ({', '.join(COLUMNS)})")
+            header = ["uri"]  # header-less list of URIs
+        if len(row) != len(header):
+            yield line, Reject(line, row[0] if header[0] == "uri" and row else "",
+                               f"expected {len(header)} fields ({','.join(header)}), got {len(row)}")
+            continue
+        yield line, _checked(dict(zip(header, row)), name, line)
 
 
-def _parse_jsonl(lines: list[str], name: str, rejects: list[Reject] | None = None) -> list[tuple[int, ManifestEntry]]:
-    entries = []
+def _iter_jsonl(lines: Iterable[str], name: str) -> Iterator[tuple[int, ManifestEntry | Reject]]:
     for line_no, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -152,15 +138,41 @@ def _parse_jsonl(lines: list[str], name: str, rejects: list[Reject] | None = Non
             if unknown:
                 reason = f"unknown key {unknown[0]!r}; valid keys: {', '.join(COLUMNS)}"
         if reason:
-            if rejects is None:
-                raise DataError(f"{name}:{line_no}: {reason}")
             uri = obj.get("uri") if isinstance(obj, dict) else None
-            rejects.append(Reject(line_no, uri if isinstance(uri, str) else "", reason))
+            yield line_no, Reject(line_no, uri if isinstance(uri, str) else "", reason)
             continue
-        entry = _row(obj, name, line_no, rejects)
-        if entry is not None:
-            entries.append((line_no, entry))
-    return entries
+        yield line_no, _checked(obj, name, line_no)
+
+
+def _checked(fields: dict[str, object], name: str, line: int) -> ManifestEntry | Reject:
+    try:
+        return _entry_from_fields(fields, f"{name}:{line}")
+    except DataError as exc:
+        uri = fields.get("uri")
+        return Reject(line, uri if isinstance(uri, str) else "", str(exc).split(": ", 1)[-1])
+
+
+def iter_manifest(lines: Iterable[str], fmt: str | None = None, name: str = "<manifest>",
+                  ) -> Iterator[tuple[int, ManifestEntry | Reject]]:
+    """Stream a manifest: ``(line, entry)`` per good row, ``(line, Reject)`` per bad one.
+
+    Holds one row at a time, so a manifest of millions of rows is read in constant memory. The
+    header must be valid (DataError otherwise). Duplicates are not detected here: that needs
+    every key seen so far (see :func:`parse_manifest_lines`, and the sharding job's plan).
+    ``fmt`` is ``csv``/``jsonl``, or sniffed from the first non-blank line.
+    """
+    it = (ln.rstrip("\r\n") for ln in lines)
+    if fmt is None:
+        head: list[str] = []
+        for ln in it:
+            head.append(ln)
+            if ln.strip():
+                break
+        fmt = "jsonl" if head and head[-1].lstrip().startswith("{") else "csv"
+        it = itertools.chain(head, it)
+    if fmt not in ("csv", "jsonl"):
+        raise DataError(f"{name}: unknown manifest format {fmt!r}; use csv or jsonl")
+    return _iter_csv(it, name) if fmt == "csv" else _iter_jsonl(it, name)
 
 
 def _drop_duplicates(entries: list[tuple[int, ManifestEntry]], name: str,
@@ -184,13 +196,14 @@ def parse_manifest_lines(lines: Iterable[str], fmt: str | None = None, name: str
                          rejects: list[Reject] | None = None) -> list[tuple[int, ManifestEntry]]:
     """Like :func:`parse_manifest`, with the line number of each entry; bad rows go to ``rejects``
     when a list is given (the header must still be valid), else raise DataError."""
-    lines = [ln.rstrip("\r\n") for ln in lines]
-    if fmt is None:
-        first = next((ln for ln in lines if ln.strip()), "")
-        fmt = "jsonl" if first.lstrip().startswith("{") else "csv"
-    if fmt not in ("csv", "jsonl"):
-        raise DataError(f"{name}: unknown manifest format {fmt!r}; use csv or jsonl")
-    parsed = _parse_csv(lines, name, rejects) if fmt == "csv" else _parse_jsonl(lines, name, rejects)
+    parsed = []
+    for line, row in iter_manifest(lines, fmt, name):
+        if isinstance(row, Reject):
+            if rejects is None:
+                raise DataError(f"{name}:{line}: {row.reason}")
+            rejects.append(row)
+        else:
+            parsed.append((line, row))
     return _drop_duplicates(parsed, name, rejects)
 
 

@@ -2,9 +2,10 @@
 
 A shard is a plain tar of ``{key}.mp4`` / ``{key}.json`` / ``{key}.cls`` members. Tar headers
 carry no time, owner or host, so the same samples in the same order give byte-identical shards.
-A shard is first written to a temporary local file and then published atomically (rename, or a
-single S3 PUT) together with a state file under ``_state/`` that says which manifest entries it
-covers: a rerun trusts a shard only if both exist and its bytes still match.
+A shard is first written to a temporary local file, hashed as it is written, and then published
+atomically (a rename, or an S3 upload) before a state file under ``_state/`` that says which
+manifest rows it accounts for: the state file is the commit. A rerun trusts a shard only if
+both exist and the object still matches its state.
 (Reading shards is :mod:`pipeline.data.shard_index`.)
 """
 
@@ -63,7 +64,13 @@ class Sample:
 
 @dataclass
 class ShardState:
-    """What a published shard holds and which manifest entries (by key) it accounts for."""
+    """A published shard: what it holds, and what a rerun checks before trusting it.
+
+    ``members`` digests the manifest rows the shard accounts for (see ``ShardSpec``) and
+    ``fingerprint`` the settings that shape its bytes; ``bytes``, ``sha256`` and, on S3, the
+    object's ``etag`` describe the tar as published. ``quarantined`` holds the rows (and clips)
+    of the shard that became no sample, with their reasons.
+    """
 
     name: str
     split: str
@@ -71,23 +78,49 @@ class ShardState:
     bytes: int
     sha256: str
     fingerprint: str
-    covers: list[str] = field(default_factory=list)  # keys of samples AND of quarantined entries
+    members: str
+    videos: int = 0
     quarantined: list[dict[str, Any]] = field(default_factory=list)
+    etag: str = ""
+    encodes: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return {"name": self.name, "split": self.split, "samples": self.samples, "bytes": self.bytes,
                 "sha256": self.sha256}
 
 
+class _HashingFile:
+    """A write-only file that hashes what passes through it: no second read to hash a shard."""
+
+    def __init__(self, fh: Any) -> None:
+        self._fh, self.digest, self.bytes = fh, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.bytes += len(data)
+        return self._fh.write(data)
+
+    def tell(self) -> int:
+        return self.bytes
+
+    def close(self) -> None:
+        self._fh.close()
+
+
 class TarShardWriter:
-    """Writes one shard to a local temporary file, deterministically; ``publish`` makes it visible."""
+    """Writes one shard to a local temporary file, hashing it as it goes; ``publish`` makes it visible.
+
+    The temporary file sits in the output folder when that is local (publishing is a rename) and
+    in the system's temporary folder otherwise (publishing is an upload: multipart for large
+    shards, so the object appears whole or not at all).
+    """
 
     def __init__(self, output: str, name: str) -> None:
         self.output, self.name = output, name
-        local_dir = None if sio.is_remote(output) else output
+        local_dir = None if sio.is_remote(output) else output.removeprefix("file://")
         fd, self._tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=local_dir)
-        self._fh = os.fdopen(fd, "wb")
-        self._tar = tarfile.open(fileobj=self._fh, mode="w", format=tarfile.USTAR_FORMAT)
+        self._fh = _HashingFile(os.fdopen(fd, "wb"))
+        self._tar = tarfile.open(fileobj=self._fh, mode="w", format=tarfile.USTAR_FORMAT)  # type: ignore[call-overload]
         self.samples = 0
         self.bytes = 0
 
@@ -101,22 +134,19 @@ class TarShardWriter:
         self.samples += 1
         self.bytes += sample.nbytes
 
-    def publish(self) -> tuple[int, str]:
-        """Close, hash and atomically publish the shard; returns ``(bytes, sha256)``."""
+    def publish(self) -> tuple[int, str, str]:
+        """Close and atomically publish the shard; returns ``(bytes, sha256, etag)`` (etag: S3 only)."""
         self._tar.close()
         self._fh.close()
-        digest = hashlib.sha256()
-        with open(self._tmp, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        nbytes = os.path.getsize(self._tmp)
+        nbytes, sha = self._fh.bytes, self._fh.digest.hexdigest()
         os.chmod(self._tmp, 0o644)  # mkstemp creates 0600; shards are meant to be read by others
+        uri = sio.join(self.output, self.name)
         try:
-            sio.upload_file(self._tmp, sio.join(self.output, self.name))
+            sio.upload_file(self._tmp, uri)
         finally:
             if os.path.exists(self._tmp):
                 os.unlink(self._tmp)
-        return nbytes, digest.hexdigest()
+        return nbytes, sha, object_etag(uri)
 
     def abort(self) -> None:
         for closer in (self._tar.close, self._fh.close):
@@ -125,6 +155,15 @@ class TarShardWriter:
             except (OSError, ValueError):
                 pass
         Path(self._tmp).unlink(missing_ok=True)
+
+
+def object_etag(uri: str) -> str:
+    """The S3 object's ETag (its content hash, as the store computed it); ``""`` for local files."""
+    if not sio.is_remote(uri):
+        return ""
+    fs, path = sio.filesystem(uri)
+    info = sio.retrying(f"stat {uri}", lambda: fs.info(path))
+    return str(info.get("ETag") or info.get("etag") or "").strip('"')
 
 
 def state_uri(output: str, name: str) -> str:
@@ -161,9 +200,15 @@ def sha256_of(uri: str) -> str | None:
     return digest.hexdigest()
 
 
-def verify_shard(output: str, state: ShardState, mode: str = "sha256") -> bool:
-    """Does the published shard still match its state file (``size`` or full ``sha256``)?"""
+def verify_shard(output: str, state: ShardState, mode: str = "record") -> bool:
+    """Does the published shard still match its state?
+
+    ``record``: the object exists with the size, and on S3 the ETag, that the state names; nothing
+    is read. ``sha256``: the whole shard is read back and hashed.
+    """
     uri = sio.join(output, state.name)
     if not sio.exists(uri) or sio.size(uri) != state.bytes:
         return False
-    return mode == "size" or sha256_of(uri) == state.sha256
+    if mode == "sha256":
+        return sha256_of(uri) == state.sha256
+    return not state.etag or object_etag(uri) == state.etag

@@ -1,14 +1,23 @@
 """The sharding job: a manifest in, WebDataset shards + ``index.json`` + ``quarantine.jsonl`` out.
 
-Plan: read the manifest (bad rows are quarantined with their line number), give every entry a
-stable key, order entries by (split, key) — a pure function of the manifest — and fill shards
-of each split in that order up to the target size. Ray tasks ingest videos in parallel; the
-driver consumes their results in plan order, so shard contents never depend on scheduling and a
-rerun writes byte-identical shards.
+Plan (the driver, no video touched): stream the manifest into a temporary SQLite database
+(:mod:`pipeline.data.shard_plan`): bad rows are quarantined with their line number, every good
+row gets a stable key, and the rows of each split, in key order, make shards of
+``videos_per_shard`` rows. Membership is a pure function of the manifest and the config, so
+shard contents never depend on scheduling or on the cluster's size, and a rerun writes
+byte-identical shards.
 
-Resume: each published shard has a state file naming the entries it accounts for. A rerun keeps
-the longest prefix of shards per split whose state matches the plan and whose bytes verify, and
-starts after it. Every manifest row ends up in exactly one place: a shard or the quarantine.
+Run: one Ray task per shard (:mod:`pipeline.orchestration.shard_tasks`) ingests its videos,
+writes, hashes and publishes its tar, then its state file, and returns that small state. The
+driver keeps a bounded number of shard tasks in flight, collects their states in whatever order
+they finish (a slow video delays only its own shard), and writes the index and the quarantine
+at the end. No video bytes pass through the driver, and its memory grows with the number of
+shards, not videos.
+
+Resume: a rerun's shard task keeps its shard when the state file names the same rows and
+settings and the object is there as the state describes (size, and ETag on S3; ``verify =
+"sha256"`` re-hashes, in the tasks). Every manifest row ends up in exactly one place: a shard
+or the quarantine.
 """
 
 from __future__ import annotations
@@ -17,72 +26,77 @@ import collections
 import hashlib
 import json
 import logging
+import os
 import re
+import sqlite3
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline.core import io as sio
 from pipeline.core.config import help_field
-from pipeline.core.errors import DataError, StorageError
-from pipeline.data.ingest import IngestOptions, ingest
-from pipeline.data.manifest import ManifestEntry, Reject, label_names, manifest_format, parse_manifest_lines
+from pipeline.core.errors import DataError, TubeletError
+from pipeline.data.ingest import IngestOptions
+from pipeline.data.shard_plan import ShardPlan, ShardSpec
 from pipeline.data.shard_writer import (
     INDEX_NAME,
     INDEX_VERSION,
     QUARANTINE_NAME,
     STATE_DIR,
-    Sample,
     ShardState,
-    TarShardWriter,
     read_state,
-    sample_key,
-    shard_name,
     verify_shard,
-    write_state,
 )
+from pipeline.orchestration.shard_tasks import ShardResult, TaskSettings, write_shard
 
 log = logging.getLogger(__name__)
+
+VERIFY_MODES = ("record", "sha256")
+SHARD_TASK_RETRIES = 3  # a shard task whose worker or node dies starts over; its shard comes out the same
 
 
 @dataclass
 class ShardSection:
     manifest: str = help_field("", help="CSV/JSONL manifest (uri[,label][,split][,start,end]); local or s3://")
     output: str = help_field("", help="output folder or s3:// prefix for shards, index.json, quarantine.jsonl")
-    target_shard_mb: float = help_field(256.0, help="close a shard when the next sample would pass this size")
-    max_samples_per_shard: int = help_field(0, help="also close a shard at this many samples (0 = no limit)")
+    videos_per_shard: int = help_field(128, help="manifest rows per shard (with clip_seconds: their clips)")
     default_split: str = help_field("train", help="split of manifest rows that name none")
     transcode: bool = help_field(True, help="re-encode to H.264 (false: store source bytes after checks)")
+    remux: bool = help_field(True, help="with transcode: H.264 inputs within the limits are remuxed, not re-encoded")
     max_short_side: int = help_field(320, help="downscale so the short side is at most this (never upscale)")
     fps_cap: float = help_field(0.0, help="drop frames uniformly down to this fps (0 = keep)")
     crf: int = help_field(23, help="H.264 constant rate factor (lower = better, bigger)")
     preset: str = help_field("veryfast", help="x264 preset")
+    clip_seconds: float = help_field(0.0, help="cut each video (or manifest range) into clips this long (0 = whole)")
+    min_clip_seconds: float = help_field(1.0, help="a last window shorter than this is not made a clip")
+    clip_mode: str = help_field("fixed", help="fixed windows, or 'scenes': cut at scene changes (PySceneDetect)")
+    scene_threshold: float = help_field(27.0, help="PySceneDetect content-detector threshold for clip_mode scenes")
     min_frames: int = help_field(4, help="quarantine videos with fewer frames as too short")
-    max_frames: int = help_field(100_000, help="quarantine videos claiming more frames (decompression bombs)")
+    max_frames: int = help_field(100_000, help="quarantine videos (clips) claiming more frames (decompression bombs)")
     max_pixels: int = help_field(40_000_000, help="quarantine frames larger than this many pixels")
     max_duration: float = help_field(3600.0, help="quarantine videos longer than this many seconds")
     allowed_roots: list[str] = help_field([], help="if set, only read uris under these folders / s3 prefixes")
-    verify: str = help_field("sha256", help="how a rerun checks existing shards: sha256 | size")
+    verify: str = help_field("record", help="how a rerun trusts a shard: record (size, S3 ETag) | sha256 (re-read)")
     task_timeout: float = help_field(600.0, help="seconds before one video's task is cancelled and quarantined")
-    max_in_flight: int = help_field(0, help="videos processed concurrently (0 = 2 x cluster CPUs)")
+    max_in_flight: int = help_field(0, help="shard tasks running at once (0 = 2 x cluster CPUs)")
+    videos_in_flight: int = help_field(2, help="videos each shard task ingests at once")
     progress: bool = help_field(True, help="show a progress bar on stderr")
 
     def ingest_options(self) -> IngestOptions:
         return IngestOptions(
             transcode=self.transcode, max_short_side=self.max_short_side, fps_cap=self.fps_cap, crf=self.crf,
             preset=self.preset, min_frames=self.min_frames, max_frames=self.max_frames, max_pixels=self.max_pixels,
-            max_duration=self.max_duration, allowed_roots=tuple(self.allowed_roots))
+            max_duration=self.max_duration, allowed_roots=tuple(self.allowed_roots), **self._clip_options())
 
-
-@dataclass
-class PlanItem:
-    line: int
-    entry: ManifestEntry
-    key: str
-    split: str
-    label: int | None
+    def _clip_options(self) -> dict:
+        """The remux and clip settings, for the ingest options that have them."""
+        wanted = {"remux": self.remux, "clip_seconds": self.clip_seconds, "min_clip_seconds": self.min_clip_seconds,
+                  "clip_mode": self.clip_mode, "scene_threshold": self.scene_threshold}
+        known = IngestOptions.__dataclass_fields__
+        return {k: v for k, v in wanted.items() if k in known}
 
 
 @dataclass
@@ -95,134 +109,93 @@ class ShardReport:
     seconds: float = 0.0
     by_split: dict[str, dict[str, int]] = field(default_factory=dict)
     reasons: dict[str, int] = field(default_factory=dict)
+    clips_quarantined: int = 0
+    encodes: dict[str, int] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------
 # Planning
 
 
-def read_plan(cfg: ShardSection) -> tuple[list[PlanItem], list[Reject], list[str]]:
-    """Ordered plan items, rejected manifest rows, label names."""
-    if not cfg.manifest:
-        raise DataError("shard.manifest is not set")
-    try:
-        text = sio.read_text(cfg.manifest)
-    except StorageError as exc:
-        raise DataError(f"manifest {str(exc).removeprefix('read ')}") from None
-    except UnicodeDecodeError as exc:
-        raise DataError(f"manifest {cfg.manifest}: not UTF-8 text (byte {exc.start})") from None
-    rejects: list[Reject] = []
-    rows = parse_manifest_lines(text.splitlines(), manifest_format(cfg.manifest), cfg.manifest, rejects)
-    labels = label_names(e for _, e in rows)
-    index = {name: i for i, name in enumerate(labels)}
-    items = [PlanItem(line, e, sample_key(e), e.split or cfg.default_split,
-                      index[e.label] if e.label is not None else None) for line, e in rows]
-    items.sort(key=lambda it: (it.split, it.key))
-    return items, rejects, labels
-
-
 def fingerprint(cfg: ShardSection, labels: list[str]) -> str:
-    """What makes a shard's bytes what they are, besides its entries: output-relevant settings."""
-    relevant = asdict(cfg.ingest_options()) | {"target": cfg.target_shard_mb, "max": cfg.max_samples_per_shard,
-                                               "labels": labels}
+    """What makes a shard's bytes what they are, besides its rows: output-relevant settings."""
+    relevant = asdict(cfg.ingest_options()) | {"videos_per_shard": cfg.videos_per_shard, "labels": labels}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=list).encode()).hexdigest()[:16]
-
-
-def resume_point(cfg: ShardSection, items: list[PlanItem], fp: str) -> tuple[list[ShardState], set[str]]:
-    """Shards from an earlier run that can be kept, and the keys they account for."""
-    kept: list[ShardState] = []
-    done: set[str] = set()
-    by_split: dict[str, list[str]] = collections.defaultdict(list)
-    for it in items:
-        by_split[it.split].append(it.key)
-    for split, keys in by_split.items():
-        pos, index = 0, 0
-        while (state := read_state(cfg.output, shard_name(split, index))) is not None:
-            span = keys[pos:pos + len(state.covers)]
-            if state.fingerprint != fp or state.covers != span or not verify_shard(cfg.output, state, cfg.verify):
-                break
-            kept.append(state)
-            done.update(state.covers)
-            pos, index = pos + len(state.covers), index + 1
-    return kept, done
 
 
 # --------------------------------------------------------------------------------------------
 # Execution
 
 
-def _results(items: list[PlanItem], opts: IngestOptions, cfg: ShardSection) -> Iterator[tuple[PlanItem, Sample | str]]:
-    """Ingest ``items`` with Ray tasks, yielding results in plan order with bounded memory."""
-    import ray
-
-    from pipeline.orchestration.ray_train import forwarded_env
-
-    # The driver's storage settings travel with each task, so workers of a Ray started earlier
-    # (a test's, a cluster's) read the same endpoint with the same credentials.
-    task = ray.remote(num_cpus=1, max_retries=1)(ingest).options(runtime_env={"env_vars": forwarded_env()})
-    window = cfg.max_in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
-    opts_ref = ray.put(opts)
-    pending: collections.deque = collections.deque()
-    it = iter(items)
-    for item in it:
-        pending.append((item, task.remote(item.entry, item.key, item.label, opts_ref)))
-        if len(pending) >= window:
-            break
-    while pending:
-        item, ref = pending.popleft()
-        try:
-            result = ray.get(ref, timeout=cfg.task_timeout)
-        except ray.exceptions.GetTimeoutError:
-            ray.cancel(ref, force=True)
-            result = f"timed out after {cfg.task_timeout:.0f} s"
-        except ray.exceptions.RayError as exc:
-            result = f"worker crashed while processing: {type(exc).__name__}"
-        nxt = next(it, None)
-        if nxt is not None:
-            pending.append((nxt, task.remote(nxt.entry, nxt.key, nxt.label, opts_ref)))
-        yield item, result
+def _blob(text: str) -> bytes:
+    """A uri as SQLite keeps it: UTF-8 with lone surrogates kept (hostile manifests have them)."""
+    return text.encode("utf-8", "surrogatepass")
 
 
-class _SplitWriter:
-    """Fills the shards of one split in order and publishes each with its state file."""
+class _Results:
+    """The shard states the driver has received, and their quarantine entries, on disk.
 
-    def __init__(self, cfg: ShardSection, split: str, first_index: int, fp: str) -> None:
-        self.cfg, self.split, self.index, self.fp = cfg, split, first_index, fp
-        self.writer: TarShardWriter | None = None
-        self.covers: list[str] = []
-        self.quarantined: list[dict] = []
-        self.published: list[ShardState] = []
+    Quarantine entries can be many (a bad crawl); they wait in SQLite, not in memory, and
+    ``quarantine.jsonl`` is streamed out of it in manifest order.
+    """
 
-    def add(self, item: PlanItem, sample: Sample) -> None:
-        limit = self.cfg.target_shard_mb * 1e6
-        full = self.writer is not None and (
-            self.writer.bytes + sample.nbytes > limit
-            or 0 < self.cfg.max_samples_per_shard <= self.writer.samples)
-        if full:
-            self.close()
-        if self.writer is None:
-            self.writer = TarShardWriter(self.cfg.output, shard_name(self.split, self.index))
-        self.writer.add(sample)
-        self.covers.append(item.key)
+    def __init__(self, workdir: str) -> None:
+        self.db = sqlite3.connect(os.path.join(workdir, "results.sqlite"), isolation_level=None)
+        self.db.executescript("""
+            PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;
+            CREATE TABLE quarantine (line INTEGER, start REAL, uri BLOB, split TEXT, clip INTEGER, entry TEXT);
+        """)
+        self.shards: list[dict] = []  # summaries of the shards that hold samples
+        self.by_split: dict[str, dict[str, int]] = {}
+        self.kept = self.written = self.samples = self.videos_quarantined = self.clips_quarantined = 0
+        self.encodes: collections.Counter[str] = collections.Counter()
 
-    def quarantine(self, item: PlanItem, reason: str) -> None:
-        self.covers.append(item.key)
-        self.quarantined.append({"uri": item.entry.uri, "reason": reason, "line": item.line, "key": item.key})
+    def _split(self, split: str) -> dict[str, int]:
+        return self.by_split.setdefault(split, {"shards": 0, "samples": 0, "bytes": 0, "quarantined": 0})
+
+    def add(self, result: ShardResult) -> None:
+        s = result.state
+        self.kept += result.kept
+        self.written += not result.kept
+        self.samples += s.samples
+        self.encodes.update(s.encodes)
+        d = self._split(s.split)
+        if s.samples:
+            self.shards.append(s.summary())
+            d["shards"] += 1
+            d["samples"] += s.samples
+            d["bytes"] += s.bytes
+        rows = []
+        for q in s.quarantined:
+            clip = bool(q.get("clip"))
+            entry = {"uri": q["uri"], "reason": q["reason"], "line": q["line"], "split": s.split}
+            if clip:
+                entry |= {"start": q["start"], "end": q["end"], "key": q["key"]}
+                self.clips_quarantined += 1
+            else:
+                self.videos_quarantined += 1
+                d["quarantined"] += 1
+            rows.append((q["line"], q.get("start") or 0.0, _blob(q["uri"]), s.split, clip, json.dumps(entry, sort_keys=True)))
+        self.db.executemany("INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+    def add_rejects(self, plan: ShardPlan) -> None:
+        rows = ((r.line, 0.0, _blob(r.uri), None, False,
+                 json.dumps({"uri": r.uri, "reason": f"manifest row: {r.reason}", "line": r.line, "split": None},
+                            sort_keys=True)) for r in plan.rejects())
+        self.db.executemany("INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+    def quarantine_lines(self) -> Iterator[str]:
+        for (entry,) in self.db.execute("SELECT entry FROM quarantine ORDER BY line, uri, start"):
+            yield entry + "\n"
+
+    def reasons(self) -> dict[str, int]:
+        counts: collections.Counter[str] = collections.Counter()
+        for (entry,) in self.db.execute("SELECT entry FROM quarantine"):
+            counts[_reason_class(json.loads(entry)["reason"])] += 1
+        return dict(counts)
 
     def close(self) -> None:
-        if self.writer is None:
-            return
-        nbytes, sha = self.writer.publish()
-        state = ShardState(self.writer.name, self.split, self.writer.samples, nbytes, sha, self.fp,
-                           self.covers, self.quarantined)
-        write_state(self.cfg.output, state)
-        self.published.append(state)
-        self.writer, self.covers, self.quarantined = None, [], []
-        self.index += 1
-
-    def abort(self) -> None:
-        if self.writer is not None:
-            self.writer.abort()
+        self.db.close()
 
 
 def _progress(total: int, enabled: bool):
@@ -232,90 +205,108 @@ def _progress(total: int, enabled: bool):
                 file=sys.stderr, dynamic_ncols=True)
 
 
-def write_shards(cfg: ShardSection, todo: list[PlanItem], kept: list[ShardState], fp: str,
-                 ) -> tuple[list[ShardState], list[dict]]:
-    """Process ``todo`` in order; returns newly published shards and trailing quarantine entries."""
-    next_index = collections.Counter(s.split for s in kept)
-    writers: dict[str, _SplitWriter] = {}
-    tail: list[dict] = []
-    bar = _progress(len(todo), cfg.progress)
+def _raise_cause(exc: BaseException) -> None:
+    """A shard task's own error (a storage outage after its retries) as the one line it is."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, TubeletError):
+        raise cause from None
+    raise exc
+
+
+def run_shard_tasks(cfg: ShardSection, plan: ShardPlan, fp: str, results: _Results) -> None:
+    """Run one task per shard, at most ``max_in_flight`` at once, and collect their states."""
+    import ray
+
+    from pipeline.orchestration.ray_train import forwarded_env
+
+    # The driver's storage settings travel with each task (and its video tasks), so workers of a
+    # Ray started earlier (a test's, a cluster's) read the same endpoint with the same credentials.
+    task = ray.remote(write_shard).options(num_cpus=1, max_retries=SHARD_TASK_RETRIES, scheduling_strategy="SPREAD",
+                                           runtime_env={"env_vars": forwarded_env()})
+    window = cfg.max_in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+    settings = TaskSettings(cfg.output, fp, "record" if cfg.verify == "size" else cfg.verify, cfg.task_timeout,
+                            max(1, cfg.videos_in_flight))
+    opts_ref, settings_ref = ray.put(cfg.ingest_options()), ray.put(settings)
+    specs = plan.shards()
+    pending: dict = {}
+
+    def submit() -> None:
+        spec: ShardSpec | None = next(specs, None)
+        if spec is not None:
+            pending[task.remote(spec, opts_ref, settings_ref)] = (spec.name, len(spec.items))
+
+    bar = _progress(plan.num_rows, cfg.progress)
     try:
-        for item, result in _results(todo, cfg.ingest_options(), cfg):
-            w = writers.get(item.split)
-            if w is None:
-                for other in writers.values():
-                    other.close()  # splits are processed one after another: finish the previous one
-                w = writers[item.split] = _SplitWriter(cfg, item.split, next_index[item.split], fp)
-            if isinstance(result, Sample):
-                w.add(item, result)
-            else:
-                log.info("quarantined %s: %s", item.entry.uri, result)
-                w.quarantine(item, result)
-            bar.update(1)
-        for w in writers.values():
-            w.close()
-            tail.extend(w.quarantined)  # entries after a split's last shard: recorded in quarantine.jsonl
+        for _ in range(window):
+            submit()
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                name, videos = pending.pop(ref)
+                try:
+                    results.add(ray.get(ref))
+                except ray.exceptions.RayTaskError as exc:
+                    _raise_cause(exc)
+                except ray.exceptions.RayError as exc:  # its worker or node died more often than Ray retries
+                    raise TubeletError(f"shard {name}: its task failed {1 + SHARD_TASK_RETRIES} times "
+                                       f"({type(exc).__name__}); rerun the job to resume") from None
+                bar.update(videos)
+                submit()
     except BaseException:
-        for w in writers.values():
-            w.abort()
+        for ref in pending:  # stop the other shards: a rerun redoes what they had not committed
+            ray.cancel(ref, force=True)
         raise
     finally:
         bar.close()
-    return [s for w in writers.values() for s in w.published], tail
 
 
 # --------------------------------------------------------------------------------------------
 # The whole job
 
 
-def _write_outputs(cfg: ShardSection, shards: list[ShardState], quarantine: list[dict], labels: list[str],
-                   inputs: int, fp: str) -> dict:
-    shards = sorted(shards, key=lambda s: s.name)
-    by_split: dict[str, dict[str, int]] = {}
-    for s in shards:
-        d = by_split.setdefault(s.split, {"shards": 0, "samples": 0, "bytes": 0, "quarantined": 0})
-        d["shards"] += 1
-        d["samples"] += s.samples
-        d["bytes"] += s.bytes
-    quarantine = sorted(quarantine, key=lambda q: (q["line"], q["uri"]))
-    for q in quarantine:
-        if q.get("split"):
-            by_split.setdefault(q["split"], {"shards": 0, "samples": 0, "bytes": 0, "quarantined": 0})
-            by_split[q["split"]]["quarantined"] += 1
-    samples = sum(s.samples for s in shards)
-    if samples + len(quarantine) != inputs:  # the job's promise: every input is accounted for
-        raise AssertionError(f"accounting broken: {inputs} inputs != {samples} samples + {len(quarantine)} quarantined")
+def _write_outputs(cfg: ShardSection, plan: ShardPlan, results: _Results, fp: str) -> dict:
+    shards = sorted(results.shards, key=lambda s: s["name"])
+    by_split = {k: results.by_split[k] for k in sorted(results.by_split)}
+    quarantined = results.videos_quarantined + plan.num_rejects
+    videos = plan.num_rows - results.videos_quarantined
+    if videos + quarantined != plan.inputs:  # the job's promise: every input is accounted for
+        raise AssertionError(f"accounting broken: {plan.inputs} inputs != {videos} sharded + {quarantined} quarantined")
+    if results.samples < videos:
+        raise AssertionError(f"accounting broken: {videos} videos sharded into only {results.samples} samples")
     index = {
         "version": INDEX_VERSION,
-        "shards": [s.summary() for s in shards],
-        "labels": labels,
-        "totals": {"inputs": inputs, "samples": samples, "quarantined": len(quarantine), "shards": len(shards),
-                   "bytes": sum(s.bytes for s in shards), "by_split": by_split},
+        "shards": shards,
+        "labels": plan.labels,
+        "totals": {"inputs": plan.inputs, "videos": videos, "samples": results.samples, "quarantined": quarantined,
+                   "clips_quarantined": results.clips_quarantined, "shards": len(shards),
+                   "bytes": sum(s["bytes"] for s in shards), "by_split": by_split},
         "fingerprint": fp,
     }
-    sio.write_text(sio.join(cfg.output, QUARANTINE_NAME),
-                   "".join(json.dumps(q, sort_keys=True) + "\n" for q in quarantine))
+    _write_streamed(sio.join(cfg.output, QUARANTINE_NAME), results.quarantine_lines())
     sio.write_text(sio.join(cfg.output, INDEX_NAME), json.dumps(index, indent=1, sort_keys=True) + "\n")
     return index
 
 
-@dataclass
-class ShardPlan:
-    """Everything decided before any video is touched."""
+def _write_streamed(uri: str, lines: Iterator[str]) -> None:
+    """Write a file of many lines without holding it: to a local temporary file, then published."""
+    import tempfile
 
-    items: list[PlanItem]
-    rejects: list[Reject]
-    labels: list[str]
-    fingerprint: str
-    kept: list[ShardState]
-    todo: list[PlanItem]
+    local_dir = None if sio.is_remote(uri) else str(Path(uri.removeprefix("file://")).parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{Path(uri).name}.", suffix=".tmp", dir=local_dir)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.writelines(lines)
+        os.chmod(tmp, 0o644)
+        sio.upload_file(tmp, uri)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 # ``.{name}.{8 random chars}.tmp``: TarShardWriter's and io.write_bytes' files before their rename.
 _TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
 
 
-def remove_stale_temporaries(output: str) -> int:
+def remove_stale_temporaries(output: str, quiet: bool = False) -> int:
     """Delete the temporary files a killed earlier run left in a local output folder.
 
     Files are published by renaming a temporary file; a run killed before the rename (SIGKILL,
@@ -328,48 +319,96 @@ def remove_stale_temporaries(output: str) -> int:
     stale = [p for d in (root, root / STATE_DIR) for p in d.glob(".*.tmp") if _TEMPORARY.match(p.name) and p.is_file()]
     for p in stale:
         p.unlink(missing_ok=True)
-    if stale:
+    if stale and not quiet:
         log.info("removed %d temporary files left by an interrupted run", len(stale))
     return len(stale)
 
 
-def prepare(cfg: ShardSection) -> ShardPlan:
-    """Validate the config, read the manifest, and find what an earlier run already finished.
+@dataclass
+class Prepared:
+    """Everything decided before any video is touched: the plan and the settings' fingerprint."""
+
+    plan: ShardPlan
+    fingerprint: str
+
+    def close(self) -> None:
+        self.plan.close()
+
+
+def check_config(cfg: ShardSection) -> None:
+    """One-line errors for settings that cannot work, before anything is read or started."""
+    if not cfg.output:
+        raise DataError("shard.output is not set")
+    if not cfg.manifest:
+        raise DataError("shard.manifest is not set")
+    if cfg.verify not in (*VERIFY_MODES, "size"):
+        raise DataError(f"shard.verify must be one of {', '.join(VERIFY_MODES)}, got {cfg.verify!r}")
+    if cfg.videos_per_shard < 1:
+        raise DataError(f"shard.videos_per_shard must be >= 1, got {cfg.videos_per_shard}")
+    try:
+        from pipeline.data.ingest import check_clip_options
+    except ImportError:  # an ingest without clips
+        if cfg.clip_seconds or cfg.clip_mode != "fixed":
+            raise DataError("shard.clip_seconds / clip_mode: this build cannot cut clips") from None
+    else:
+        check_clip_options(cfg.ingest_options())
+
+
+def prepare(cfg: ShardSection) -> Prepared:
+    """Validate the config and the output, and plan the shards from the manifest.
 
     Needs no Ray, so a bad manifest or an unwritable output fails in a second, with one line.
     """
-    if not cfg.output:
-        raise DataError("shard.output is not set")
-    if cfg.verify not in ("sha256", "size"):
-        raise DataError(f"shard.verify must be sha256 or size, got {cfg.verify!r}")
+    check_config(cfg)
     sio.check_writable(cfg.output)
     remove_stale_temporaries(cfg.output)
-    items, rejects, labels = read_plan(cfg)
-    fp = fingerprint(cfg, labels)
-    kept, done = resume_point(cfg, items, fp)
-    todo = [it for it in items if it.key not in done]
-    log.info("%d inputs: %d rows rejected, %d entries already in %d verified shards, %d to process",
-             len(items) + len(rejects), len(rejects), len(done), len(kept), len(todo))
-    return ShardPlan(items, rejects, labels, fp, kept, todo)
+    t0 = time.monotonic()
+    plan = ShardPlan(cfg.manifest, cfg.default_split, cfg.videos_per_shard)
+    log.info("%d inputs: %d rows rejected, %d videos in %d shards (planned in %.1f s)", plan.inputs,
+             plan.num_rejects, plan.num_rows, plan.num_shards(), time.monotonic() - t0)
+    return Prepared(plan, fingerprint(cfg, plan.labels))
 
 
-def shard(cfg: ShardSection, plan: ShardPlan | None = None) -> tuple[dict, ShardReport]:
+def shard(cfg: ShardSection, prepared: Prepared | None = None) -> tuple[dict, ShardReport]:
     """Run the sharding job (Ray must be initialised). Returns the index and a report."""
     t0 = time.monotonic()
-    plan = plan or prepare(cfg)
-    items, rejects, labels, fp, kept = plan.items, plan.rejects, plan.labels, plan.fingerprint, plan.kept
-    new, tail = write_shards(cfg, plan.todo, kept, fp)
-    split_of = {it.key: it.split for it in items}
-    quarantine = [{"uri": r.uri, "reason": f"manifest row: {r.reason}", "line": r.line, "split": None}
-                  for r in rejects]
-    for q in [q for s in kept + new for q in s.quarantined] + tail:
-        quarantine.append({"uri": q["uri"], "reason": q["reason"], "line": q["line"], "split": split_of[q["key"]]})
-    index = _write_outputs(cfg, kept + new, quarantine, labels, len(items) + len(rejects), fp)
-    report = ShardReport(inputs=len(items) + len(rejects), samples=index["totals"]["samples"],
-                         quarantined=len(quarantine), skipped_shards=len(kept), written_shards=len(new),
-                         seconds=time.monotonic() - t0, by_split=index["totals"]["by_split"],
-                         reasons=dict(collections.Counter(_reason_class(q["reason"]) for q in quarantine)))
+    prepared = prepared or prepare(cfg)
+    plan, fp = prepared.plan, prepared.fingerprint
+    results = _Results(plan.workdir)
+    try:
+        run_shard_tasks(cfg, plan, fp, results)
+        remove_stale_temporaries(cfg.output, quiet=True)  # left by shard tasks killed and retried in this run
+        results.add_rejects(plan)
+        index = _write_outputs(cfg, plan, results, fp)
+        report = ShardReport(inputs=plan.inputs, samples=results.samples,
+                             quarantined=index["totals"]["quarantined"], skipped_shards=results.kept,
+                             written_shards=results.written, seconds=time.monotonic() - t0,
+                             by_split=index["totals"]["by_split"], reasons=results.reasons(),
+                             clips_quarantined=results.clips_quarantined, encodes=dict(sorted(results.encodes.items())))
+    finally:
+        results.close()
+        prepared.close()
     return index, report
+
+
+def published_shards(cfg: ShardSection, prepared: Prepared, threads: int = 16) -> tuple[list[ShardState], int]:
+    """The planned shards an earlier run committed and that still verify, and how many are not.
+
+    Reads each shard's state from the driver (threads in parallel): for a completion check
+    (the pipeline's), not the job, whose shard tasks do this themselves on the cluster.
+    """
+    verify = "record" if cfg.verify == "size" else cfg.verify
+
+    def check(spec: ShardSpec) -> ShardState | None:
+        state = read_state(cfg.output, spec.name)
+        ok = (state is not None and state.fingerprint == prepared.fingerprint and state.members == spec.members_digest()
+              and (state.samples == 0 or verify_shard(cfg.output, state, verify)))
+        return state if ok else None
+
+    with ThreadPoolExecutor(threads) as pool:
+        states = list(pool.map(check, prepared.plan.shards()))
+    kept = [s for s in states if s is not None]
+    return kept, len(states) - len(kept)
 
 
 def _reason_class(reason: str) -> str:
@@ -384,8 +423,12 @@ def format_report(report: ShardReport, output: str) -> str:
     unsplit = report.quarantined - sum(d["quarantined"] for d in report.by_split.values())
     if unsplit:
         lines.append(f"{'(manifest)':<10}{'':>8}{'':>10}{unsplit:>13}")
-    lines.append(f"inputs {report.inputs} = samples {report.samples} + quarantined {report.quarantined}; "
-                 f"shards written {report.written_shards}, kept from an earlier run {report.skipped_shards}; "
+    videos = report.inputs - report.quarantined
+    clips = f", {report.clips_quarantined} clips quarantined" if report.clips_quarantined else ""
+    encodes = ", ".join(f"{n} {kind}" for kind, n in report.encodes.items())
+    lines.append(f"inputs {report.inputs} = videos sharded {videos} + quarantined {report.quarantined}; "
+                 f"samples {report.samples}{clips}{f' ({encodes})' if encodes else ''}")
+    lines.append(f"shards written {report.written_shards}, kept from an earlier run {report.skipped_shards}; "
                  f"{report.seconds:.1f} s ({report.inputs / max(report.seconds, 1e-9):.1f} videos/s)")
     for reason, n in sorted(report.reasons.items(), key=lambda kv: -kv[1]):
         lines.append(f"  quarantined {n:>5} x {reason}")

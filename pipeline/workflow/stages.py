@@ -55,32 +55,33 @@ def _checkpoint_step(run_dir: str) -> int | None:
 
 
 def check_shard(stage: Stage) -> Check:
-    """Complete when every manifest row is in a shard that verifies or in quarantine.jsonl, and
-    index.json describes exactly those shards (the shard job's own resume logic decides)."""
-    from pipeline.orchestration.sharding import prepare
+    """Complete when every planned shard was committed and still verifies (``shard.verify``), and
+    index.json describes exactly those shards for this manifest and these settings."""
+    from pipeline.orchestration.sharding import prepare, published_shards
 
     cfg = stage.cfg.shard
-    plan = prepare(cfg)  # reads the manifest, verifies existing shards (shard.verify: sha256 | size)
-    index = read_json(sio.join(cfg.output, INDEX_NAME))
-    inputs = len(plan.items) + len(plan.rejects)
-    if index is None:
-        return Check(False, f"{len(plan.todo)} of {inputs} inputs to shard ({len(plan.kept)} shards kept)",
-                     resumes=f"{len(plan.kept)} shards kept" if plan.kept else "")
-    quarantine = sio.read_text(sio.join(cfg.output, QUARANTINE_NAME)) if sio.exists(
-        sio.join(cfg.output, QUARANTINE_NAME)) else ""
-    quarantined = {(q["line"], q["uri"]) for q in map(json.loads, quarantine.splitlines())}
-    # Rows quarantined after a split's last shard are in no shard state, only in quarantine.jsonl.
-    missing = [it for it in plan.todo if (it.line, it.entry.uri) not in quarantined]
-    listed = sorted(s["name"] for s in index.get("shards", []))
-    if missing or index.get("fingerprint") != plan.fingerprint or listed != sorted(s.name for s in plan.kept) \
-            or index.get("totals", {}).get("inputs") != inputs:
-        return Check(False, f"{len(missing)} of {inputs} inputs not in verified shards or the index is stale",
-                     resumes=f"{len(plan.kept)} shards kept" if plan.kept else "")
-    identity = hashlib.sha256(json.dumps([plan.fingerprint, plan.labels, [(s.name, s.sha256) for s in plan.kept]],
-                                         sort_keys=True).encode()).hexdigest()[:16]
-    totals = index["totals"]
-    return Check(True, f"{len(plan.kept)} shards verified ({cfg.verify}); inputs {inputs} = samples "
-                       f"{totals['samples']} + quarantined {totals['quarantined']}", identity=identity)
+    prepared = prepare(cfg)  # reads the manifest and plans the shards; no video is touched
+    try:
+        plan = prepared.plan
+        kept, missing = published_shards(cfg, prepared)
+        index = read_json(sio.join(cfg.output, INDEX_NAME))
+        resumes = f"{len(kept)} shards kept" if kept else ""
+        if index is None:
+            return Check(False, f"{missing} of {len(kept) + missing} shards to write ({plan.inputs} inputs)",
+                         resumes=resumes)
+        listed = sorted(s["name"] for s in index.get("shards", []))
+        if missing or index.get("fingerprint") != prepared.fingerprint or listed != sorted(
+                s.name for s in kept if s.samples) or index.get("totals", {}).get("inputs") != plan.inputs:
+            return Check(False, f"{missing} shards not committed or not verified, or the index is stale",
+                         resumes=resumes)
+        identity = hashlib.sha256(json.dumps([prepared.fingerprint, plan.labels,
+                                              sorted((s.name, s.sha256) for s in kept)]).encode()).hexdigest()[:16]
+        totals = index["totals"]
+        return Check(True, f"{len(kept)} shards verified ({cfg.verify}); inputs {plan.inputs} = videos "
+                           f"{totals.get('videos', totals['samples'])} + quarantined {totals['quarantined']}",
+                     identity=identity)
+    finally:
+        prepared.close()
 
 
 def check_pretrain(stage: Stage) -> Check:

@@ -34,7 +34,7 @@ def data(tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> dict[str,
     rows = ["uri,label,split"] + [f"{e.uri},{e.label if i % 3 else ''},train" for i, e in enumerate(entries)]
     (root / "manifest.csv").write_text("\n".join(rows) + "\n")  # every third video unlabelled
     shard(ShardSection(manifest=str(root / "manifest.csv"), output=str(root / "shards"), max_short_side=48,
-                       max_samples_per_shard=2, progress=False))
+                       videos_per_shard=2, progress=False))
     export = root / "pretrain_run" / "export"
     export.mkdir(parents=True)
     torch.manual_seed(0)

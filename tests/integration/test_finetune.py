@@ -41,7 +41,7 @@ def data(tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> dict[str,
     rows = ["uri,label,split"] + [f"{e.uri},{e.label},{e.split}" for e in entries]
     (root / "manifest.csv").write_text("\n".join(rows) + "\n")
     index, _ = shard(ShardSection(manifest=str(root / "manifest.csv"), output=str(root / "shards"), max_short_side=64,
-                                  max_samples_per_shard=4, progress=False))
+                                  videos_per_shard=4, progress=False))
     assert index["totals"]["samples"] == len(entries)
     # A "pre-training run" folder: the encoder init is found under export/ as jobs.pretrain writes it.
     pretrained = root / "pretrain_run" / "export"

@@ -39,7 +39,7 @@ experiment = "pipeline-test"
 [shard]
 manifest = "{root}/manifest.csv"
 max_short_side = 64
-max_samples_per_shard = 4
+videos_per_shard = 4
 progress = false
 
 [pretrain]

@@ -36,7 +36,7 @@ def shards(tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> str:
     (root / "manifest.csv").write_text("\n".join(rows) + "\n")
     out = root / "shards"
     index, _ = shard(ShardSection(manifest=str(root / "manifest.csv"), output=str(out), max_short_side=96,
-                                  max_samples_per_shard=6, progress=False))
+                                  videos_per_shard=6, progress=False))
     assert index["totals"]["samples"] == len(entries) + 2
     return str(out)
 

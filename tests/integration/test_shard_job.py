@@ -9,8 +9,11 @@ import os
 import subprocess
 import sys
 import tarfile
+import threading
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 import webdataset as wds
 
@@ -57,7 +60,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def _cfg(manifest: str, output: str, **kw) -> ShardSection:
-    return ShardSection(manifest=manifest, output=output, target_shard_mb=0.15, progress=False, **kw)
+    return ShardSection(manifest=manifest, output=output, videos_per_shard=3, progress=False, **kw)
 
 
 def _tar_hashes(out: Path) -> dict[str, str]:
@@ -120,7 +123,8 @@ def test_stock_webdataset_reads_every_sample(inputs: dict, local_run: dict) -> N
 def test_rerun_keeps_every_shard_byte_identical(inputs: dict, local_run: dict) -> None:
     before = _tar_hashes(local_run["out"])
     index, report = shard(_cfg(str(inputs["manifest"]), str(local_run["out"])))
-    assert report.skipped_shards == len(before) and report.written_shards == 0
+    committed = len(list((local_run["out"] / "_state").glob("*.json")))  # with a shard whose videos all failed
+    assert committed >= len(before) and report.skipped_shards == committed and report.written_shards == 0
     assert _tar_hashes(local_run["out"]) == before
     assert index == local_run["index"]
 
@@ -130,21 +134,23 @@ def test_interrupted_run_resumes_to_identical_shards(inputs: dict, local_run: di
     import pipeline.orchestration.sharding as sharding
 
     calls = {"n": 0}
-    real = sharding.write_state
+    real = sharding._Results.add
 
-    def crash_after_two(output, state):  # the job dies right after publishing its second shard
-        real(output, state)
+    def crash_after_two(self, result):  # the driver dies right after its second shard came back
+        real(self, result)
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(sharding, "write_state", crash_after_two)
+    monkeypatch.setattr(sharding._Results, "add", crash_after_two)
     with pytest.raises(KeyboardInterrupt):
         shard(_cfg(str(inputs["manifest"]), str(tmp_path)))
-    assert len(list(tmp_path.glob("*.tar"))) == 2 and not (tmp_path / "index.json").exists()
-    monkeypatch.setattr(sharding, "write_state", real)
+    committed = len(list((tmp_path / "_state").glob("*.json")))
+    assert committed >= 2 and not (tmp_path / "index.json").exists()
+    monkeypatch.setattr(sharding._Results, "add", real)
     index, report = shard(_cfg(str(inputs["manifest"]), str(tmp_path)))
-    assert report.skipped_shards == 2
+    assert report.skipped_shards >= 2 and report.skipped_shards + report.written_shards == len(
+        list((tmp_path / "_state").glob("*.json")))
     assert _tar_hashes(tmp_path) == _tar_hashes(local_run["out"])
     assert index == local_run["index"]
     assert not list(tmp_path.glob(".*.tmp"))
@@ -158,8 +164,10 @@ def test_a_corrupted_shard_is_rewritten_on_rerun(inputs: dict, local_run: dict, 
     data = bytearray(victim.read_bytes())
     data[600] ^= 0xFF  # same size, different bytes: only the sha256 check can see it
     victim.write_bytes(bytes(data))
-    _, report = shard(_cfg(str(inputs["manifest"]), str(tmp_path)))
-    assert report.written_shards >= 1
+    _, trusting = shard(_cfg(str(inputs["manifest"]), str(tmp_path)))
+    assert trusting.written_shards == 0, "the default check (size, no read-back) cannot see a flipped byte"
+    _, report = shard(_cfg(str(inputs["manifest"]), str(tmp_path), verify="sha256"))
+    assert report.written_shards == 1
     assert _tar_hashes(tmp_path) == _tar_hashes(local_run["out"])
 
 
@@ -216,3 +224,37 @@ def test_unreachable_s3_output_fails_fast_with_one_line(tmp_path: Path) -> None:
     last = result.stderr.strip().splitlines()[-1]  # retry warnings may precede it
     assert last.startswith("jobs.shard: error: output s3://tubelet/out is not writable")
     assert "unreachable after 2 attempts" in last
+
+
+def _kill_a_shard_task_while_it_writes(out: Path, stop: threading.Event, killed: list[int]) -> None:
+    """SIGKILL one worker process running ``write_shard`` (Ray titles it ``ray::write_shard``) once a
+    shard's temporary file is on disk: the task dies mid-shard, with its tar half written."""
+    me = psutil.Process()
+    while not stop.is_set() and not killed:
+        if list(out.glob(".train-*.tar.*.tmp")):
+            for proc in me.children(recursive=True):
+                try:
+                    if proc.cmdline()[:1] == ["ray::write_shard"]:
+                        proc.kill()
+                        killed.append(proc.pid)
+                        return
+                except psutil.Error:
+                    continue
+        time.sleep(0.005)
+
+
+def test_a_shard_task_killed_mid_shard_is_retried_to_identical_shards(inputs: dict, local_run: dict,
+                                                                      tmp_path: Path) -> None:
+    stop, killed = threading.Event(), []
+    killer = threading.Thread(target=_kill_a_shard_task_while_it_writes, args=(tmp_path, stop, killed), daemon=True)
+    killer.start()
+    try:
+        index, report = shard(_cfg(str(inputs["manifest"]), str(tmp_path), videos_in_flight=1))
+    finally:
+        stop.set()
+        killer.join(timeout=10)
+    assert killed, "no shard task was killed while writing: nothing was tested"
+    assert report.written_shards == len(list((tmp_path / "_state").glob("*.json")))  # Ray retried it
+    assert _tar_hashes(tmp_path) == _tar_hashes(local_run["out"])
+    assert index == local_run["index"]
+    assert not list(tmp_path.glob(".*.tmp")), "the killed task's temporary file was left behind"

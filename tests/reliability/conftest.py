@@ -208,7 +208,7 @@ def pretrain_shards(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -
     (root / "manifest.csv").write_text("\n".join(["uri,label,split"] + [f"{e.uri},{e.label},train"
                                                                         for e in entries]) + "\n")
     index, _ = shard(ShardSection(manifest=str(root / "manifest.csv"), output=str(root / "shards"),
-                                  max_samples_per_shard=2, progress=False))
+                                  videos_per_shard=2, progress=False))
     assert index["totals"]["samples"] == len(entries)
     return str(root / "shards")
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -63,6 +62,8 @@ def endpoint(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Endpoi
     boto3.client("s3", endpoint_url=ep.url).create_bucket(Bucket=BUCKET)
     monkeypatch.setattr(sio, "RETRY_ATTEMPTS", 6)
     monkeypatch.setattr(sio, "RETRY_BASE_DELAY", 0.25)  # waits 0.25, 0.5, 1, 2, 4: about 8 s in all
+    monkeypatch.setenv("TUBELET_IO_RETRIES", "6")  # the same for the shard tasks, which do the writing
+    monkeypatch.setenv("TUBELET_IO_RETRY_DELAY", "0.25")
     yield ep
     if ep.up:
         ep.stop()
@@ -79,28 +80,20 @@ def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _cut_after_first_shard(ep: Endpoint, monkeypatch: pytest.MonkeyPatch, down_for: float | None) -> list:
-    """Take the endpoint down right after the first shard and its state file are published (the
-    job's own ``write_state`` runs first); bring it back ``down_for`` seconds after the job's first
-    retry, so that the job meets the outage however slowly a loaded machine gets to its next write."""
-    real = sharding.write_state
+    """Take the endpoint down as soon as the driver has the first shard back (one shard task at a
+    time, so the next one meets the outage from its first request); bring it back ``down_for``
+    seconds later, well within the shard tasks' retry budget."""
+    real = sharding._Results.add
     timers: list[threading.Timer] = []
-    down = threading.Event()
 
-    def write_state(output: str, state: Any) -> None:
-        real(output, state)
-        if ep.up and not down.is_set():
+    def add(self: Any, result: Any) -> None:
+        real(self, result)
+        if ep.up and not timers and self.kept + self.written == 1:
             ep.stop()
-            down.set()
+            timers.append(threading.Timer(down_for, ep.start) if down_for is not None else threading.Timer(0, bool))
+            timers[0].start()
 
-    class BackAfterFirstRetry(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if down_for is not None and down.is_set() and not timers and "transient error" in record.getMessage():
-                timers.append(threading.Timer(down_for, ep.start))
-                timers[0].start()
-
-    monkeypatch.setattr(sharding, "write_state", write_state)
-    io_log = logging.getLogger("pipeline.core.io")
-    monkeypatch.setattr(io_log, "handlers", [*io_log.handlers, BackAfterFirstRetry(logging.WARNING)])
+    monkeypatch.setattr(sharding._Results, "add", add)
     return timers
 
 
@@ -114,20 +107,20 @@ def _verify(prefix: str) -> dict[str, Any]:
 
 
 def _cfg(manifest: Path, prefix: str) -> ShardSection:
-    return ShardSection(manifest=str(manifest), output=prefix, max_samples_per_shard=1, progress=False)
+    return ShardSection(manifest=str(manifest), output=prefix, videos_per_shard=1, max_in_flight=1, progress=False)
 
 
 def test_endpoint_back_on_the_same_port_the_job_finishes(endpoint: Endpoint, manifest: Path, ray_local: None,
-                                                         caplog: pytest.LogCaptureFixture,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     prefix = f"s3://{BUCKET}/back"
-    caplog.set_level(logging.WARNING, logger="pipeline.core.io")
     timers = _cut_after_first_shard(endpoint, monkeypatch, down_for=2.0)
+    t0 = time.monotonic()
     index, report = shard(_cfg(manifest, prefix))
+    # Five shards were still to be written when the endpoint went down for 2 s: the job got
+    # through only by retrying, and cannot have finished before the endpoint was back.
     assert timers, "the job never met the outage: nothing was tested"
     timers[0].join(timeout=60)
-    retries = [r.getMessage() for r in caplog.records if "transient error" in r.getMessage()]
-    assert retries, "the job never met the outage: nothing was tested"
+    assert time.monotonic() - t0 > 2.0
     assert report.written_shards == index["totals"]["shards"] == 6 and report.samples == 6
     assert _verify(prefix) == index
     _, again = shard(_cfg(manifest, prefix))
@@ -141,7 +134,8 @@ def test_endpoint_gone_fails_in_one_line_and_loses_nothing(endpoint: Endpoint, m
     _cut_after_first_shard(endpoint, monkeypatch, down_for=None)
     t0 = time.monotonic()
     rc = job_main(ShardJobConfig, shard_run, ["--set", f"shard.manifest={manifest}", "--set", f"shard.output={prefix}",
-                                              "--set", "shard.max_samples_per_shard=1", "--set", "shard.progress=false"],
+                                              "--set", "shard.videos_per_shard=1", "--set", "shard.max_in_flight=1",
+                                              "--set", "shard.progress=false"],
                   prog="jobs.shard")
     elapsed = time.monotonic() - t0
     err = capsys.readouterr().err

@@ -38,7 +38,7 @@ def manifest(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]
 
 
 def _job(manifest: Path, out: Path, ray_tmp: Path, log: Path) -> Job:
-    sets = [f"shard.manifest={manifest}", f"shard.output={out}", "shard.max_samples_per_shard=1",
+    sets = [f"shard.manifest={manifest}", f"shard.output={out}", "shard.videos_per_shard=1",
             "shard.progress=false", "ray.num_cpus=2"]
     return Job("jobs.shard", [a for s in sets for a in ("--set", s)], env=secret_env(ray_tmp), log=log)
 
@@ -135,7 +135,7 @@ def test_result_is_byte_identical_to_an_uninterrupted_run(killed_and_rerun: dict
                                                           manifest: tuple[Path, list[str]], ray_local: None,
                                                           tmp_path: Path) -> None:
     straight = tmp_path / "straight"
-    shard(ShardSection(manifest=str(manifest[0]), output=str(straight), max_samples_per_shard=1, progress=False))
+    shard(ShardSection(manifest=str(manifest[0]), output=str(straight), videos_per_shard=1, progress=False))
     out = killed_and_rerun["out"]
     for name in ("index.json", "quarantine.jsonl", *(p.name for p in straight.glob("*.tar"))):
         assert (out / name).read_bytes() == (straight / name).read_bytes(), name

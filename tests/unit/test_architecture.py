@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, ...]] = [
 ALLOWED = {  # third-party package -> the pipeline modules that may import it
     "deepspeed": {"infra.engine"},
     "mlflow": {"infra.tracking"},
-    "ray": {"orchestration.ray_train", "orchestration.sharding", "submission.client"},
+    "ray": {"orchestration.ray_train", "orchestration.sharding", "orchestration.shard_tasks", "submission.client"},
 }
 
 

@@ -1,0 +1,122 @@
+"""What runs on the workers of the sharding job: one Ray task per shard, one per video.
+
+A shard task owns one shard from start to finish. It first checks whether an earlier run
+already published the shard (its state file names the same rows and settings, and the object
+is there with the size, and on S3 the ETag, that the state names; ``verify = "sha256"`` reads
+it back and hashes it). If not, it ingests the shard's videos, a few at a time, each in its own
+Ray task placed on the same node (so a video's bytes cross no network, a crash of the decoder
+costs one video, and a video over ``task_timeout`` is cancelled and quarantined), writes them
+into the tar in key order while hashing it, publishes the tar, and last writes the state file:
+the commit. A task killed at any point leaves at most a temporary file and an object without a
+state, which the next attempt overwrites with the same bytes.
+
+The driver only schedules these tasks and receives their small :class:`ShardResult`; no video
+bytes pass through it.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from pipeline.data.ingest import IngestOptions, ingest
+from pipeline.data.shard_plan import PlanItem, ShardSpec
+from pipeline.data.shard_writer import Sample, ShardState, TarShardWriter, read_state, verify_shard, write_state
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    """The part of the shard config a shard task needs besides its rows."""
+
+    output: str
+    fingerprint: str
+    verify: str = "record"
+    task_timeout: float = 600.0
+    videos_in_flight: int = 2
+
+
+@dataclass
+class ShardResult:
+    """What a shard task sends back: the shard's state, whether it was kept from an earlier run."""
+
+    state: ShardState
+    kept: bool
+    seconds: float
+
+
+def _as_parts(result: object) -> tuple[list[Sample], list[dict]]:
+    """Samples and per-clip failures of one ingested video (a bare Sample: one, none)."""
+    if isinstance(result, Sample):
+        return [result], []
+    return list(result.samples), list(result.failed)  # type: ignore[attr-defined]
+
+
+def _ingested(items: tuple[PlanItem, ...], opts: IngestOptions, settings: TaskSettings,
+              ) -> Iterator[tuple[PlanItem, object]]:
+    """Ingest ``items`` as Ray tasks on this node, yielding results in order, a few in flight."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True,
+                                          _spill_on_unavailable=True)
+    task = ray.remote(num_cpus=1, max_retries=2)(ingest)  # a node lost is not the video's fault.options(scheduling_strategy=here)
+    opts_ref = ray.put(opts)
+    pending: collections.deque = collections.deque()
+    todo = iter(items)
+    for item in todo:
+        pending.append((item, task.remote(item.entry, item.key, item.label, opts_ref)))
+        if len(pending) >= settings.videos_in_flight:
+            break
+    while pending:
+        item, ref = pending.popleft()
+        try:
+            result: object = ray.get(ref, timeout=settings.task_timeout)
+        except ray.exceptions.GetTimeoutError:
+            ray.cancel(ref, force=True)
+            result = f"timed out after {settings.task_timeout:.0f} s"
+        except ray.exceptions.RayError as exc:
+            result = f"worker crashed while processing: {type(exc).__name__}"
+        nxt = next(todo, None)
+        if nxt is not None:
+            pending.append((nxt, task.remote(nxt.entry, nxt.key, nxt.label, opts_ref)))
+        yield item, result
+
+
+def write_shard(spec: ShardSpec, opts: IngestOptions, settings: TaskSettings) -> ShardResult:
+    """Publish shard ``spec`` (or find it already published) and return its state."""
+    t0 = time.monotonic()
+    members = spec.members_digest()
+    old = read_state(settings.output, spec.name)
+    if (old is not None and old.fingerprint == settings.fingerprint and old.members == members
+            and (old.samples == 0 or verify_shard(settings.output, old, settings.verify))):
+        return ShardResult(old, True, time.monotonic() - t0)
+    writer = TarShardWriter(settings.output, spec.name)
+    quarantined: list[dict] = []
+    encodes: collections.Counter[str] = collections.Counter()
+    try:
+        for item, result in _ingested(spec.items, opts, settings):
+            where = {"uri": item.entry.uri, "line": item.line, "key": item.key}
+            if isinstance(result, str):
+                quarantined.append(where | {"reason": result})
+                continue
+            samples, failed = _as_parts(result)
+            for sample in samples:
+                writer.add(sample)
+                encodes[str(sample.meta.get("encode", ""))] += 1
+            quarantined += [where | {"key": f["key"], "start": f["start"], "end": f["end"], "reason": f["reason"],
+                                     "clip": True} for f in failed]
+        if writer.samples:
+            nbytes, sha, etag = writer.publish()
+        else:  # every video of the shard was quarantined: a state without a tar
+            writer.abort()
+            nbytes, sha, etag = 0, "", ""
+    except BaseException:
+        writer.abort()
+        raise
+    state = ShardState(spec.name, spec.split, writer.samples, nbytes, sha, settings.fingerprint, members,
+                       videos=len(spec.items), quarantined=quarantined, etag=etag,
+                       encodes={k: v for k, v in sorted(encodes.items()) if k})
+    write_state(settings.output, state)
+    return ShardResult(state, False, time.monotonic() - t0)
