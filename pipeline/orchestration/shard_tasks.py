@@ -61,7 +61,9 @@ def _ingested(items: tuple[PlanItem, ...], opts: IngestOptions, settings: TaskSe
 
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True,
                                           _spill_on_unavailable=True)
-    task = ray.remote(num_cpus=1, max_retries=2)(ingest)  # a node lost is not the video's fault.options(scheduling_strategy=here)
+    # max_retries: a worker or node lost is not the video's fault; a video that kills its decoder
+    # three times is quarantined as such.
+    task = ray.remote(num_cpus=1, max_retries=2)(ingest).options(scheduling_strategy=here)
     opts_ref = ray.put(opts)
     pending: collections.deque = collections.deque()
     todo = iter(items)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from pipeline.core import io as sio
-from pipeline.data.shard_writer import INDEX_NAME, QUARANTINE_NAME
+from pipeline.data.shard_writer import INDEX_NAME
 from pipeline.infra.tracking import is_registered
 from pipeline.train.checkpoint import LOOP_FILE, latest_checkpoint
 from pipeline.train.model_registry import CARD, WEIGHTS, model_folder, register_model, registered_uri
