@@ -104,14 +104,18 @@ def transcode(
     max_frames: int = DEFAULT_MAX_FRAMES,
     min_frames: int = 1,
     gop: int | None = None,
+    info: VideoInfo | None = None,
 ) -> tuple[bytes, VideoInfo]:
     """Transcode ``source`` (path or bytes) to H.264 MP4; returns ``(mp4 bytes, VideoInfo of them)``.
 
     Upright (display rotation applied), short side <= ``max_short_side`` (aspect kept, area
     downscale, never upscaled), even sizes, ``fps <= fps_cap`` by uniform frame dropping, only
     frames in ``[start_sec, end_sec)`` when given. Bad input raises a classified VideoError.
+    ``info``: the caller's probe of ``source`` (then it is not probed again: cutting many clips of one
+    long source probes it once, and ``max_frames`` bounds each clip's frames, not the source's).
     """
-    info = probe(source, max_pixels=max_pixels, max_side=max_side, max_frames=max_frames)
+    if info is None:
+        info = probe(source, max_pixels=max_pixels, max_side=max_side, max_frames=max_frames)
     rotated = info.rotation in (90, 270)
     disp_w, disp_h = (info.height, info.width) if rotated else (info.width, info.height)
     out_w, out_h, resize = output_size(disp_w, disp_h, max_short_side)
