@@ -80,7 +80,7 @@ def _manifest_lines(uri: str) -> Iterator[str]:
     except StorageError as exc:
         raise DataError(f"manifest {str(exc).removeprefix('read ')}") from None
     decoder = codecs.getincrementaldecoder("utf-8")()
-    line_no, pending = 0, ""
+    line_no, offset, pending = 0, 0, ""
     with fh:
         while True:
             try:
@@ -90,8 +90,9 @@ def _manifest_lines(uri: str) -> Iterator[str]:
             try:
                 text = pending + decoder.decode(block, final=not block)
             except UnicodeDecodeError as exc:
-                raise DataError(f"manifest {uri}: not UTF-8 text (line {line_no + pending.count(chr(10)) + 1}, "
-                                f"byte {exc.start} of its block)") from None
+                line = line_no + pending.count("\n") + block[:exc.start].count(b"\n") + 1
+                raise DataError(f"manifest {uri}: not UTF-8 text (line {line}, byte {offset + exc.start})") from None
+            offset += len(block)
             lines = text.split("\n")
             pending = lines.pop()
             for ln in lines:

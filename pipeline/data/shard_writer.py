@@ -82,7 +82,8 @@ class ShardState:
     videos: int = 0
     quarantined: list[dict[str, Any]] = field(default_factory=list)
     etag: str = ""
-    encodes: dict[str, int] = field(default_factory=dict)
+    encodes: dict[str, int] = field(default_factory=dict)  # samples by how they were made: remux, transcode, copy
+    dropped_seconds: float = 0.0  # clip mode: source time cut into no clip (tails, short scenes)
 
     def summary(self) -> dict[str, Any]:
         return {"name": self.name, "split": self.split, "samples": self.samples, "bytes": self.bytes,

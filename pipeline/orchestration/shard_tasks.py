@@ -21,9 +21,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from pipeline.data.ingest import IngestOptions, ingest
+from pipeline.data.ingest import Ingested, IngestOptions, ingest
 from pipeline.data.shard_plan import PlanItem, ShardSpec
-from pipeline.data.shard_writer import Sample, ShardState, TarShardWriter, read_state, verify_shard, write_state
+from pipeline.data.shard_writer import ShardState, TarShardWriter, read_state, verify_shard, write_state
 
 
 @dataclass(frozen=True)
@@ -44,13 +44,6 @@ class ShardResult:
     state: ShardState
     kept: bool
     seconds: float
-
-
-def _as_parts(result: object) -> tuple[list[Sample], list[dict]]:
-    """Samples and per-clip failures of one ingested video (a bare Sample: one, none)."""
-    if isinstance(result, Sample):
-        return [result], []
-    return list(result.samples), list(result.failed)  # type: ignore[attr-defined]
 
 
 def _ingested(items: tuple[PlanItem, ...], opts: IngestOptions, settings: TaskSettings,
@@ -97,18 +90,20 @@ def write_shard(spec: ShardSpec, opts: IngestOptions, settings: TaskSettings) ->
     writer = TarShardWriter(settings.output, spec.name)
     quarantined: list[dict] = []
     encodes: collections.Counter[str] = collections.Counter()
+    dropped = 0.0
     try:
         for item, result in _ingested(spec.items, opts, settings):
             where = {"uri": item.entry.uri, "line": item.line, "key": item.key}
             if isinstance(result, str):
                 quarantined.append(where | {"reason": result})
                 continue
-            samples, failed = _as_parts(result)
-            for sample in samples:
+            assert isinstance(result, Ingested), type(result)
+            for sample in result.samples:
                 writer.add(sample)
                 encodes[str(sample.meta.get("encode", ""))] += 1
             quarantined += [where | {"key": f["key"], "start": f["start"], "end": f["end"], "reason": f["reason"],
-                                     "clip": True} for f in failed]
+                                     "clip": True} for f in result.failed]
+            dropped += result.dropped_seconds
         if writer.samples:
             nbytes, sha, etag = writer.publish()
         else:  # every video of the shard was quarantined: a state without a tar
@@ -119,6 +114,6 @@ def write_shard(spec: ShardSpec, opts: IngestOptions, settings: TaskSettings) ->
         raise
     state = ShardState(spec.name, spec.split, writer.samples, nbytes, sha, settings.fingerprint, members,
                        videos=len(spec.items), quarantined=quarantined, etag=etag,
-                       encodes={k: v for k, v in sorted(encodes.items()) if k})
+                       encodes={k: v for k, v in sorted(encodes.items()) if k}, dropped_seconds=round(dropped, 6))
     write_state(settings.output, state)
     return ShardResult(state, False, time.monotonic() - t0)

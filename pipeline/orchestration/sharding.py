@@ -39,7 +39,7 @@ from pathlib import Path
 from pipeline.core import io as sio
 from pipeline.core.config import help_field
 from pipeline.core.errors import DataError, TubeletError
-from pipeline.data.ingest import IngestOptions
+from pipeline.data.ingest import IngestOptions, check_clip_options
 from pipeline.data.shard_plan import ShardPlan, ShardSpec
 from pipeline.data.shard_writer import (
     INDEX_NAME,
@@ -89,14 +89,9 @@ class ShardSection:
         return IngestOptions(
             transcode=self.transcode, max_short_side=self.max_short_side, fps_cap=self.fps_cap, crf=self.crf,
             preset=self.preset, min_frames=self.min_frames, max_frames=self.max_frames, max_pixels=self.max_pixels,
-            max_duration=self.max_duration, allowed_roots=tuple(self.allowed_roots), **self._clip_options())
-
-    def _clip_options(self) -> dict:
-        """The remux and clip settings, for the ingest options that have them."""
-        wanted = {"remux": self.remux, "clip_seconds": self.clip_seconds, "min_clip_seconds": self.min_clip_seconds,
-                  "clip_mode": self.clip_mode, "scene_threshold": self.scene_threshold}
-        known = IngestOptions.__dataclass_fields__
-        return {k: v for k, v in wanted.items() if k in known}
+            max_duration=self.max_duration, allowed_roots=tuple(self.allowed_roots), remux=self.remux,
+            clip_seconds=self.clip_seconds, min_clip_seconds=self.min_clip_seconds, clip_mode=self.clip_mode,
+            scene_threshold=self.scene_threshold)
 
 
 @dataclass
@@ -148,6 +143,7 @@ class _Results:
         self.shards: list[dict] = []  # summaries of the shards that hold samples
         self.by_split: dict[str, dict[str, int]] = {}
         self.kept = self.written = self.samples = self.videos_quarantined = self.clips_quarantined = 0
+        self.dropped_seconds = 0.0
         self.encodes: collections.Counter[str] = collections.Counter()
 
     def _split(self, split: str) -> dict[str, int]:
@@ -159,6 +155,7 @@ class _Results:
         self.written += not result.kept
         self.samples += s.samples
         self.encodes.update(s.encodes)
+        self.dropped_seconds += s.dropped_seconds
         d = self._split(s.split)
         if s.samples:
             self.shards.append(s.summary())
@@ -278,7 +275,9 @@ def _write_outputs(cfg: ShardSection, plan: ShardPlan, results: _Results, fp: st
         "shards": shards,
         "labels": plan.labels,
         "totals": {"inputs": plan.inputs, "videos": videos, "samples": results.samples, "quarantined": quarantined,
-                   "clips_quarantined": results.clips_quarantined, "shards": len(shards),
+                   "clips_quarantined": results.clips_quarantined,
+                   "clip_seconds_dropped": round(results.dropped_seconds, 3), "encodes": dict(sorted(results.encodes.items())),
+                   "shards": len(shards),
                    "bytes": sum(s["bytes"] for s in shards), "by_split": by_split},
         "fingerprint": fp,
     }
@@ -345,13 +344,7 @@ def check_config(cfg: ShardSection) -> None:
         raise DataError(f"shard.verify must be one of {', '.join(VERIFY_MODES)}, got {cfg.verify!r}")
     if cfg.videos_per_shard < 1:
         raise DataError(f"shard.videos_per_shard must be >= 1, got {cfg.videos_per_shard}")
-    try:
-        from pipeline.data.ingest import check_clip_options
-    except ImportError:  # an ingest without clips
-        if cfg.clip_seconds or cfg.clip_mode != "fixed":
-            raise DataError("shard.clip_seconds / clip_mode: this build cannot cut clips") from None
-    else:
-        check_clip_options(cfg.ingest_options())
+    check_clip_options(cfg.ingest_options())
 
 
 def prepare(cfg: ShardSection) -> Prepared:

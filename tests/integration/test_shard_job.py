@@ -258,3 +258,30 @@ def test_a_shard_task_killed_mid_shard_is_retried_to_identical_shards(inputs: di
     assert _tar_hashes(tmp_path) == _tar_hashes(local_run["out"])
     assert index == local_run["index"]
     assert not list(tmp_path.glob(".*.tmp")), "the killed task's temporary file was left behind"
+
+
+def test_long_videos_become_clips_and_every_source_and_clip_is_accounted_for(ray_local: None, tmp_path: Path) -> None:
+    """Through the job: an hour-long source (32x32 at 2 fps) becomes 12 five-minute clips; a source
+    shorter than one clip is quarantined; stock WebDataset reads the clips with their ranges."""
+    from tests.unit.test_clips import _indexed_source
+
+    hour = _indexed_source(tmp_path / "hour.mp4", 3600)
+    short = _indexed_source(tmp_path / "short.mp4", 41)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"uri,label\n{hour},talk\n{short},talk\n")
+    out = tmp_path / "shards"
+    index, report = shard(ShardSection(manifest=str(manifest), output=str(out), clip_seconds=300, min_clip_seconds=60,
+                                       videos_per_shard=2, progress=False))
+    totals = index["totals"]
+    assert (totals["inputs"], totals["videos"], totals["samples"], totals["quarantined"]) == (2, 1, 12, 1)
+    assert totals["encodes"] == {"transcode": 12} and totals["clip_seconds_dropped"] == 0
+    quarantine = [json.loads(line) for line in (out / "quarantine.jsonl").read_text().splitlines()]
+    assert [(q["uri"], q["reason"].split(":")[0]) for q in quarantine] == [(str(short), "too short for a clip")]
+    metas = [json.loads(s["json"]) for s in wds.WebDataset([str(out / s["name"]) for s in index["shards"]],
+                                                            shardshuffle=False)]
+    assert sorted((m["start"], m["end"]) for m in metas) == [(300.0 * i, 300.0 * (i + 1)) for i in range(12)]
+    assert {m["uri"] for m in metas} == {str(hour)} and all(m["num_frames"] == 600 for m in metas)
+    assert len({m["key"] for m in metas}) == 12 and {m["clips"] for m in metas} == {12}
+    again, rerun = shard(ShardSection(manifest=str(manifest), output=str(out), clip_seconds=300, min_clip_seconds=60,
+                                      videos_per_shard=2, progress=False))
+    assert rerun.written_shards == 0 and again == index
