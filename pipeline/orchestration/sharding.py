@@ -82,7 +82,8 @@ class ShardSection:
     verify: str = help_field("record", help="how a rerun trusts a shard: record (size, S3 ETag) | sha256 (re-read)")
     task_timeout: float = help_field(600.0, help="seconds before one video's task is cancelled and quarantined")
     max_in_flight: int = help_field(0, help="shard tasks running at once (0 = 2 x cluster CPUs)")
-    videos_in_flight: int = help_field(2, help="videos each shard task ingests at once")
+    videos_in_flight: int = help_field(0, help="videos each shard task ingests at once (0 = 2, more when there are "
+                                                 "fewer shards than cluster CPUs)")
     progress: bool = help_field(True, help="show a progress bar on stderr")
 
     def ingest_options(self) -> IngestOptions:
@@ -220,9 +221,13 @@ def run_shard_tasks(cfg: ShardSection, plan: ShardPlan, fp: str, results: _Resul
     # Ray started earlier (a test's, a cluster's) read the same endpoint with the same credentials.
     task = ray.remote(write_shard).options(num_cpus=1, max_retries=SHARD_TASK_RETRIES, scheduling_strategy="SPREAD",
                                            runtime_env={"env_vars": forwarded_env()})
-    window = cfg.max_in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    window = cfg.max_in_flight or max(2, 2 * cpus)
+    # Few shards (a small dataset on a big cluster): each runs more of its videos at once, so
+    # that about 2 x CPUs videos are in flight in all.
+    per_shard = cfg.videos_in_flight or max(2, -(-2 * cpus // max(1, min(window, plan.num_shards()))))
     settings = TaskSettings(cfg.output, fp, "record" if cfg.verify == "size" else cfg.verify, cfg.task_timeout,
-                            max(1, cfg.videos_in_flight))
+                            min(per_shard, cfg.videos_per_shard))
     opts_ref, settings_ref = ray.put(cfg.ingest_options()), ray.put(settings)
     specs = plan.shards()
     pending: dict = {}
