@@ -285,3 +285,22 @@ def test_long_videos_become_clips_and_every_source_and_clip_is_accounted_for(ray
     again, rerun = shard(ShardSection(manifest=str(manifest), output=str(out), clip_seconds=300, min_clip_seconds=60,
                                       videos_per_shard=2, progress=False))
     assert rerun.written_shards == 0 and again == index
+
+
+def test_a_large_shard_goes_up_in_parts_and_its_etag_guards_the_rerun(s3_server: str) -> None:
+    """Past s3fs's multipart threshold (2 x 50 MiB) a shard is uploaded in parts (all or nothing:
+    aborted on failure); the state records the multipart ETag, which the default check compares."""
+    from pipeline.data.shard_writer import Sample, ShardState, TarShardWriter, verify_shard
+
+    writer = TarShardWriter("s3://tubelet/big", "train-000000.tar")
+    payload = os.urandom(101 * 2**20)
+    writer.add(Sample("k0", payload, {"uri": "x"}))
+    nbytes, sha, etag = writer.publish()
+    assert etag.endswith("-3"), etag  # three 50 MiB parts: a multipart upload
+    assert sha == hashlib.sha256(sio.read_bytes("s3://tubelet/big/train-000000.tar")).hexdigest()
+    state = ShardState("train-000000.tar", "train", 1, nbytes, sha, "fp", "members", etag=etag)
+    assert verify_shard("s3://tubelet/big", state)
+    other = TarShardWriter("s3://tubelet/big", "train-000000.tar")  # same size, other bytes
+    other.add(Sample("k0", payload[::-1], {"uri": "x"}))
+    assert other.publish()[0] == nbytes
+    assert not verify_shard("s3://tubelet/big", state), "the ETag check missed a replaced object of the same size"
