@@ -31,6 +31,8 @@ from benchmarks.common import RESULTS, ROOT, load_avg, machine, now
 # name -> (module, full-run args, quick args); run in this order (quick data reads the quick shards).
 BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "sharding": ("bench_shard", [], ["--quick", "--keep", "{results}/tmp_quick_shards"]),
+    # planning a synthetic 1M-row manifest (no video read): SQLite plan vs the in-memory lists before it
+    "shard_plan": ("bench_shard_plan", [], ["--quick"]),
     "data_loading": ("bench_data", ["--profile"], ["--quick", "--shards", "{results}/tmp_quick_shards"]),
     # the fine-tuning augmentation (official VideoMAE V2 vs the pre-training crop) on the same shards
     "data_loading_finetune": ("bench_data", ["--finetune", "--views", "2", "--batch", "8", "--clips", "16",
@@ -47,7 +49,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     # decord2 3.4.0 vs decord 0.6.0 vs PyAV: frames on every fixture video, bad-file handling, speed
     "decoders": ("bench_decoders", [], ["--quick"]),
 }
-ALIASES = {"hand-off": "handoff", "shard": "sharding", "data": "data_loading", "model": "model_step", "zero": "zero_memory",
+ALIASES = {"hand-off": "handoff", "shard": "sharding", "plan": "shard_plan", "data": "data_loading", "model": "model_step", "zero": "zero_memory",
            "augment": "data_loading_finetune", "decord": "decoders"}
 VIT_G = "vit_g_step"
 VIT_G_LABEL = "zero3-bf16-nvme-optimizer-1rank"

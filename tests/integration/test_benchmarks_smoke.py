@@ -67,10 +67,12 @@ def results(tmp_path_factory) -> Path:
 
 
 def test_shard_and_data_benchmarks_quick(results: Path) -> None:
-    """Sharding 1 vs 2 Ray workers on 6 tiny videos; the loader vs the reference and raw decode on its shards."""
+    """Sharding, the job vs the design before it (the driver writes), 1 and 2 Ray workers on 6 tiny videos; the
+    loader vs the reference and raw decode on its shards."""
     shards = results / "shards"
     shard = _bench("bench_shard", results / "sharding.json", "--quick", "--keep", str(shards))
-    assert set(shard["medians"]) == {"1_worker", "2_workers"} and (shards / "index.json").exists()
+    assert set(shard["medians"]) == {"old_1w", "new_1w", "old_2w", "new_2w"} and (shards / "index.json").exists()
+    assert len(shard["figures"]) == 4  # videos/s at 1 and 2 workers, driver bytes received, driver peak RSS
     data = _bench("bench_data", results / "data_loading.json", "--quick", "--shards", str(shards))
     assert {"raw_decode", "ours_k1", "ours_k4", "reference", "reference_rep_k4"} == set(data["medians"])
     # k=1 vs the reference, k=4 vs the reference with the same 4 views per decode, raw decode at k=1 and k=4
@@ -78,6 +80,13 @@ def test_shard_and_data_benchmarks_quick(results: Path) -> None:
         "ours / reference loader (a)", "ours / raw decode limit (b)", "ours / reference with its repeated aug",
         "ours / raw decode limit (b)"]
     assert f"{os.cpu_count()}-core machine" in shard["figures"][0]["detail"]
+
+
+def test_shard_plan_benchmark_quick(results: Path) -> None:
+    """Planning a synthetic manifest (20,000 rows at --quick): the SQLite plan vs the old in-memory lists."""
+    data = _bench("bench_shard_plan", results / "shard_plan.json", "--quick")
+    assert set(data["medians"]) == {"old", "new"} and len(data["figures"]) == 2
+    assert data["medians_all"]["new"]["rows"] == data["medians_all"]["old"]["rows"] == 20_000
 
 
 def test_finetune_augmentation_benchmark_quick(tmp_path: Path) -> None:
