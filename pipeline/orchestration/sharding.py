@@ -23,6 +23,7 @@ or the quarantine.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import json
 import logging
@@ -211,49 +212,80 @@ def _raise_cause(exc: BaseException) -> None:
     raise exc
 
 
+@dataclass
+class _InFlight:
+    spec: ShardSpec
+    isolated: bool
+    deadline: float  # inline only: past it the task is cancelled and retried isolated
+
+
 def run_shard_tasks(cfg: ShardSection, plan: ShardPlan, fp: str, results: _Results) -> None:
-    """Run one task per shard, at most ``max_in_flight`` at once, and collect their states."""
+    """Run one task per shard, at most ``max_in_flight`` at once, and collect their states.
+
+    A shard's first task ingests its videos inline. If that task dies (a decoder crash, its node
+    lost, or cancelled here after overrunning ``task_timeout`` per video: a call stuck where the
+    per-video alarm cannot reach), the shard is run again isolated, each video in a task of its
+    own, with Ray's retries for lost nodes; only if that fails too does the job stop.
+    """
     import ray
 
     from pipeline.orchestration.ray_train import forwarded_env
 
     # The driver's storage settings travel with each task (and its video tasks), so workers of a
     # Ray started earlier (a test's, a cluster's) read the same endpoint with the same credentials.
-    task = ray.remote(write_shard).options(num_cpus=1, max_retries=SHARD_TASK_RETRIES, scheduling_strategy="SPREAD",
-                                           runtime_env={"env_vars": forwarded_env()})
+    env = {"env_vars": forwarded_env()}
+    inline = ray.remote(write_shard).options(num_cpus=1, max_retries=0, scheduling_strategy="SPREAD", runtime_env=env)
+    isolated = ray.remote(write_shard).options(num_cpus=1, max_retries=SHARD_TASK_RETRIES, scheduling_strategy="SPREAD",
+                                               runtime_env=env)
     cpus = int(ray.cluster_resources().get("CPU", 1))
     window = cfg.max_in_flight or max(2, 2 * cpus)
-    # Few shards (a small dataset on a big cluster): each runs more of its videos at once, so
-    # that about 2 x CPUs videos are in flight in all.
+    # Few shards (a small dataset on a big cluster): an isolated shard runs more of its videos at
+    # once, so that about 2 x CPUs videos are in flight in all.
     per_shard = cfg.videos_in_flight or max(2, -(-2 * cpus // max(1, min(window, plan.num_shards()))))
     settings = TaskSettings(cfg.output, fp, "record" if cfg.verify == "size" else cfg.verify, cfg.task_timeout,
                             min(per_shard, cfg.videos_per_shard))
-    opts_ref, settings_ref = ray.put(cfg.ingest_options()), ray.put(settings)
+    opts_ref = ray.put(cfg.ingest_options())
+    settings_refs = {False: ray.put(settings), True: ray.put(dataclasses.replace(settings, isolate=True))}
     specs = plan.shards()
     pending: dict = {}
 
-    def submit() -> None:
-        spec: ShardSpec | None = next(specs, None)
+    def submit(spec: ShardSpec | None, isolate: bool = False) -> None:
         if spec is not None:
-            pending[task.remote(spec, opts_ref, settings_ref)] = (spec.name, len(spec.items))
+            ref = (isolated if isolate else inline).remote(spec, opts_ref, settings_refs[isolate])
+            budget = cfg.task_timeout * (len(spec.items) + 1) if cfg.task_timeout > 0 else float("inf")
+            pending[ref] = _InFlight(spec, isolate, time.monotonic() + budget)
 
     bar = _progress(plan.num_rows, cfg.progress)
     try:
         for _ in range(window):
-            submit()
+            submit(next(specs, None))
         while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
+            soonest = min((f.deadline for f in pending.values() if not f.isolated), default=float("inf"))
+            timeout = None if soonest == float("inf") else max(0.0, soonest - time.monotonic())
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=timeout)
+            now = time.monotonic()
+            for ref in [r for r, f in pending.items() if not f.isolated and f.deadline <= now and r not in done]:
+                log.warning("shard %s: still running after %.0f s; cancelling it to run its videos isolated",
+                            pending[ref].spec.name, cfg.task_timeout * (len(pending[ref].spec.items) + 1))
+                ray.cancel(ref, force=True)
+                done.append(ref)
             for ref in done:
-                name, videos = pending.pop(ref)
+                flight = pending.pop(ref)
                 try:
                     results.add(ray.get(ref))
                 except ray.exceptions.RayTaskError as exc:
                     _raise_cause(exc)
-                except ray.exceptions.RayError as exc:  # its worker or node died more often than Ray retries
-                    raise TubeletError(f"shard {name}: its task failed {1 + SHARD_TASK_RETRIES} times "
-                                       f"({type(exc).__name__}); rerun the job to resume") from None
-                bar.update(videos)
-                submit()
+                except ray.exceptions.RayError as exc:  # the task's process or node died, or it was cancelled
+                    if flight.isolated:
+                        raise TubeletError(f"shard {flight.spec.name}: its isolated task failed "
+                                           f"{1 + SHARD_TASK_RETRIES} times ({type(exc).__name__}); "
+                                           "rerun the job to resume") from None
+                    log.warning("shard %s: its task died (%s); running its videos isolated", flight.spec.name,
+                                type(exc).__name__)
+                    submit(flight.spec, isolate=True)
+                    continue
+                bar.update(len(flight.spec.items))
+                submit(next(specs, None))
     except BaseException:
         for ref in pending:  # stop the other shards: a rerun redoes what they had not committed
             ray.cancel(ref, force=True)

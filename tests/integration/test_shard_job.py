@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 import webdataset as wds
@@ -304,3 +305,30 @@ def test_a_large_shard_goes_up_in_parts_and_its_etag_guards_the_rerun(s3_server:
     other.add(Sample("k0", payload[::-1], {"uri": "x"}))
     assert other.publish()[0] == nbytes
     assert not verify_shard("s3://tubelet/big", state), "the ETag check missed a replaced object of the same size"
+
+
+def test_a_video_over_the_time_limit_is_quarantined_and_the_rest_of_its_shard_kept(ray_local: None,
+                                                                                  tmp_path: Path) -> None:
+    """A shard task ingests its videos inline, each under an alarm of shard.task_timeout: a slow
+    video (8000 frames to re-encode, several seconds) is quarantined as timed out; the quick ones
+    in the same shard (and the alarm) carry on."""
+    from pipeline.video.encode import H264Writer
+
+    slow = tmp_path / "slow.mp4"
+    writer = H264Writer(64, 64, 25)
+    frame = moving_frames(t=1, h=64, w=64)[0]
+    for i in range(8000):
+        writer.write(np.roll(frame, i, axis=1))
+    slow.write_bytes(writer.finish())
+    quick = [tmp_path / f"quick{i}.mp4" for i in range(3)]
+    for i, q in enumerate(quick):
+        q.write_bytes(encode_h264(moving_frames(t=12, h=48, w=48, seed=i), 25))
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("uri\n" + "".join(f"{p}\n" for p in [slow, *quick]))
+    t0 = time.monotonic()
+    index, report = shard(ShardSection(manifest=str(manifest), output=str(tmp_path / "out"), remux=False,
+                                       task_timeout=2.0, videos_per_shard=4, progress=False))
+    assert index["totals"]["samples"] == 3 and report.written_shards == 1
+    quarantine = [json.loads(line) for line in (tmp_path / "out" / "quarantine.jsonl").read_text().splitlines()]
+    assert [(q["uri"], q["reason"]) for q in quarantine] == [(str(slow), "timed out after 2 s")]
+    assert time.monotonic() - t0 < 60

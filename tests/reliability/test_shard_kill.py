@@ -1,5 +1,5 @@
-"""The sharding job killed with SIGKILL after it published its first shard, while the next shard
-was being written (its temporary file is on disk at the kill, or the test fails), then rerun:
+"""The sharding job (its driver and embedded Ray, all at once) killed with SIGKILL after it
+published its first shard, while the next shard was being written (its temporary file is on disk at the kill, or the test fails), then rerun:
 every manifest row ends up in exactly one shard or the quarantine, every shard is a valid tar
 that matches the index, nothing is duplicated or missing, and the result is byte-identical to
 an uninterrupted run.
@@ -20,7 +20,7 @@ import pytest
 
 from pipeline.data.synthetic import generate_synthetic
 from pipeline.orchestration.sharding import _TEMPORARY, ShardSection, shard
-from tests.reliability.conftest import Job, secret_env, short_tmp, survivors
+from tests.reliability.conftest import Job, kill_all, secret_env, short_tmp, survivors, tree
 
 pytestmark = pytest.mark.reliability
 
@@ -59,8 +59,9 @@ def killed_and_rerun(manifest: tuple[Path, list[str]], tmp_path_factory: pytest.
             assert time.monotonic() < deadline, first.output[-3000:]
             first.remember_tree()
             time.sleep(0.02)
-        first.remember_tree()
-        first.proc.kill()  # SIGKILL: the driver writes the shards, so the folder is frozen from here on
+        # SIGKILL to the driver and its embedded Ray (raylet, shard task workers) at once, as when
+        # the machine goes away: the shard tasks write the shards, so the folder is frozen from here on.
+        kill_all(tree(first.proc.pid))
         first.proc.wait(timeout=30)
         published_at_kill = sorted(p.name for p in out.glob("*.tar"))
         temporaries_at_kill = _temporaries(out)
@@ -82,8 +83,10 @@ def killed_and_rerun(manifest: tuple[Path, list[str]], tmp_path_factory: pytest.
 
 
 def _temporaries(out: Path) -> list[str]:
-    """Unpublished files (``.{name}.{8 chars}.tmp``, renamed when published) in the output folder."""
-    return sorted(p.name for p in out.glob(".*") if _TEMPORARY.match(p.name)) if out.is_dir() else []
+    """Unpublished files (``.{name}.{8 chars}.tmp``, renamed when published) in the output folder
+    and its ``_state`` folder (a state file is written the same way)."""
+    folders = [d for d in (out, out / "_state") if d.is_dir()]
+    return sorted(p.name for d in folders for p in d.glob(".*") if _TEMPORARY.match(p.name))
 
 
 def _shard_temporaries(out: Path) -> list[str]:
@@ -139,3 +142,33 @@ def test_result_is_byte_identical_to_an_uninterrupted_run(killed_and_rerun: dict
     out = killed_and_rerun["out"]
     for name in ("index.json", "quarantine.jsonl", *(p.name for p in straight.glob("*.tar"))):
         assert (out / name).read_bytes() == (straight / name).read_bytes(), name
+
+
+def test_a_video_that_crashes_its_process_costs_that_video_only(manifest: tuple[Path, list[str]],
+                                                                tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A video whose ingest kills its process (as a decoder segfault does; injected through
+    ``TUBELET_TEST_CRASH_ON_URI``): the shard task dies inline, the driver runs that shard again
+    with each video in a task of its own, and only the crashing video is quarantined."""
+    from pipeline.orchestration.shard_tasks import CRASH_ENV
+
+    path, uris = manifest
+    victim = uris[3]
+    tmp = tmp_path_factory.mktemp("shard-crash")
+    ray_tmp = short_tmp("trel-cr-")
+    sets = [f"shard.manifest={path}", f"shard.output={tmp / 'shards'}", "shard.videos_per_shard=4",
+            "shard.progress=false", "ray.num_cpus=2"]
+    job = Job("jobs.shard", [a for s in sets for a in ("--set", s)], env={**secret_env(ray_tmp), CRASH_ENV: victim},
+              log=tmp / "run.log")
+    try:
+        rc = job.wait(timeout=240)
+    finally:
+        job.stop()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert rc == 0, job.output[-4000:]
+    assert "running its videos isolated" in job.output
+    out = tmp / "shards"
+    quarantine = {json.loads(line)["uri"]: json.loads(line)["reason"] for line in (out / "quarantine.jsonl").read_text().splitlines()}
+    assert quarantine.pop(victim).startswith("worker crashed while processing")
+    assert sorted(quarantine) == sorted(uris[-2:])  # the zero-byte and the missing file, as always
+    index = json.loads((out / "index.json").read_text())
+    assert index["totals"]["samples"] == len(uris) - 3 and index["totals"]["inputs"] == len(uris)

@@ -72,7 +72,7 @@ def _busy(tree: list[psutil.Process]) -> bool:
     """A shard task or a video task is running on the node."""
     for p in tree:
         try:
-            if p.cmdline()[:1] in (["ray::write_shard"], ["ray::ingest"]):
+            if p.cmdline()[:1] in (["ray::write_shard"], ["ray::ingest_video"]):
                 return True
         except psutil.Error:
             continue
