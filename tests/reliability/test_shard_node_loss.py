@@ -30,7 +30,7 @@ pytestmark = pytest.mark.reliability
 REPO = Path(__file__).resolve().parents[2]
 UP, DOWN = REPO / "cluster/local/up.sh", REPO / "cluster/local/down.sh"
 BIN = Path(sys.executable).parent
-SETS = ["shard.videos_per_shard=1", "shard.progress=false"]
+SETS = ["shard.videos_per_shard=1", "shard.remux=false", "shard.progress=false"]  # transcode: seconds, not ms
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("node-loss-inputs")
-    entries = generate_synthetic(root / "videos", num_per_class=4, classes=["left", "right", "cw"], frames=24,
+    entries = generate_synthetic(root / "videos", num_per_class=6, classes=["left", "right", "cw"], frames=48,
                                  size=(64, 64), splits={"train": 0.75, "val": 0.25})
     (root / "zero.mp4").write_bytes(b"")
     path = root / "manifest.csv"
@@ -114,7 +114,7 @@ def test_worker_node_killed_mid_job_gives_identical_shards(cluster: dict, manife
     assert killed_at < states, "every shard was committed before the kill: nothing was tested"
 
     straight = tmp_path / "straight"
-    shard(ShardSection(manifest=str(manifest), output=str(straight), videos_per_shard=1, progress=False))
+    shard(ShardSection(manifest=str(manifest), output=str(straight), videos_per_shard=1, remux=False, progress=False))
     assert index == (straight / "index.json").read_bytes()
     assert (out / "quarantine.jsonl").read_bytes() == (straight / "quarantine.jsonl").read_bytes()
     tars = sorted(p.name for p in straight.glob("*.tar"))
