@@ -1,8 +1,8 @@
 """Sharding: the job as it is (shard tasks write their own shards) vs the design before 664b263 (the driver writes).
 
 **new**: ``pipeline.orchestration.sharding.shard``: the driver plans in SQLite and runs one Ray
-task per shard, which ingests its videos as Ray tasks on its node, writes, hashes and publishes
-the tar and its state, and returns a small ``ShardResult``.
+task per shard, which ingests its videos in its own process (each under the per-video alarm),
+writes, hashes and publishes the tar and its state, and returns a small ``ShardResult``.
 **old**: :func:`driver_writes`, a replica (in this file) of the design before commit 664b263: one
 Ray task per video, every ``Sample`` (the transcoded bytes) ``ray.get`` back to the driver in plan
 order with a window of 2 x CPUs, the driver writes each tar with ``TarShardWriter`` and then reads
@@ -14,8 +14,8 @@ benchmark on free ports and stopped by ``cluster/local/down.sh`` afterwards.
 
 - **1 worker**: the 1+1-CPU cluster with one video at a time (new: ``max_in_flight = 1``,
   ``videos_in_flight = 1``; old: a window of 1).
-- **2 workers**: the 1+1-CPU cluster, each design's defaults (new: 2 x CPUs shard tasks, 2 videos
-  each; old: 2 x CPUs videos in flight).
+- **2 workers**: the 1+1-CPU cluster, each design's defaults (new: 2 x CPUs shard tasks in flight;
+  old: 2 x CPUs videos in flight).
 - **4 workers**: a 2+2-CPU cluster, the defaults. This machine may have only 2 cores (the figure's
   detail says how many): 4 logical CPUs cannot run faster than 2 there.
 
@@ -91,7 +91,6 @@ def driver_writes(manifest: str, output: str, videos_per_shard: int, window: int
     from pipeline.data.manifest import label_names, manifest_format, parse_manifest_lines
     from pipeline.data.shard_writer import (
         INDEX_NAME,
-        Sample,
         ShardState,
         TarShardWriter,
         sample_key,
@@ -143,9 +142,10 @@ def driver_writes(manifest: str, output: str, videos_per_shard: int, window: int
             split, rows_in = item[0], 0
             writer = TarShardWriter(output, shard_name(split, number))
         rows_in += 1
-        if isinstance(result, Sample):
-            writer.add(result)
-            samples += 1
+        if not isinstance(result, str):  # an Ingested: the old design had one sample per video
+            for sample in result.samples:
+                writer.add(sample)
+                samples += 1
     if writer is not None:
         close()
     sio.write_text(sio.join(output, INDEX_NAME), json.dumps({"shards": shards, "labels": labels}, indent=1))
@@ -203,7 +203,7 @@ def child(spec: dict[str, Any]) -> None:
         from pipeline.data.ingest import IngestOptions
 
         out = driver_writes(spec["manifest"], spec["output"], spec["videos_per_shard"], spec["in_flight"],
-                            IngestOptions(transcode=True))
+                            IngestOptions(transcode=True, remux=False))
     seconds = time.perf_counter() - t0
     out.update(seconds=seconds, videos_per_s=out["inputs"] / seconds, peak_rss_mb=_maxrss_mb(),
                rss_connected_mb=connected, workers_started=None)
