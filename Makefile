@@ -73,7 +73,7 @@ bench-pretrain-value: $(STAMP) ## does pre-training help? pre-trained vs random 
 plan: $(STAMP) ## parameters, FLOPs and memory per GPU: make plan MODEL=vit_g
 	$(PY) -m jobs.plan --set model.name=$(or $(MODEL),vit_b)
 
-bench: $(STAMP) ## benchmarks -> benchmarks/results/ (JSON, README.md table, PNG plots): make bench [ONLY=data,augment,model,flops,zero,shard,handoff,startup,decoders]
+bench: $(STAMP) ## benchmarks -> benchmarks/results/ (JSON, README.md table, PNG plots): make bench [ONLY=data,augment,model,flops,zero,shard,plan,ingest,handoff,startup,decoders]
 	$(PY) -m benchmarks.report $(if $(ONLY),--only $(ONLY))
 
 # The GPU check (no GPU in CI: CI runs the same code with CPU=1, see tests/integration/test_gpu_smoke.py).

@@ -33,6 +33,8 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "sharding": ("bench_shard", [], ["--quick", "--keep", "{results}/tmp_quick_shards"]),
     # planning a synthetic 1M-row manifest (no video read): SQLite plan vs the in-memory lists before it
     "shard_plan": ("bench_shard_plan", [], ["--quick"]),
+    # shard.remux: stream copy of H.264 sources within the limits vs decoding and re-encoding them
+    "ingest": ("bench_ingest", [], ["--quick"]),
     "data_loading": ("bench_data", ["--profile"], ["--quick", "--shards", "{results}/tmp_quick_shards"]),
     # the fine-tuning augmentation (official VideoMAE V2 vs the pre-training crop) on the same shards
     "data_loading_finetune": ("bench_data", ["--finetune", "--views", "2", "--batch", "8", "--clips", "16",
@@ -49,7 +51,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     # decord2 3.4.0 vs decord 0.6.0 vs PyAV: frames on every fixture video, bad-file handling, speed
     "decoders": ("bench_decoders", [], ["--quick"]),
 }
-ALIASES = {"hand-off": "handoff", "shard": "sharding", "plan": "shard_plan", "data": "data_loading", "model": "model_step", "zero": "zero_memory",
+ALIASES = {"remux": "ingest", "hand-off": "handoff", "shard": "sharding", "plan": "shard_plan", "data": "data_loading", "model": "model_step", "zero": "zero_memory",
            "augment": "data_loading_finetune", "decord": "decoders"}
 VIT_G = "vit_g_step"
 VIT_G_LABEL = "zero3-bf16-nvme-optimizer-1rank"

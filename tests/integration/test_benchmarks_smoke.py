@@ -89,6 +89,12 @@ def test_shard_plan_benchmark_quick(results: Path) -> None:
     assert data["medians_all"]["new"]["rows"] == data["medians_all"]["old"]["rows"] == 20_000
 
 
+def test_ingest_benchmark_quick(results: Path) -> None:
+    data = _bench("bench_ingest", results / "ingest.json", "--quick")
+    assert data["output_bytes"]["remux"] > 0 and data["output_bytes"]["transcode"] > 0
+    assert [f["unit"] for f in data["figures"]] == ["videos/s", "bytes"]
+
+
 def test_finetune_augmentation_benchmark_quick(tmp_path: Path) -> None:
     """bench_data --finetune: official vs before on the same labelled shards, views and batch."""
     from tests.unit.shard_fixtures import make_shards
