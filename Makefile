@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	$(PY) -m pip install -q $(TORCH_SPEC) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	# DeepSpeed builds from source against the torch above; build isolation would fetch another torch.
 	$(PIP) --no-build-isolation "deepspeed>=0.15"
-	$(PIP) -e ".[test]"
+	$(PIP) -e ".[test,scenes]"  # scenes: PySceneDetect + OpenCV (headless), so the scene-cut test runs here too
 	# decord2 replaced decord 0.6.0 and installs the same module: drop a decord 0.6.0 an older setup left
 	# (it would shadow or break decord2's files), then rewrite decord2's files.
 	if $(PY) -m pip show -q decord >/dev/null 2>&1; then $(PY) -m pip uninstall -q -y decord && \
