@@ -31,6 +31,7 @@ import json
 import os
 import platform
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reuse-teacher", action="store_true", help="keep the teacher run already in --workdir")
     p.add_argument("--note", default="")
     p.add_argument("--quick", action="store_true", help="smoke test: tiny budgets, results not recorded")
+    p.add_argument("--record-partial", action="store_true",
+                   help="record the seeds a stopped run (same arguments) finished, marked partial")
     a = p.parse_args(argv)
     if a.quick:
         a.per_class, a.teacher_steps, a.finetune_steps, a.val_every, a.seeds, a.tag = 5, 4, 4, 2, "0", "quick"
@@ -189,7 +192,7 @@ def figures(entry: dict[str, Any]) -> list[dict[str, Any]]:
              "ours": s["mean_test_top1_distilled"], "baseline": s["mean_test_top1_direct"], "unit": "test top-1",
              "baseline_name": f"{entry['settings']['model']} fine-tuned directly, same budget",
              "detail": f"student {entry['settings']['model']} distilled from {t['model']} (test top-1 "
-                       f"{t['test']['top1']:.3f}); mean over seeds {entry['settings']['seeds']}"}]
+                       f"{t['test']['top1']:.3f}); mean over seeds {[r['seed'] for r in entry['seeds']]}"}]
 
 
 def record(entry: dict[str, Any], results: Path) -> Path:
@@ -202,8 +205,38 @@ def record(entry: dict[str, Any], results: Path) -> Path:
     return path
 
 
+def make_entry(a: argparse.Namespace, argv: list[str] | None, counts: dict[str, int], t: dict[str, Any],
+               seeds: list[dict[str, Any]], wall: float, load_before: list[float]) -> dict[str, Any]:
+    return {"tag": a.tag, "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "wall_s": round(wall, 1),
+            "command": command("benchmarks.bench_distill",
+                               [x for x in (sys.argv[1:] if argv is None else argv) if x != "--record-partial"]),
+            "settings": {k: v for k, v in vars(a).items() if k not in ("quick", "record_partial")},
+            "data": {"description": f"{len(a.classes)} classes ({', '.join(a.classes)}), {a.video_frames} frames "
+                                    f"{a.video_size}x{a.video_size}, texture {a.texture:g}, noise {a.noise:g}; videos "
+                                    f"per split {counts}", "counts": counts},
+            "teacher": t, "seeds": seeds, "summary": summary(seeds), "note": a.note,
+            "host": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg_before": load_before,
+                     "load_avg_after": list(os.getloadavg())}}
+
+
+def record_partial(a: argparse.Namespace, argv: list[str] | None) -> int:
+    """Record the seeds a stopped run finished (``<workdir>/seeds_done.json``, written after each seed),
+    marked partial: the same arguments as the run, plus ``--record-partial``."""
+    work = Path(a.workdir)
+    done = json.loads((work / "seeds_done.json").read_text())
+    counts = json.loads((work / "split_counts.json").read_text())
+    entry = make_entry(a, argv, counts, done["teacher"], done["seeds"], sum(r["wall_s"] for r in done["seeds"]), [])
+    entry.update(partial=True, note=f"{a.note} PARTIAL: the run was stopped after seeds "
+                                    f"{[r['seed'] for r in done['seeds']]} of {a.seeds}; wall_s sums those seeds only")
+    print(json.dumps({"tag": a.tag, **entry["summary"]}))
+    print(f"[bench] wrote {record(entry, RESULTS)} (partial)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     a = _args(argv)
+    if a.record_partial:
+        return record_partial(a, argv)
     import ray
 
     work = Path(a.workdir)
@@ -222,15 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         seeds.append(run_seed(a, work, shards, t["finetune"]["run"], seed))
         (work / "seeds_done.json").write_text(json.dumps({"teacher": t, "seeds": seeds}, indent=1))  # so far
     ray.shutdown()
-    entry = {"tag": a.tag, "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "wall_s": round(time.perf_counter() - t_all, 1),
-             "command": command("benchmarks.bench_distill", argv),
-             "settings": {k: v for k, v in vars(a).items() if k != "quick"},
-             "data": {"description": f"{len(a.classes)} classes ({', '.join(a.classes)}), {a.video_frames} frames "
-                                     f"{a.video_size}x{a.video_size}, texture {a.texture:g}, noise {a.noise:g}; videos "
-                                     f"per split {counts}", "counts": counts},
-             "teacher": t, "seeds": seeds, "summary": summary(seeds), "note": a.note,
-             "host": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg_before": load_before,
-                      "load_avg_after": list(os.getloadavg())}}
+    entry = make_entry(a, argv, counts, t, seeds, time.perf_counter() - t_all, load_before)
     (work / "last_entry.json").write_text(json.dumps(entry, indent=1))  # also for --quick, which records nothing
     print(json.dumps({"tag": a.tag, "wall_s": entry["wall_s"], **entry["summary"]}))
     if a.quick:

@@ -22,19 +22,19 @@ def test_defaults_a_larger_teacher_and_budgets_on_the_val_grid(capsys: pytest.Ca
     assert quick.tag == "quick" and quick.seeds == [0] and quick.finetune_steps == 4
 
 
-def _seed(direct: tuple[float, float], distilled: tuple[float, float]) -> dict:
+def _seed(seed: int, direct: tuple[float, float], distilled: tuple[float, float]) -> dict:
     arm = lambda v, t: {"val": {"top1": v}, "test": {"top1": t}}  # noqa: E731
-    return {"results": {"direct": arm(*direct), "distilled": arm(*distilled)}}
+    return {"seed": seed, "results": {"direct": arm(*direct), "distilled": arm(*distilled)}}
 
 
 def test_summary_means_over_seeds_and_ratio_of_test_top1(tmp_path: Path) -> None:
-    seeds = [_seed((0.5, 0.4), (0.75, 0.6)), _seed((0.25, 0.4), (0.5, 0.5))]
+    seeds = [_seed(0, (0.5, 0.4), (0.75, 0.6)), _seed(1, (0.25, 0.4), (0.5, 0.5))]
     s = bench.summary(seeds)
     assert s["mean_val_top1_direct"] == pytest.approx(0.375) and s["mean_val_top1_distilled"] == pytest.approx(0.625)
     assert s["mean_test_top1_direct"] == pytest.approx(0.4) and s["mean_test_top1_distilled"] == pytest.approx(0.55)
     assert s["ratio_test_top1"] == pytest.approx(0.55 / 0.4)
     entry = {"tag": "t", "when": "now", "command": "python -m benchmarks.bench_distill", "wall_s": 1.0, "summary": s,
-             "settings": {"model": "vit_tiny", "seeds": [0, 1]}, "teacher": {"model": "vit_s", "test": {"top1": 0.9}}}
+             "settings": {"model": "vit_tiny", "seeds": [0, 1]}, "seeds": seeds, "teacher": {"model": "vit_s", "test": {"top1": 0.9}}}
     path = bench.record(entry, tmp_path)
     bench.record({**entry, "tag": "u"}, tmp_path)
     doc = json.loads(path.read_text())
@@ -42,3 +42,4 @@ def test_summary_means_over_seeds_and_ratio_of_test_top1(tmp_path: Path) -> None
     (figure,) = doc["figures"]
     assert figure["ratio"] == pytest.approx(0.55 / 0.4) and figure["ours"] == pytest.approx(0.55)
     assert figure["baseline"] == pytest.approx(0.4) and figure["name"] == "distillation (u)"
+    assert "over seeds [0, 1]" in figure["detail"]
