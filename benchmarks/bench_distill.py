@@ -17,8 +17,15 @@ teacher's forward and the KD term (``distill.temperature``, ``distill.alpha``). 
 choose anything (bench_pretrain_value's :func:`select_and_test`). The teacher's own budget is not
 part of the student's.
 
-    python -m benchmarks.bench_distill                   # 3 seeds -> results/distill.json (~25 min on 2 busy cores)
+    python -m benchmarks.bench_distill                   # vit_s teacher, 3 seeds -> results/distill.json
     python -m benchmarks.bench_distill --quick           # smoke (tiny budgets, not recorded)
+    python -m benchmarks.bench_distill ... --record-partial   # record the seeds a stopped run finished
+
+On 2 shared CPU cores the default ``vit_s`` teacher (12 blocks, from a random init, 8x32 clips)
+stayed at chance through 210 steps at lr 5e-4 and 360 at lr 1e-3 (3-14 s a step under load) and
+was stopped; the recorded runs use a ``vit_tiny`` teacher trained longer than the student
+(``results/distill.json`` says which, per entry). A ``vit_s`` teacher needs pre-trained weights or
+a GPU budget: ``--teacher-model vit_s --teacher-steps N``.
 
 ``results/distill.json`` keeps every run (appended) and its ``figures``: ratio = distilled / direct
 mean test top-1 over the seeds (> 1: distillation helped), in :mod:`benchmarks.common`'s format.
