@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 # one of them leaves a lock file that makes every later DeepSpeed start there wait forever.
 export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 
-.PHONY: gpu-smoke setup browser bench-pretrain-value test test-reliability test-unit test-integration test-slow demo bench plan clean-data help cluster-up cluster-down pretrain finetune evaluate predict extract vit-g-step submit status logs stop mlflow mlflow-stop
+.PHONY: gpu-smoke setup browser bench-pretrain-value bench-distill test test-reliability test-unit test-integration test-slow demo bench plan clean-data help cluster-up cluster-down pretrain finetune evaluate predict extract vit-g-step submit status logs stop mlflow mlflow-stop
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -72,6 +72,9 @@ bench-pretrain-value: $(STAMP) ## does pre-training help? pre-trained vs random 
 
 plan: $(STAMP) ## parameters, FLOPs and memory per GPU: make plan MODEL=vit_g
 	$(PY) -m jobs.plan --set model.name=$(or $(MODEL),vit_b)
+
+bench-distill: $(STAMP) ## does distillation help? a vit_tiny student distilled from a fine-tuned vit_s teacher vs fine-tuned directly, same budget, 3 seeds -> benchmarks/results/distill.json [SEEDS=0,1,2]
+	$(PY) -m benchmarks.bench_distill $(if $(SEEDS),--seeds $(SEEDS))
 
 bench: $(STAMP) ## benchmarks -> benchmarks/results/ (JSON, README.md table, PNG plots): make bench [ONLY=data,augment,model,flops,zero,shard,plan,ingest,handoff,startup,decoders]
 	$(PY) -m benchmarks.report $(if $(ONLY),--only $(ONLY))

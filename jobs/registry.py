@@ -47,6 +47,8 @@ _ALL = (
     Job("shard", "shard a manifest into WebDataset tars with Ray tasks", "ShardJobConfig"),
     Job("pretrain", "pre-train VideoMAE V2 on shards (DeepSpeed ZeRO)", "PretrainConfig", ray_train=True),
     Job("finetune", "fine-tune a classifier on labelled shards (DeepSpeed ZeRO)", "FinetuneConfig", ray_train=True),
+    Job("distill", "distil a fine-tuned teacher classifier into a smaller student (DeepSpeed ZeRO)", "DistillConfig",
+        ray_train=True),
     Job("evaluate", "multi-view evaluation of a classifier on a split", "EvaluateConfig", ray_train=True),
     Job("extract", "encoder features of every video of a split (Parquet or NumPy)", "ExtractConfig",
         ray_train=True),

@@ -1,6 +1,7 @@
 """The config of every per-rank loop job, in one place: one dataclass per TOML table.
 
 - :class:`PretrainConfig` (``jobs.pretrain``), :class:`FinetuneConfig` (``jobs.finetune``),
+  :class:`DistillConfig` (``jobs.distill``),
   :class:`EvaluateConfig` (``jobs.evaluate``), :class:`ExtractConfig` (``jobs.extract``);
 - each holds the section classes with exactly the keys its job reads: ``[model]`` from
   :mod:`pipeline.models.model_config`, ``[data]`` from :mod:`pipeline.data.loader`, ``[train]``
@@ -145,6 +146,60 @@ class FinetuneConfig:
     mlflow_params: ClassVar[tuple[str, ...]] = (  # as PretrainConfig's: the rest is in config.toml
         "model.name", "model.patch_size", "finetune.mode", "data.sampling_rate", "data.batch_size", "optim.lr",
         "optim.blr", "optim.layer_decay", "train.steps", "deepspeed.zero_stage", "deepspeed.precision")
+
+    def __post_init__(self) -> None:
+        fill_derived(self)  # the clip size the loader cuts is the model's
+
+
+@dataclass
+class DistillSection:
+    """The teacher and the distillation loss (TOML section ``[distill]``).
+
+    Loss per micro-batch: ``alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha)
+    * CE(student, target)``, the target being fine-tuning's (mixup / cutmix, label smoothing); on
+    unlabelled shards the KD term alone. The defaults: ``T = 1`` as in "Knowledge distillation: A
+    good teacher is patient and consistent" (Beyer et al., CVPR 2022), whose teacher, as here, sees
+    the very augmented (and mixed) clip the student sees, and which found T = 1 best in that setting;
+    Hinton et al.'s ``T^2`` keeps the KD gradients' scale independent of ``T`` when it is raised.
+    ``alpha = 0.5``: DeiT's soft distillation weighting of the label and teacher terms (Touvron et al., 2021).
+    """
+
+    teacher: str = help_field("", help="the fine-tuned classifier that teaches: a model folder, a fine-tuning run "
+                                       "folder (its export/best), runs:/<run_id>/<path> or models:/<name>@<alias>")
+    temperature: float = help_field(1.0, help="softmax temperature T of both logits in the KD term (scaled by T^2)")
+    alpha: float = help_field(0.5, help="weight of the KD term; 1 - alpha weighs the label cross entropy "
+                                        "(unlabelled shards: KD only, alpha taken as 1)")
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0 or not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"distill.temperature must be > 0 and distill.alpha in [0, 1] "
+                             f"(got {self.temperature}, {self.alpha})")
+
+
+@dataclass
+class DistillConfig:
+    """Distil a fine-tuned teacher classifier into a student (the ``[model]``) with Ray Train + DeepSpeed ZeRO.
+
+    The student's sections are fine-tuning's (``[finetune]``: mode, validation, what is kept and
+    registered); ``[distill]`` names the teacher and weighs the loss.
+    """
+
+    run: RunSection = field(default_factory=RunSection)
+    model: FinetuneModelConfig = field(default_factory=FinetuneModelConfig)
+    data: FinetuneDataConfig = field(default_factory=FinetuneDataConfig)
+    mixup: MixupConfig = field(default_factory=MixupConfig)
+    finetune: FinetuneSection = field(default_factory=FinetuneSection)
+    distill: DistillSection = field(default_factory=DistillSection)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    train: TrainSection = field(default_factory=TrainSection)
+    scaling: ScalingSection = field(default_factory=ScalingSection)
+    tracking: FinetuneTracking = field(default_factory=FinetuneTracking)
+
+    mlflow_params: ClassVar[tuple[str, ...]] = (  # FinetuneConfig's + the teacher and the loss weights
+        "model.name", "model.patch_size", "finetune.mode", "data.sampling_rate", "data.batch_size", "optim.lr",
+        "optim.blr", "optim.layer_decay", "train.steps", "deepspeed.zero_stage", "deepspeed.precision",
+        "distill.teacher", "distill.temperature", "distill.alpha")
 
     def __post_init__(self) -> None:
         fill_derived(self)  # the clip size the loader cuts is the model's

@@ -32,14 +32,14 @@ from pipeline.models.model_config import init_weights
 from pipeline.models.weights import load_file
 from pipeline.train import checkpoint as ckpt
 from pipeline.train import comm
-from pipeline.train.job_configs import EvaluateConfig, ExtractConfig, FinetuneConfig, PretrainConfig
+from pipeline.train.job_configs import DistillConfig, EvaluateConfig, ExtractConfig, FinetuneConfig, PretrainConfig
 from pipeline.train.meter import Meter, StartupClock
 from pipeline.train.numerics import NonFiniteFault, NonFiniteGuard
 from pipeline.train.session import Session
 
 log = logging.getLogger(__name__)
 
-TrainJob = PretrainConfig | FinetuneConfig  # the configs of the loops that train (and checkpoint)
+TrainJob = PretrainConfig | FinetuneConfig | DistillConfig  # the configs of the loops that train (and checkpoint)
 LoopJob = TrainJob | EvaluateConfig | ExtractConfig  # the configs of every per-rank loop
 
 

@@ -99,11 +99,11 @@ def test_every_shipped_job_config_loads() -> None:
     from jobs.dataset import DatasetJobConfig
     from jobs.plan import PlanConfig
     from jobs.shard import ShardJobConfig
-    from pipeline.train.job_configs import EvaluateConfig, ExtractConfig, FinetuneConfig, PretrainConfig
+    from pipeline.train.job_configs import DistillConfig, EvaluateConfig, ExtractConfig, FinetuneConfig, PretrainConfig
     from pipeline.workflow.pipeline_config import PipelineConfig
 
     classes = {"dataset": DatasetJobConfig, "plan": PlanConfig, "shard": ShardJobConfig, "pretrain": PretrainConfig,
-               "finetune": FinetuneConfig, "evaluate": EvaluateConfig, "extract": ExtractConfig,
+               "finetune": FinetuneConfig, "distill": DistillConfig, "evaluate": EvaluateConfig, "extract": ExtractConfig,
                "pipeline": PipelineConfig}
     root = Path(__file__).resolve().parents[2] / "jobs" / "configs"
     files = sorted(root.rglob("*.toml"))

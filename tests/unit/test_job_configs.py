@@ -11,7 +11,7 @@ import pytest
 
 from jobs.registry import JOBS
 from pipeline.core.config import ConfigError, describe, load_config, to_dict, with_values
-from pipeline.train.job_configs import EvaluateConfig, FinetuneConfig, PretrainConfig
+from pipeline.train.job_configs import DistillConfig, EvaluateConfig, FinetuneConfig, PretrainConfig
 
 
 def _keys(job: str) -> set[str]:
@@ -24,40 +24,42 @@ OWNERS = {
     "train.export": {"pretrain"},
     "model.normalize_target": {"pretrain"},
     "mask.encoder_ratio": {"pretrain"},
-    "model.num_classes": {"finetune", "evaluate", "extract"},
-    "model.adapter_dim": {"finetune", "evaluate", "extract"},
-    "tracking.registered_model": {"finetune"},
-    "mixup.prob": {"finetune"},
-    "finetune.mode": {"finetune"},
-    "data.repeated_aug": {"pretrain", "finetune"},
-    "data.scales": {"pretrain", "finetune"},
-    "data.shuffle_buffer": {"pretrain", "finetune"},
-    "data.test_num_clips": {"finetune", "evaluate", "extract"},
-    "model.drop_path": {"pretrain", "finetune"},
-    "model.grad_checkpointing": {"pretrain", "finetune"},
-    "optim.lr": {"pretrain", "finetune"},
-    "train.steps": {"pretrain", "finetune"},
+    "model.num_classes": {"finetune", "evaluate", "extract", "distill"},
+    "model.adapter_dim": {"finetune", "evaluate", "extract", "distill"},
+    "tracking.registered_model": {"finetune", "distill"},
+    "mixup.prob": {"finetune", "distill"},
+    "finetune.mode": {"finetune", "distill"},
+    "data.repeated_aug": {"pretrain", "finetune", "distill"},
+    "data.scales": {"pretrain", "finetune", "distill"},
+    "data.shuffle_buffer": {"pretrain", "finetune", "distill"},
+    "data.test_num_clips": {"finetune", "evaluate", "extract", "distill"},
+    "model.drop_path": {"pretrain", "finetune", "distill"},
+    "model.grad_checkpointing": {"pretrain", "finetune", "distill"},
+    "optim.lr": {"pretrain", "finetune", "distill"},
+    "train.steps": {"pretrain", "finetune", "distill"},
+    "distill.teacher": {"distill"},
+    "distill.alpha": {"distill"},
     "eval.topk": {"evaluate"},
     "extract.mode": {"extract"},
-    "model.num_frames": {"pretrain", "finetune", "evaluate", "extract"},
-    "model.layer_scale_init": {"pretrain", "finetune", "evaluate", "extract"},
+    "model.num_frames": {"pretrain", "finetune", "evaluate", "extract", "distill"},
+    "model.layer_scale_init": {"pretrain", "finetune", "evaluate", "extract", "distill"},
 }
 
 
 @pytest.mark.parametrize("key", sorted(OWNERS))
 def test_a_key_is_offered_by_exactly_the_jobs_that_read_it(key: str) -> None:
-    offered = {job for job in ("pretrain", "finetune", "evaluate", "extract") if key in _keys(job)}
+    offered = {job for job in ("pretrain", "finetune", "distill", "evaluate", "extract") if key in _keys(job)}
     assert offered == OWNERS[key], f"{key} offered by {sorted(offered)}, read by {sorted(OWNERS[key])}"
 
 
-@pytest.mark.parametrize("job", ["pretrain", "finetune", "evaluate", "extract"])
+@pytest.mark.parametrize("job", ["pretrain", "finetune", "distill", "evaluate", "extract"])
 def test_no_setting_has_two_keys(job: str) -> None:
     keys = _keys(job)
     for twin in ("data.num_frames", "data.input_size", "tracking.log_every", "tracking.image_every"):
         assert twin not in keys, f"{job} offers {twin}, a second key for a setting stated elsewhere"
 
 
-@pytest.mark.parametrize("cls", [PretrainConfig, FinetuneConfig, EvaluateConfig])
+@pytest.mark.parametrize("cls", [PretrainConfig, FinetuneConfig, DistillConfig, EvaluateConfig])
 def test_the_clip_the_loader_cuts_follows_the_model(cls: type) -> None:
     cfg = load_config(cls, None, ["model.num_frames=8", "model.img_size=64"])
     assert (cfg.data.num_frames, cfg.data.input_size) == (8, 64)

@@ -13,16 +13,17 @@ from pipeline.train.session import LocalSession
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN = ROOT / "pipeline" / "train"
-LOOPS = ("pretrain", "finetune", "evaluate", "extract")
+LOOPS = ("pretrain", "finetune", "distill", "evaluate", "extract")
 
 
 def _loop_functions() -> dict[str, object]:
+    from pipeline.train.distill import distill
     from pipeline.train.evaluate import evaluate
     from pipeline.train.extract import extract
     from pipeline.train.finetune import finetune
     from pipeline.train.pretrain import pretrain
 
-    return {"pretrain": pretrain, "finetune": finetune, "evaluate": evaluate, "extract": extract}
+    return {"pretrain": pretrain, "finetune": finetune, "distill": distill, "evaluate": evaluate, "extract": extract}
 
 
 @pytest.mark.parametrize("name", LOOPS)

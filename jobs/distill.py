@@ -1,0 +1,114 @@
+"""Distil a fine-tuned teacher classifier into a smaller student with Ray Train + DeepSpeed ZeRO.
+
+    python -m jobs.distill --config distill/demo --set data.shards=DIR|s3://... \
+        --set distill.teacher=runs/finetune/demo [--set model.init=runs/pretrain/demo] \
+        [--set tracking.registered_model=motion-student]
+
+``distill.teacher``: the classifier that teaches, as ``model.init`` of a fine-tuned classifier is
+given: a model folder, a fine-tuning (or distillation) run folder (its ``export/best``, else
+``export/last``), ``runs:/<run_id>/<path>`` or ``models:/name@alias`` / ``models:/name/<version>``.
+It is resolved here, once, to its model folder; its classes must be the shards' labels, in order
+(or, on shards without labels, they become the student's head), and its clip the student's:
+otherwise one line, before Ray starts. ``model.init`` is the student's, as in ``jobs.finetune``
+(a pre-trained encoder, or ``random``). The loss is in :mod:`pipeline.train.distill`. At the end
+``<run>/export/{best,last}`` hold the student's model folders (``jobs.evaluate`` and
+``jobs.predict`` take them); with ``tracking.registered_model`` the kept one is registered and
+``finetune.registered_alias`` moves per ``finetune.promote``, as in fine-tuning.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from jobs._cli import job_main
+from pipeline.core import io as sio
+from pipeline.core.config import ConfigError, to_toml, with_values
+from pipeline.core.errors import DataError, TubeletError
+from pipeline.data.shard_index import ShardIndex
+from pipeline.models.model_config import RANDOM_INIT
+from pipeline.orchestration.driver import check_on_driver, resolve_on_driver
+from pipeline.orchestration.ray_train import fit
+from pipeline.train.distill import check_teacher, distill
+from pipeline.train.job_configs import DistillConfig
+from pipeline.train.model_registry import CARD, FINETUNE_INIT_FILES, read_card, register_model, resolve_init
+from pipeline.train.supervised import check_config, class_names, validation_data
+
+log = logging.getLogger("jobs.distill")
+
+
+def resolve_teacher(spec: str, tracking_uri: str = "") -> str:
+    """The model folder ``distill.teacher`` names (local or s3://); one-line error naming the key."""
+    if not spec:
+        raise ConfigError("distill.teacher is empty: name the fine-tuned classifier that teaches (a model folder, "
+                          "a fine-tuning run folder, runs:/<run_id>/<path> or models:/<name>@<alias>)")
+    try:
+        folder = resolve_init(spec, tracking_uri or None, FINETUNE_INIT_FILES, model_folders=True)
+    except TubeletError as exc:
+        raise type(exc)(str(exc).replace(f"model.init {spec}", f"distill.teacher {spec}")) from None
+    if not sio.exists(sio.join(folder, CARD)):
+        raise DataError(f"distill.teacher {spec}: {folder} is no model folder (no {CARD}): the teacher must be a "
+                        "classifier written by jobs.finetune or jobs.distill")
+    return folder
+
+
+def prepare(cfg: DistillConfig) -> DistillConfig:
+    """Driver-side checks, then the resolved config (absolute paths, tracking URI, the student's
+    ``model.init`` as one file, ``distill.teacher`` as its model folder, ``model.num_classes`` from
+    the labels, or the teacher's classes on unlabelled shards); ``cfg`` is left as it was. One line on failure."""
+    check_config(cfg)
+    cfg = resolve_on_driver(cfg, FINETUNE_INIT_FILES)
+    teacher = resolve_teacher(cfg.distill.teacher, cfg.tracking.tracking_uri if cfg.tracking.enabled else "")
+    cfg = with_values(cfg, {"distill.teacher": teacher})
+    card = read_card(teacher)
+    index = ShardIndex.load(cfg.data.shards)
+    if not index.labels and cfg.finetune.val_split:
+        raise DataError(f"shards have no labels ({index.uri}/index.json): validation needs them; set "
+                        "finetune.val_split= to distil on unlabelled shards (KD only)")
+    index = check_on_driver(cfg, train=True, val_split=cfg.finetune.val_split, task="classify")
+    check_teacher(cfg, card, list(index.labels))
+    classes = len(index.labels) if index.labels else len(card.class_names)
+    if (cfg.finetune.classes_from_data or not index.labels) and classes != cfg.model.num_classes:
+        print(f"model.num_classes: {cfg.model.num_classes} -> {classes} "
+              f"({'labels of the shard index' if index.labels else 'the classes of distill.teacher'})")
+        cfg = with_values(cfg, {"model.num_classes": classes})
+    if index.labels:
+        class_names(cfg, index)
+    if card.model.get("num_classes") != cfg.model.num_classes:
+        raise DataError(f"distill.teacher {teacher} has {card.model.get('num_classes')} outputs, the student "
+                        f"model.num_classes={cfg.model.num_classes}: set finetune.classes_from_data=true")
+    score = card.metrics.get("val_top1")
+    print(f"teacher {teacher}: {card.model.get('name')}, {len(card.class_names)} classes"
+          + (f", val top-1 {score:.3f} (its card)" if score is not None else ""))
+    if cfg.model.init == RANDOM_INIT:
+        print(f"model.init=random: the student starts from a random init (run.seed {cfg.run.seed})")
+    return cfg
+
+
+def kept_folder(cfg: DistillConfig) -> str:
+    """``export/best`` (or ``last`` when asked, or when there was no validation)."""
+    export = sio.join(cfg.run.output, cfg.run.name, "export")
+    best = sio.join(export, "best")
+    if cfg.finetune.keep == "best" and sio.exists(sio.join(best, CARD)):
+        return best
+    return sio.join(export, "last")
+
+
+def run(cfg: DistillConfig) -> int:
+    cfg = prepare(cfg)
+    run_dir = sio.join(cfg.run.output, cfg.run.name)
+    sio.write_text(sio.join(run_dir, "distill.toml"), to_toml(cfg))
+    fit(cfg, distill, keep_checkpoints=cfg.train.keep_checkpoints, loader_workers=cfg.data.num_workers)
+    folder = kept_folder(cfg)
+    card = json.loads(sio.read_text(sio.join(folder, CARD)))
+    print(f"run: {run_dir}  model: {folder}  metrics: {card['metrics']}")
+    run_id = card["source"].get("mlflow_run_id", "")
+    if cfg.tracking.enabled and cfg.tracking.registered_model and run_id:
+        registration = register_model(cfg.tracking.tracking_uri, run_id, cfg.tracking.registered_model,
+                                      cfg.finetune.registered_alias, folder, cfg.finetune.promote, validation_data(cfg))
+        print(registration.message)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(job_main(DistillConfig, run, prog="jobs.distill", default_config="distill/demo"))
