@@ -22,7 +22,17 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import CACHE, RESULTS, command, figure, interleaved, load_avg, medians, paired_ratio, write_result
+from benchmarks.common import (
+    CACHE,
+    RESULTS,
+    command,
+    figure,
+    interleaved,
+    load_avg,
+    medians,
+    paired_ratio,
+    write_result,
+)
 
 OUT = RESULTS / "ingest.json"
 
