@@ -18,21 +18,20 @@ otherwise one line, before Ray starts. ``model.init`` is the student's, as in ``
 
 from __future__ import annotations
 
-import json
 import logging
 
 from jobs._cli import job_main
+from jobs.finetune import kept_folder, train_and_register  # noqa: F401 - kept_folder: benchmarks read it here
 from pipeline.core import io as sio
-from pipeline.core.config import ConfigError, to_toml, with_values
+from pipeline.core.config import ConfigError, with_values
 from pipeline.core.errors import DataError, TubeletError
 from pipeline.data.shard_index import ShardIndex
 from pipeline.models.model_config import RANDOM_INIT
 from pipeline.orchestration.driver import check_on_driver, resolve_on_driver
-from pipeline.orchestration.ray_train import fit
 from pipeline.train.distill import check_teacher, distill
 from pipeline.train.job_configs import DistillConfig
-from pipeline.train.model_registry import CARD, FINETUNE_INIT_FILES, read_card, register_model, resolve_init
-from pipeline.train.supervised import check_config, class_names, validation_data
+from pipeline.train.model_registry import CARD, FINETUNE_INIT_FILES, read_card, resolve_init
+from pipeline.train.supervised import check_config, class_names
 
 log = logging.getLogger("jobs.distill")
 
@@ -85,29 +84,8 @@ def prepare(cfg: DistillConfig) -> DistillConfig:
     return cfg
 
 
-def kept_folder(cfg: DistillConfig) -> str:
-    """``export/best`` (or ``last`` when asked, or when there was no validation)."""
-    export = sio.join(cfg.run.output, cfg.run.name, "export")
-    best = sio.join(export, "best")
-    if cfg.finetune.keep == "best" and sio.exists(sio.join(best, CARD)):
-        return best
-    return sio.join(export, "last")
-
-
 def run(cfg: DistillConfig) -> int:
-    cfg = prepare(cfg)
-    run_dir = sio.join(cfg.run.output, cfg.run.name)
-    sio.write_text(sio.join(run_dir, "distill.toml"), to_toml(cfg))
-    fit(cfg, distill, keep_checkpoints=cfg.train.keep_checkpoints, loader_workers=cfg.data.num_workers)
-    folder = kept_folder(cfg)
-    card = json.loads(sio.read_text(sio.join(folder, CARD)))
-    print(f"run: {run_dir}  model: {folder}  metrics: {card['metrics']}")
-    run_id = card["source"].get("mlflow_run_id", "")
-    if cfg.tracking.enabled and cfg.tracking.registered_model and run_id:
-        registration = register_model(cfg.tracking.tracking_uri, run_id, cfg.tracking.registered_model,
-                                      cfg.finetune.registered_alias, folder, cfg.finetune.promote, validation_data(cfg))
-        print(registration.message)
-    return 0
+    return train_and_register(prepare(cfg), distill, "distill.toml")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import dataclasses
 import json
 import logging
 import warnings
+from typing import Any, Callable
 
 from jobs._cli import job_main
 from pipeline.core import io as sio
@@ -100,11 +101,12 @@ def kept_folder(cfg: FinetuneConfig) -> str:
     return sio.join(export, "last")
 
 
-def run(cfg: FinetuneConfig) -> int:
-    cfg = prepare(cfg)
+def train_and_register(cfg: FinetuneConfig, loop: Callable[..., Any], config_name: str) -> int:
+    """Save the resolved config, run ``loop`` under Ray Train, print what was kept and register it
+    (a classifier job's whole run after its driver checks: fine-tuning's and distillation's)."""
     run_dir = sio.join(cfg.run.output, cfg.run.name)
-    sio.write_text(sio.join(run_dir, "finetune.toml"), to_toml(cfg))
-    fit(cfg, finetune, keep_checkpoints=cfg.train.keep_checkpoints, loader_workers=cfg.data.num_workers)
+    sio.write_text(sio.join(run_dir, config_name), to_toml(cfg))
+    fit(cfg, loop, keep_checkpoints=cfg.train.keep_checkpoints, loader_workers=cfg.data.num_workers)
     folder = kept_folder(cfg)
     card = json.loads(sio.read_text(sio.join(folder, CARD)))
     print(f"run: {run_dir}  model: {folder}  metrics: {card['metrics']}")
@@ -114,6 +116,10 @@ def run(cfg: FinetuneConfig) -> int:
                                       cfg.finetune.registered_alias, folder, cfg.finetune.promote, validation_data(cfg))
         print(registration.message)
     return 0
+
+
+def run(cfg: FinetuneConfig) -> int:
+    return train_and_register(prepare(cfg), finetune, "finetune.toml")
 
 
 if __name__ == "__main__":
