@@ -67,6 +67,14 @@ demo: $(STAMP) ## datasets -> one pipeline job: shard -> pre-train -> fine-tune 
 	$(PY) -m jobs.shard --config shard/default --set shard.manifest=$(DATA)/sample/manifest.csv --set shard.output=$(DATA)/shards/sample
 	$(PY) -m jobs.pipeline --config pipeline/demo --set shard.manifest=$(DATA)/synthetic/manifest.csv --set shard.output=$(DATA)/shards/synthetic $(DEMO_ARGS)
 
+demo-progressive: $(STAMP) ## progressive training: the demo's target + two labelled hybrid sets -> shard -> pre-train -> post-pre-train -> fine-tune -> evaluate
+	$(PY) -m jobs.dataset --config dataset/synthetic --set dataset.output=$(DATA)/synthetic
+	$(PY) -m jobs.dataset --config dataset/motion_a --set dataset.output=$(DATA)/motion_a
+	$(PY) -m jobs.dataset --config dataset/motion_b --set dataset.output=$(DATA)/motion_b
+	$(PY) -m jobs.shard --config shard/default --set shard.manifest=$(DATA)/motion_a/manifest.csv --set shard.output=$(DATA)/shards/motion_a
+	$(PY) -m jobs.shard --config shard/default --set shard.manifest=$(DATA)/motion_b/manifest.csv --set shard.output=$(DATA)/shards/motion_b
+	$(PY) -m jobs.pipeline --config pipeline/progressive --set shard.manifest=$(DATA)/synthetic/manifest.csv --set shard.output=$(DATA)/shards/synthetic --set postpretrain.data.sources=$(DATA)/shards/motion_a,$(DATA)/shards/motion_b $(DEMO_ARGS)
+
 bench-pretrain-value: $(STAMP) ## does pre-training help? pre-trained vs random init, budget chosen on val (~15 min per seed): [SEEDS=0,1,2 FT_STEPS=300]
 	$(PY) -m benchmarks.bench_pretrain_value $(if $(SEEDS),--seeds $(SEEDS)) $(if $(FT_STEPS),--finetune-steps $(FT_STEPS) --tag ft$(FT_STEPS))
 

@@ -56,6 +56,9 @@ def prepare(cfg: DistillConfig) -> DistillConfig:
     ``model.init`` as one file, ``distill.teacher`` as its model folder, ``model.num_classes`` from
     the labels, or the teacher's classes on unlabelled shards); ``cfg`` is left as it was. One line on failure."""
     check_config(cfg)
+    if cfg.data.sources or cfg.data.exclude_shards:
+        raise ConfigError("data.sources / data.exclude_shards are not read by jobs.distill: it distils on one shard "
+                          "set (data.shards); post-pre-train on a labelled hybrid with jobs.finetune")
     cfg = resolve_on_driver(cfg, FINETUNE_INIT_FILES)
     teacher = resolve_teacher(cfg.distill.teacher, cfg.tracking.tracking_uri if cfg.tracking.enabled else "")
     cfg = with_values(cfg, {"distill.teacher": teacher})

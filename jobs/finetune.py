@@ -32,14 +32,16 @@ from typing import Any, Callable
 from jobs._cli import job_main
 from pipeline.core import io as sio
 from pipeline.core.config import to_toml, with_values
+from pipeline.data.hybrid import EXCLUSIONS_NAME
 from pipeline.models.model_config import RANDOM_INIT, init_weights
 from pipeline.models.weights import CheckpointError, LoadReport
 from pipeline.orchestration.driver import check_on_driver, resolve_on_driver
 from pipeline.orchestration.ray_train import fit
 from pipeline.train.finetune import check_config, class_names, finetune, validation_data
 from pipeline.train.job_configs import FinetuneConfig
-from pipeline.train.model_registry import CARD, FINETUNE_INIT_FILES, register_model
+from pipeline.train.model_registry import CARD, FINETUNE_INIT_FILES, find_card, register_model
 from pipeline.train.model_registry import resolve_init as resolve_init_uri
+from pipeline.train.supervised import data_classes, leaves_out, write_left_out
 
 log = logging.getLogger("jobs.finetune")
 
@@ -70,7 +72,21 @@ def check_init(cfg: FinetuneConfig) -> LoadReport | None:
             raise CheckpointError(f"model.init {cfg.model.init}: not a torch checkpoint ({type(exc).__name__})") from None
     with warnings.catch_warnings():  # copying into meta tensors is the intended no-op: shapes only
         warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter.*")
-        return load_official(model, state)
+        return load_official(model, state, drop_head=cfg.model.init_head == "drop")
+
+
+def init_head(cfg: FinetuneConfig, names: list[str]) -> str:
+    """``model.init_head`` made concrete: ``auto`` drops the head of an init whose card lists other
+    classes than ``names`` (the data's), and keeps it otherwise (no card, or the same classes)."""
+    if cfg.model.init_head != "auto":
+        return cfg.model.init_head
+    found = find_card(cfg.model.init) if init_weights(cfg.model.init) else None
+    theirs = list(found[0].class_names) if found else []
+    if theirs and theirs != names:
+        print(f"model.init_head=auto: dropping the head of {cfg.model.init}: it was trained on {len(theirs)} other "
+              f"classes ({', '.join(theirs[:3])}{', ...' if len(theirs) > 3 else ''}); this run has {len(names)}")
+        return "drop"
+    return "keep"
 
 
 def prepare(cfg: FinetuneConfig) -> FinetuneConfig:
@@ -80,10 +96,15 @@ def prepare(cfg: FinetuneConfig) -> FinetuneConfig:
     check_config(cfg)
     cfg = resolve_on_driver(cfg, FINETUNE_INIT_FILES)
     index = check_on_driver(cfg, train=True, val_split=cfg.finetune.val_split, task="classify")
-    if cfg.finetune.classes_from_data and index.labels and len(index.labels) != cfg.model.num_classes:
-        print(f"model.num_classes: {cfg.model.num_classes} -> {len(index.labels)} (labels of the shard index)")
-        cfg = with_values(cfg, {"model.num_classes": len(index.labels)})
+    names = data_classes(cfg, index)
+    if cfg.data.sources:
+        print(f"data.sources: {len(names)} classes merged by name from {len(cfg.data.sources)} labelled shard sets")
+    if cfg.finetune.classes_from_data and len(names) != cfg.model.num_classes:
+        where = "merged labels of data.sources" if cfg.data.sources else "labels of the shard index"
+        print(f"model.num_classes: {cfg.model.num_classes} -> {len(names)} ({where})")
+        cfg = with_values(cfg, {"model.num_classes": len(names)})
     class_names(cfg, index)
+    cfg = with_values(cfg, {"model.init_head": init_head(cfg, names)})
     report = check_init(cfg)
     if report is not None:
         print(f"init {cfg.model.init}: {report}")
@@ -119,7 +140,10 @@ def train_and_register(cfg: FinetuneConfig, loop: Callable[..., Any], config_nam
 
 
 def run(cfg: FinetuneConfig) -> int:
-    return train_and_register(prepare(cfg), finetune, "finetune.toml")
+    cfg = prepare(cfg)
+    if leaves_out(cfg):  # found once here; every rank's loader reads the list from the run folder
+        print(f"{write_left_out(cfg).summary()} (listed in {sio.join(cfg.run.output, cfg.run.name, EXCLUSIONS_NAME)})")
+    return train_and_register(cfg, finetune, "finetune.toml")
 
 
 if __name__ == "__main__":

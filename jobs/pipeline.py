@@ -1,8 +1,9 @@
-"""Shard -> pre-train -> fine-tune -> evaluate in one job, from one TOML.
+"""Shard -> pre-train [-> post-pre-train] -> fine-tune -> evaluate in one job, from one TOML.
 
     python -m jobs.pipeline --config pipeline/demo [--set pretrain.train.steps=100] [--json]
+    python -m jobs.pipeline --config pipeline/progressive     # with post-pre-training on a labelled hybrid
 
-Outputs under ``<pipeline.output>/<pipeline.name>/``: ``shards/``, ``pretrain/``, ``finetune/``,
+Outputs under ``<pipeline.output>/<pipeline.name>/``: ``shards/``, ``pretrain/``, (``postpretrain/``), ``finetune/``,
 ``evaluate/`` (and ``baseline/``, ``baseline_evaluate/``), ``pipeline_state.json``, ``summary.json``. One MLflow parent
 run with a child run per stage. Rerunning the same command skips complete stages and continues
 an interrupted one (in its own MLflow run). Each stage is the stage job's ``run(cfg)``, called
@@ -50,13 +51,15 @@ def format_summary(s: dict[str, Any]) -> str:
         steps = p["loss_steps"] or ["?", "?"]
         lines.append(f"pre-train  loss {_num(p['loss_first'], '.4f')} (step {steps[0]}) -> {_num(p['loss_last'], '.4f')} "
                      f"(step {steps[1]})  -> {p['export']}")
+    if "postpretrain" in s:  # no validation: it trains on the hybrid's merged classes
+        f = s["postpretrain"]
+        lines.append(f"post-pre   {f['classes']} merged classes (from {f['from']})  -> {f['model']}")
     for name, label in (("finetune", "fine-tune"), ("baseline", "baseline")):
         if name in s:
             f = s[name]
-            what = "from pre-training" if f["init"] not in ("", "random") else "from random init"
             reg = f"  registered {f['registered']}" if f.get("registered") else ""
             test = f"  {f['test_split']} top-1 {_num(f['test_top1'])}" if "test_top1" in f else ""
-            lines.append(f"{label:<10} val top-1 {_num(f['val_top1'])}{test} ({what})  -> {f['model']}{reg}")
+            lines.append(f"{label:<10} val top-1 {_num(f['val_top1'])}{test} (from {f['from']})  -> {f['model']}{reg}")
     if "evaluate" in s:
         e = s["evaluate"]
         lines.append(f"evaluate   {e['split']} top-1 {_num(e['top1'])}  top-5 {_num(e['top5'])}  "

@@ -44,7 +44,13 @@ weights (``data.source_weights``; by default each source's sample count) replace
 each read at ``data.split``. An epoch is the sum of their samples; every reader gets a deal of each
 source's units and draws, per sample slot, a source by weight (:func:`~pipeline.data.streams.mix_sources`).
 The mix is seeded like the rest, so resume stays exact with the same state; the ok samples per
-source are counted (``stats.by_source``, keyed by :attr:`TrainLoader.source_names`).
+source are counted (``stats.by_source``, keyed by :attr:`TrainLoader.source_names`). In supervised
+training the sources are labelled hybrids (VideoMAE V2's K710): their label spaces are merged by
+class name and each sample's label mapped into the merged one (:mod:`pipeline.data.hybrid`).
+
+**Samples left out** (``exclude``: keys per source, found once by the job's driver: videos the
+target holds out for validation or test, repeats across sources) are skipped by the readers and
+not counted in the epoch; the driver lists each with its reason in the run folder.
 
 WebDataset's ``WebLoader.with_epoch`` is not used: this wrapper must also know which worker
 produced each batch and where it stood, for exact resume.
@@ -57,7 +63,7 @@ import logging
 import math
 import random
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -67,6 +73,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from pipeline.core.config import help_field
 from pipeline.core.errors import DataError
 from pipeline.data.decoding import ClipSpec, DataStats, seed_of
+from pipeline.data.hybrid import merge_labels
 from pipeline.data.masking import Grid, MaskConfig
 from pipeline.data.shard_index import ShardIndex, Unit, assign_units, plan_units
 from pipeline.data.streams import EvalPlan, EvalStream, TrainPlan, TrainStream
@@ -136,8 +143,9 @@ class TrainDataConfig(DataConfig):
     flip: bool = help_field(False, help="random horizontal flip (VideoMAE pre-training: off)")
     repeated_aug: int = help_field(4, help="views (clips) cut from each decoded video (VideoMAE V2: 4)")
     shuffle_buffer: int = help_field(64, help="undecoded samples per worker shuffled together")
-    sources: tuple[str, ...] = help_field((), help="pre-training on several shard sets (folders or s3:// prefixes, "
-                                                   "each read at data.split); replaces data.shards when given")
+    sources: tuple[str, ...] = help_field((), help="several shard sets (folders or s3:// prefixes, each read at "
+                                                   "data.split) replacing data.shards; supervised: labelled, their "
+                                                   "label spaces merged by class name")
     source_weights: tuple[float, ...] = help_field((), help="sampling weight of each of data.sources (> 0; "
                                                             "empty = proportional to each source's samples)")
 
@@ -204,11 +212,19 @@ class FinetuneDataConfig(TrainDataConfig, EvalDataConfig):
         "official", help="training frames: official = VideoMAE V2's window of num_frames x sampling_rate "
                          "(last frame repeated in shorter videos); stride = the pre-training sampler")
 
+    exclude_shards: tuple[str, ...] = help_field(
+        (), help="shard sets whose held-out videos (data.exclude_splits) are never trained on, matched by the "
+                 "source video's sha256 (e.g. the target's shards, when post-pre-training on data.sources)")
+    exclude_splits: str = help_field("val+test", help="the splits of data.exclude_shards held out ('+'-joined)")
+
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.sources:
-            raise ValueError("data.sources is for pre-training only: fine-tuning reads one labelled shard set "
-                             "(data.shards); label spaces of several datasets are not merged")
+        self.exclude_shards = tuple(self.exclude_shards)
+        if any(not str(src).strip() for src in self.exclude_shards):
+            raise ValueError(f"data.exclude_shards must name shard folders or s3:// prefixes, got an empty one in "
+                             f"{list(self.exclude_shards)}")
+        if self.exclude_shards and not [s for s in self.exclude_splits.split("+") if s.strip()]:
+            raise ValueError("data.exclude_splits is empty: name the held-out splits of data.exclude_shards (val+test)")
         if self.auto_augment:
             parse_rand_augment(self.auto_augment)  # ValueError names the bad part
         lo, hi = self.crop_scale
@@ -308,24 +324,29 @@ class TrainLoader:
     """
 
     def __init__(self, cfg: TrainDataConfig, rank: int = 0, world_size: int = 1, *, mask: MaskConfig | None = None,
-                 grid: Grid | None = None, require_labels: bool = False, index: ShardIndex | None = None) -> None:
+                 grid: Grid | None = None, require_labels: bool = False, index: ShardIndex | None = None,
+                 exclude: Mapping[int, frozenset[str]] | None = None) -> None:
         _check_rank(rank, world_size)
         if (mask is None) != (grid is None):
             raise ValueError("give both mask and grid (pre-training) or neither (supervised)")
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.mask, self.grid, self.require_labels = mask, grid, require_labels
         sources = tuple(getattr(cfg, "sources", ()))
-        if sources and require_labels:
-            raise DataError("data.sources is for pre-training only: supervised training reads one labelled shard "
-                            "set (data.shards)")
         # One entry per source; a single shard set (data.shards) is the one source of the old layout.
         self.indexes = [ShardIndex.load(src) for src in sources] if sources else [index or ShardIndex.load(cfg.shards)]
         self.index = self.indexes[0]
-        if require_labels and not self.index.labels:
-            raise DataError(f"shards have no labels: {self.index.uri}/index.json lists none "
-                            "(shard a manifest with a label column for supervised training)")
+        if require_labels:
+            for ix in self.indexes:
+                if not ix.labels:
+                    raise DataError(f"shards have no labels: {ix.uri}/index.json lists none "
+                                    "(shard a manifest with a label column for supervised training)")
+        # Supervised training on several sources: one label space, merged by class name (pipeline.data.hybrid).
+        self.label_space = merge_labels([ix.labels for ix in self.indexes]) if sources and require_labels else None
+        # Samples the driver found to leave out (held-out videos of the target, repeats), per source.
+        self.exclude = {s: frozenset(keys) for s, keys in (exclude or {}).items() if keys}
         splits = [ix.split(cfg.split) for ix in self.indexes]
-        self.source_samples = [sum(s.samples for s in shards) for shards in splits]
+        self.source_samples = [sum(s.samples for s in shards) - len(self.exclude.get(i, ()))
+                               for i, shards in enumerate(splits)]
         self.num_samples = sum(self.source_samples)
         where = self.index.uri if not sources else f"data.sources ({', '.join(ix.uri for ix in self.indexes)})"
         require_global_batch(cfg, self.num_samples, world_size, where)
@@ -371,7 +392,8 @@ class TrainLoader:
             batch_size=self.cfg.batch_size, shuffle_buffer=self.cfg.shuffle_buffer, start_step=self.step,
             positions=dict(self._positions), mask=self.mask, grid=self.grid, require_labels=self.require_labels,
             min_samples=self.cfg.error_check_after, sources=per_source, source_weights=self.source_weights,
-            source_names=self.source_names,
+            source_names=self.source_names, label_maps=self.label_space.maps if self.label_space else (),
+            exclude=self.exclude,
         )
 
     def _next_epoch(self) -> None:
@@ -482,9 +504,11 @@ def pretrain_loader(cfg: TrainDataConfig, mask: MaskConfig, grid: Grid, rank: in
     return TrainLoader(cfg, rank, world_size, mask=mask, grid=grid)
 
 
-def supervised_loader(cfg: TrainDataConfig, rank: int = 0, world_size: int = 1) -> TrainLoader:
-    """Fine-tuning batches (labels required; ``repeated_aug`` views per decoded video, no masks)."""
-    return TrainLoader(cfg, rank, world_size, require_labels=True)
+def supervised_loader(cfg: TrainDataConfig, rank: int = 0, world_size: int = 1,
+                      exclude: Mapping[int, frozenset[str]] | None = None) -> TrainLoader:
+    """Fine-tuning batches (labels required; ``repeated_aug`` views per decoded video, no masks);
+    ``exclude``: the keys each source leaves out (:func:`pipeline.data.hybrid.find_exclusions`)."""
+    return TrainLoader(cfg, rank, world_size, require_labels=True, exclude=exclude)
 
 
 def eval_loader(cfg: EvalDataConfig, rank: int = 0, world_size: int = 1, require_labels: bool = True) -> EvalLoader:

@@ -157,6 +157,9 @@ class TrainPlan:
     sources: list[list[list[Unit]]] = field(default_factory=list)
     source_weights: tuple[float, ...] = ()
     source_names: tuple[str, ...] = ()
+    # supervised data.sources: per source, the merged label id of each of its label ids (empty: as stored)
+    label_maps: tuple[tuple[int, ...], ...] = ()
+    exclude: dict[int, frozenset[str]] = field(default_factory=dict)  # keys left out, per source
 
 
 class _Batcher:
@@ -237,6 +240,13 @@ class _Batcher:
         return out
 
 
+def merged_label(views: TrainViews, label_map: tuple[int, ...]) -> TrainViews | SampleError:
+    """``views`` with its source's label id mapped into the merged label space."""
+    if 0 <= views.label < len(label_map):
+        return dataclasses.replace(views, label=label_map[views.label])
+    return SampleError(views.key, f"label id {views.label} is not one of its index's {len(label_map)} labels")
+
+
 def train_batches(plan: TrainPlan, worker: int) -> Iterator[dict[str, Any]]:
     """Logical ``worker``'s batches of the epoch, from ``plan.start_step`` on (infinite)."""
     workers, k, size = len(plan.units), plan.spec.views, plan.batch_size
@@ -260,7 +270,12 @@ def train_batches(plan: TrainPlan, worker: int) -> Iterator[dict[str, Any]]:
         if isinstance(item, ShardFault):
             b.error(f"shard {item.shard}", item.reason, lost=item.lost, shard=True, source=item.source)
             continue
+        if plan.exclude and item.key in plan.exclude.get(item.source, ()):
+            done += 1  # left out by the driver (listed in the run folder with its reason): neither used nor lost
+            continue
         views = train_views(item, plan.spec, plan.seed, plan.epoch, plan.require_labels)
+        if plan.label_maps and not isinstance(views, SampleError):
+            views = merged_label(views, plan.label_maps[item.source])
         if isinstance(views, SampleError):
             b.error(f"sample {views.key} in {item.shard}", views.reason, source=item.source)
             done += 1

@@ -98,6 +98,10 @@ class FinetuneModelConfig(ClassifierConfig):
 
     drop_path: float = help_field(0.0, help="stochastic depth rate of the last block (linear from 0)")
     grad_checkpointing: bool = help_field(False, help="recompute block activations in backward to save memory")
+    init_head: Literal["auto", "keep", "drop"] = help_field(
+        "auto", help="the classifier head of a model.init that has one: auto = drop it when the init's card lists "
+                     "other classes than the data's (a post-pre-trained or other-dataset classifier), else keep it; "
+                     "keep; drop (the head starts fresh; fc_norm is kept)")
 
     def model_options(self) -> dict[str, Any]:
         return {**super().model_options(), "drop_path": self.drop_path,

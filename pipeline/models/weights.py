@@ -170,15 +170,25 @@ def _plan(own: Mapping[str, torch.Tensor], state_dict: Mapping[str, Any]
     return usable, notes, unexpected
 
 
-def load_official(model: nn.Module, state_dict: Mapping[str, Any]) -> LoadReport:
+def load_official(model: nn.Module, state_dict: Mapping[str, Any], drop_head: bool = False) -> LoadReport:
     """Load an official (or our) checkpoint into ``model`` (pre-training model or classifier).
 
     Raises :class:`CheckpointError` on depth, width or patch-size mismatch. A classifier head
     of another class count is re-initialised (noted); parts the model lacks are skipped (noted).
+    ``drop_head``: the checkpoint's classifier head (``head.*``) is not loaded whatever its shape
+    (an init trained on other classes; noted); ``fc_norm`` is kept, as VideoMAE V2 keeps it.
     """
     own = model.state_dict()
     has_fc_norm = any(k.startswith("fc_norm.") for k in own)
+    dropped = False
+    if drop_head:
+        whole = unwrap(state_dict)
+        state_dict = {k: v for k, v in whole.items() if not official_to_ours_key(k).startswith("head.")}
+        dropped = len(state_dict) < len(whole)
     usable, notes, unexpected = _plan(own, state_dict)
+    if dropped:
+        notes.insert(0, "dropped the checkpoint's classifier head (its classes are not this model's): the head "
+                        "starts fresh")
     report = LoadReport(unexpected=unexpected)
     result = model.load_state_dict(usable, strict=False)
     if any(n.startswith("re-initialised head") for n in notes):
@@ -187,7 +197,7 @@ def load_official(model: nn.Module, state_dict: Mapping[str, Any]) -> LoadReport
     report.missing = sorted(result.missing_keys)
     head_reset = any(n.startswith("re-initialised head") for n in notes)
     if has_fc_norm and any(k.startswith("head.") for k in report.missing) and "head.weight" not in usable \
-            and not head_reset:
+            and not head_reset and not dropped:
         notes.append("head kept freshly initialised: the checkpoint has none")
     if any(".adapter." in k for k in report.missing):
         notes.append("adapters kept freshly initialised (zero up-projection): the checkpoint has none")
@@ -219,10 +229,10 @@ def read_weights(path: Path, mmap: bool = False) -> Mapping[str, Any]:
                               f"{str(exc).splitlines()[0] if str(exc) else 'empty or cut short'})") from None
 
 
-def load_file(model: nn.Module, path: str | Path) -> LoadReport:
-    """Load a ``.pth``/``.pt`` file into ``model`` and log the report."""
+def load_file(model: nn.Module, path: str | Path, drop_head: bool = False) -> LoadReport:
+    """Load a ``.pth``/``.pt`` file into ``model`` and log the report (``drop_head``: see :func:`load_official`)."""
     path = Path(path)
-    report = load_official(model, read_weights(path))
+    report = load_official(model, read_weights(path), drop_head)
     log.info("loaded %s: %s", path, report)
     return report
 

@@ -53,9 +53,10 @@ def resolve_on_driver(cfg: C, candidates: tuple[str, ...] = WEIGHT_FILES, model_
     for key, value in (("data.shards", c.data.shards), ("run.output", c.run.output)):
         if value and not sio.is_remote(value):
             values[key] = os.path.abspath(value)
-    sources = tuple(getattr(c.data, "sources", ()))
-    if any(not sio.is_remote(src) for src in sources):
-        values["data.sources"] = [src if sio.is_remote(src) else os.path.abspath(src) for src in sources]
+    for key in ("sources", "exclude_shards"):  # shard sets: data.sources, data.exclude_shards (supervised)
+        sets = tuple(getattr(c.data, key, ()))
+        if any(not sio.is_remote(src) for src in sets):
+            values[f"data.{key}"] = [src if sio.is_remote(src) else os.path.abspath(src) for src in sets]
     tracking: Any = c.tracking
     if c.tracking.enabled:  # decided here, where the user's working directory and env are
         tracking = values["tracking.tracking_uri"] = resolve_uri(c.tracking)

@@ -35,6 +35,7 @@ from pipeline.train.supervised import (
     check_config,
     class_names,
     freeze_for_mode,
+    left_out,
     save_weights,
     val_loader,
     validate,
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 def setup(cfg: FinetuneConfig, session: Session, rank: int, world: int) -> Setup:
     """Engine, loaders and position: fresh, or where the last checkpoint left off."""
     torch.manual_seed(cfg.run.seed)  # the same init (head, and encoder without init weights) on every rank
-    loader = supervised_loader(cfg.data, rank, world)
+    loader = supervised_loader(cfg.data, rank, world, exclude=left_out(cfg))
     spec = get_spec(cfg.model.name, **cfg.model.arch_overrides())
     clips = cfg.data.batch_size * world * cfg.deepspeed.gradient_accumulation_steps
     # forward + backward = 3 forward passes of 2 FLOPs per MAC (a frozen encoder in a linear probe does less)

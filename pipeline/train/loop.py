@@ -78,7 +78,8 @@ def model_factory(cfg: TrainJob, task: str, prepare: Callable[[torch.nn.Module],
         model = create_model_from_config(model_cfg, task)
         if init:
             with eng.gathered(model):
-                load_file(model, sio.cached_copy(init))  # this node's copy of a remote init
+                # this node's copy of a remote init; init_head (fine-tuning): "drop" as the driver decided
+                load_file(model, sio.cached_copy(init), drop_head=getattr(cfg.model, "init_head", "keep") == "drop")
         if prepare is not None:
             prepare(model)
         return model

@@ -20,6 +20,7 @@ import torch
 from pipeline.core import io as sio
 from pipeline.core.config import ConfigError, to_dict
 from pipeline.core.errors import DataError
+from pipeline.data.hybrid import Exclusions, find_exclusions, merge_labels, read_exclusions, write_exclusions
 from pipeline.data.loader import EvalLoader, eval_loader
 from pipeline.data.shard_index import ShardIndex
 from pipeline.infra import engine as eng
@@ -47,21 +48,61 @@ def check_config(cfg: ClassifierJob) -> None:
         raise ConfigError("model.init is empty: name the weights to fine-tune from (a pre-training run folder, a "
                         "weights file, runs:/<run_id>/<path> or models:/<name>@<alias>), or set model.init=random "
                         "for a random-init baseline")
+    if cfg.data.sources and cfg.finetune.val_split:
+        raise ConfigError(f"finetune.val_split={cfg.finetune.val_split!r} with data.sources: validation reads one "
+                          "shard set in its own label space; set finetune.val_split='' (the last weights are kept)")
     if (cfg.finetune.mode == "adapter") != (cfg.model.adapter_dim > 0):
         raise DataError("finetune.mode=adapter and model.adapter_dim > 0 go together "
                         f"(got mode={cfg.finetune.mode}, adapter_dim={cfg.model.adapter_dim})")
 
 
+def data_classes(cfg: ClassifierJob, index: ShardIndex | None = None) -> list[str]:
+    """The label names of the data: the shard index's, or with ``data.sources`` their merged label
+    space (:func:`pipeline.data.hybrid.merge_labels`). DataError when a shard set has no labels."""
+    indexes = [ShardIndex.load(src) for src in cfg.data.sources] if cfg.data.sources else [
+        index or ShardIndex.load(cfg.data.shards)]
+    for ix in indexes:
+        if not ix.labels:
+            raise DataError(f"shards have no labels: {ix.uri}/index.json lists none "
+                            "(shard a manifest with a label column to fine-tune)")
+    if cfg.data.sources:
+        return list(merge_labels([ix.labels for ix in indexes]).names)
+    return list(indexes[0].labels)
+
+
 def class_names(cfg: ClassifierJob, index: ShardIndex | None = None) -> list[str]:
-    """Label names of the shard index; DataError if there are none or more than the head has outputs."""
-    index = index or ShardIndex.load(cfg.data.shards)
-    if not index.labels:
-        raise DataError(f"shards have no labels: {index.uri}/index.json lists none "
-                        "(shard a manifest with a label column to fine-tune)")
-    if len(index.labels) > cfg.model.num_classes:
-        raise DataError(f"the shards have {len(index.labels)} classes but model.num_classes is "
+    """Label names of the data (:func:`data_classes`); DataError if more than the head has outputs."""
+    names = data_classes(cfg, index)
+    if len(names) > cfg.model.num_classes:
+        raise DataError(f"the shards have {len(names)} classes but model.num_classes is "
                         f"{cfg.model.num_classes} (or set finetune.classes_from_data=true)")
-    return list(index.labels)
+    return names
+
+
+def leaves_out(cfg: ClassifierJob) -> bool:
+    """Whether the job's driver looks for samples to leave out (several sources, or held-out shard sets)."""
+    return bool(cfg.data.sources or cfg.data.exclude_shards)
+
+
+def training_uris(cfg: ClassifierJob) -> list[str]:
+    """The training shard sets, as the loader names them (``data.sources``, else ``data.shards``)."""
+    return list(cfg.data.sources) or [cfg.data.shards]
+
+
+def write_left_out(cfg: ClassifierJob) -> Exclusions:
+    """On the driver: find the training samples to leave out (:func:`pipeline.data.hybrid.find_exclusions`)
+    and list them in the run folder, where every rank's loader reads them."""
+    held_out = [(ShardIndex.load(src), cfg.data.exclude_splits) for src in cfg.data.exclude_shards]
+    found = find_exclusions([ShardIndex.load(src) for src in training_uris(cfg)], cfg.data.split, held_out)
+    write_exclusions(sio.join(cfg.run.output, cfg.run.name), found)
+    return found
+
+
+def left_out(cfg: ClassifierJob) -> dict[int, frozenset[str]] | None:
+    """On every rank: the keys each training source leaves out, as the driver listed them (None: not asked)."""
+    if not leaves_out(cfg):
+        return None
+    return read_exclusions(sio.join(cfg.run.output, cfg.run.name), training_uris(cfg))
 
 
 def freeze_for_mode(model: torch.nn.Module, mode: str) -> None:
@@ -131,5 +172,6 @@ def save_weights(cfg: ClassifierJob, s: Setup, names: list[str], which: str, ran
             write_model_folder(module.state_dict(), card, sio.join(cfg.run.output, cfg.run.name, "export", which))
 
 
-__all__ = ["ClassifierJob", "Setup", "check_config", "class_names", "freeze_for_mode", "save_weights", "val_loader",
-           "validate", "validation_data"]
+__all__ = ["ClassifierJob", "Setup", "check_config", "class_names", "data_classes", "freeze_for_mode", "left_out",
+           "leaves_out", "save_weights", "training_uris", "val_loader", "validate", "validation_data",
+           "write_left_out"]

@@ -31,7 +31,7 @@ from pipeline.models.model_config import ARCHITECTURE_KEYS, RANDOM_INIT
 from pipeline.orchestration.sharding import ShardSection
 from pipeline.train.job_configs import EvaluateConfig, FinetuneConfig, PretrainConfig
 
-STAGES = ("shard", "pretrain", "finetune", "evaluate", "baseline")
+STAGES = ("shard", "pretrain", "postpretrain", "finetune", "evaluate", "baseline")
 
 
 def overrides_class(cls: type, name: str, first: tuple[str, Any, Any] | None = None) -> type:
@@ -60,6 +60,9 @@ ShardStage = stage_class("ShardStage", ShardSection, "shard/default",
                          "base config of the shard job (its [shard] table); keys here override it")
 PretrainStage = stage_class("PretrainStage", PretrainConfig, "pretrain/demo",
                             "base config of jobs.pretrain; the tables here override its keys")
+PostpretrainStage = stage_class(
+    "PostpretrainStage", FinetuneConfig, "finetune/demo",
+    "base config of the post-pre-training (jobs.finetune on the labelled hybrid of data.sources); keys here override it")
 FinetuneStage = stage_class("FinetuneStage", FinetuneConfig, "finetune/demo",
                             "base config of jobs.finetune; the tables here override its keys")
 EvaluateStage = stage_class("EvaluateStage", EvaluateConfig, "evaluate/demo",
@@ -74,7 +77,8 @@ class PipelineSection:
     name: str = help_field("demo", help="pipeline name: outputs in <output>/<name>/, rerunning the name resumes it")
     output: str = help_field("runs/pipeline", help="root of pipeline outputs (local folder or s3://)")
     stages: list[str] = help_field(["shard", "pretrain", "finetune", "evaluate"],
-                                   help="stages to run, of: shard, pretrain, finetune, evaluate")
+                                   help="stages to run, of: shard, pretrain, postpretrain (progressive training: "
+                                        "supervised on labelled hybrid shard sets between them), finetune, evaluate")
     baseline: bool = help_field(False, help="also fine-tune from random init (the fine-tune config, no init) and "
                                            "evaluate it as the fine-tuned model is, to compare")
     tracking_uri: str = help_field("", help="MLflow store ('' = $MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db)")
@@ -98,6 +102,7 @@ class PipelineConfig:
     pipeline: PipelineSection = field(default_factory=PipelineSection)
     shard: ShardStage = field(default_factory=ShardStage)  # type: ignore[valid-type]
     pretrain: PretrainStage = field(default_factory=PretrainStage)  # type: ignore[valid-type]
+    postpretrain: PostpretrainStage = field(default_factory=PostpretrainStage)  # type: ignore[valid-type]
     finetune: FinetuneStage = field(default_factory=FinetuneStage)  # type: ignore[valid-type]
     evaluate: EvaluateStage = field(default_factory=EvaluateStage)  # type: ignore[valid-type]
     baseline: BaselineStage = field(default_factory=BaselineStage)  # type: ignore[valid-type]
@@ -189,8 +194,22 @@ def plan_stages(cfg: PipelineConfig, jobs: Jobs, tracking_uri: str) -> list[Stag
     pt = build_stage(jobs.pretrain.config, find_base(jobs.find_config, "pretrain", cfg.pretrain.config),
                      {"run.output": root, "run.name": "pretrain", "data.shards": shards, **track}, given(cfg.pretrain))
     pt_dir = sio.join(pt.run.output, pt.run.name)
+    on = set(p.stages)
+    # Progressive training (VideoMAE V2): the pre-trained encoder is first trained supervised on a
+    # labelled hybrid (data.sources, label spaces merged by class name), never on a video the target
+    # holds out (its val and test splits), and the target is fine-tuned from that classifier (whose
+    # head, trained on the hybrid's classes, is dropped: model.init_head = auto).
+    pp = build_stage(jobs.finetune.config, find_base(jobs.find_config, "postpretrain", cfg.postpretrain.config),
+                     {"run.output": root, "run.name": "postpretrain", "data.shards": "", "model.init": pt_dir,
+                      "data.exclude_shards": [shards], "finetune.val_split": "", "tracking.registered_model": "",
+                      **track}, given(cfg.postpretrain))
+    pp_dir = sio.join(pp.run.output, pp.run.name)
+    if "postpretrain" in on and not pp.data.sources:
+        raise ConfigError("postpretrain.data.sources is empty: name the labelled shard sets the post-pre-training "
+                          "trains on (e.g. postpretrain.data.sources=[\"shards/k400\", \"shards/k600\"])")
     ft_base = find_base(jobs.find_config, "finetune", cfg.finetune.config)
-    ft_wired = {"run.output": root, "run.name": "finetune", "data.shards": shards, "model.init": pt_dir, **track}
+    ft_init = pp_dir if "postpretrain" in on else pt_dir
+    ft_wired = {"run.output": root, "run.name": "finetune", "data.shards": shards, "model.init": ft_init, **track}
     ft = build_stage(jobs.finetune.config, ft_base, ft_wired, given(cfg.finetune))
     ft_dir = sio.join(ft.run.output, ft.run.name)
     # Evaluation reads the fine-tuned model folder, whose card brings the architecture; wiring it
@@ -210,11 +229,12 @@ def plan_stages(cfg: PipelineConfig, jobs: Jobs, tracking_uri: str) -> list[Stag
     bl_ev = build_stage(jobs.evaluate.config, find_base(jobs.find_config, "evaluate", cfg.evaluate.config),
                         {"run.output": sio.join(root, "baseline_evaluate"), "run.name": "baseline_evaluate",
                          "data.shards": shards, "model.init": bl_dir, **bl_arch, **track}, given(cfg.evaluate))
-    on = set(p.stages)
     return [
         Stage("shard", "shard", sh, shards, (), "shard" in on),
         Stage("pretrain", "pretrain", pt, pt_dir, ("shard",), "pretrain" in on),
-        Stage("finetune", "finetune", ft, ft_dir, ("shard", "pretrain"), "finetune" in on),
+        Stage("postpretrain", "finetune", pp, pp_dir, ("shard", "pretrain"), "postpretrain" in on),
+        Stage("finetune", "finetune", ft, ft_dir, ("shard", "postpretrain" if "postpretrain" in on else "pretrain"),
+              "finetune" in on),
         Stage("evaluate", "evaluate", ev, ev.run.output, ("shard", "finetune"), "evaluate" in on),
         Stage("baseline", "finetune", bl, bl_dir, ("shard",), p.baseline),
         Stage("baseline_evaluate", "evaluate", bl_ev, bl_ev.run.output, ("shard", "baseline"),
@@ -234,5 +254,5 @@ def stable_config(cfg: Any) -> dict[str, Any]:
 
 
 __all__ = ["BaselineStage", "EvaluateStage", "FinetuneStage", "Jobs", "PipelineConfig", "PipelineSection",
-           "PretrainStage", "STAGES", "ShardStage", "Stage", "StageJob", "VOLATILE", "build_stage", "find_base", "given",
+           "PostpretrainStage", "PretrainStage", "STAGES", "ShardStage", "Stage", "StageJob", "VOLATILE", "build_stage", "find_base", "given",
            "overrides_class", "pipeline_root", "plan_stages", "stable_config"]

@@ -66,14 +66,18 @@ def summarize(runner: Runner, status: str) -> dict[str, Any]:
                            "loss_first": losses[0][1] if losses else None, "loss_last": losses[-1][1] if losses else None}
         if losses:
             metrics.update(pretrain_loss_first=losses[0][1], pretrain_loss_last=losses[-1][1])
-    for name in ("finetune", "baseline"):
+    for name in ("postpretrain", "finetune", "baseline"):
         stage = st[name]
         kept = next((sio.join(stage.output, "export", w) for w in ("best", "last")
                      if sio.exists(sio.join(stage.output, "export", w, CARD))), "")
         card = read_json(sio.join(kept, CARD)) if kept and stage.selected else None
         if card:
             top1 = card.get("metrics", {}).get("val_top1")
-            out[name] = {"model": kept, "val_top1": top1, "init": card.get("source", {}).get("init", "")}
+            init = card.get("source", {}).get("init", "")
+            came = "random init" if init in ("", "random") else (
+                "post-pre-training" if name == "finetune" and st["postpretrain"].selected else "pre-training")
+            out[name] = {"model": kept, "val_top1": top1, "init": init, "from": came,
+                         "classes": len(card.get("class_names", []))}
             registered = stage.cfg.tracking.registered_model
             if registered and ids.get(name):  # by its alias only when the alias was moved to it
                 uri = registered_uri(runner.uri, registered, stage.cfg.finetune.registered_alias, ids[name])

@@ -91,6 +91,22 @@ def test_other_class_count_reinitialises_head_with_note():
     assert torch.equal(model.fc_norm.weight, official["fc_norm.weight"])
 
 
+def test_drop_head_leaves_a_same_shaped_head_fresh_and_keeps_fc_norm():
+    """A classifier of 5 other classes as the init of a 5-class model: its head has the right shape
+    but the wrong meaning. drop_head (model.init_head=drop) leaves it fresh; without it, it loads."""
+    official = random_state(official_finetune_shapes(classes=5))
+    model = create_model("vit_tiny", task="classify", num_classes=5, **TINY)
+    report = load_official(model, official, drop_head=True)
+    assert report.notes[0].startswith("dropped the checkpoint's classifier head")
+    assert not any(n.startswith("head kept freshly") for n in report.notes)
+    assert not torch.equal(model.head.weight, official["head.weight"]) and model.head.weight.abs().max() < 1e-3
+    assert torch.equal(model.fc_norm.weight, official["fc_norm.weight"])
+    assert {"head.weight", "head.bias"} <= set(report.missing)
+    kept = create_model("vit_tiny", task="classify", num_classes=5, **TINY)
+    load_official(kept, official)
+    assert torch.equal(kept.head.weight, official["head.weight"])
+
+
 @pytest.mark.parametrize("change,match", [(dict(patch_size=8, img_size=64), "patch"),
                                           (dict(embed_dim=48), "another architecture"),
                                           (dict(depth=3), "blocks")])

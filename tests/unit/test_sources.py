@@ -1,7 +1,7 @@
 """Pre-training on several shard sets (``data.sources``, VideoMAE V2's UnlabeledHybrid): the mix
 follows the weights (by default each source's sample count), an epoch is the sources' samples
 together, resume stays exact, per-source counts add up and reach MLflow's metrics, and the keys
-are checked in one line (fine-tuning and evaluation refuse them).
+are checked in one line (evaluation refuses them; fine-tuning takes them without validation).
 
 Tiny shards written in the test (64x48 videos, 4-frame 32x32 clips), as in test_loader.py.
 """
@@ -201,11 +201,16 @@ def test_source_config_errors_are_one_line_naming_the_key(sets, pattern):
     assert "\n" not in str(err.value)
 
 
-def test_fine_tuning_and_evaluation_refuse_sources(two):
+def test_evaluation_refuses_sources_and_fine_tuning_validation_with_them(two):
+    """Fine-tuning takes several labelled sources (tests/unit/test_hybrid.py), but not with validation:
+    validation reads one shard set in its own label space."""
+    from pipeline.train.supervised import check_config
+
     big, small = two
-    with pytest.raises(ConfigError, match=r"data\.sources is for pre-training only: fine-tuning") as err:
-        load_config(FinetuneConfig, None, [f"data.sources={big},{small}"])
-    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match=r"finetune\.val_split='val' with data\.sources: .* set finetune\.val_split=''"):
+        check_config(load_config(FinetuneConfig, None, [f"data.sources={big},{small}", "model.init=random"]))
+    check_config(load_config(FinetuneConfig, None, [f"data.sources={big},{small}", "model.init=random",
+                                                    "finetune.val_split="]))
     with pytest.raises(ConfigError, match=r"data\.sources"):  # not a key of evaluation's [data]
         load_config(EvaluateConfig, None, [f"data.sources={big}"])
     cfg = config(big, small)  # a config that carries sources, handed to the evaluation loader

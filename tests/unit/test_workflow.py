@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from jobs._cli import rounded
+from jobs.dataset import DatasetJobConfig
 from jobs.pipeline import JOBS, format_summary
 from pipeline.core.config import ConfigError, load_config
 from pipeline.workflow import (
@@ -84,6 +85,23 @@ def test_the_shipped_demo_pretrains_and_finetunes_one_architecture(tmp_path: Pat
     assert recipe == {k: v for k, v in stable_config(bl).items() if not k.startswith(differs)}
 
 
+def test_the_shipped_progressive_pipeline_chains_one_architecture(tmp_path: Path) -> None:
+    """pipeline/progressive.toml: the post-pre-training trains the pre-trained architecture on the two
+    hybrid shard sets at the demo's clip, and fine-tuning starts from it."""
+    cfg = load_config(PipelineConfig, REPO / "jobs/configs/pipeline/progressive.toml", [f"pipeline.output={tmp_path}"])
+    s = {x.name: x for x in plan_stages(cfg, JOBS, URI)}
+    pt, pp, ft = s["pretrain"].cfg, s["postpretrain"].cfg, s["finetune"].cfg
+    assert s["postpretrain"].selected and pp.model.init == s["pretrain"].output and ft.model.init == s["postpretrain"].output
+    assert pp.data.sources == ("data/shards/motion_a", "data/shards/motion_b")
+    assert pp.data.exclude_shards == (s["shard"].output,) and pp.finetune.val_split == ""
+    for key in ("name", "patch_size", "num_frames", "img_size"):
+        assert getattr(pt.model, key) == getattr(pp.model, key) == getattr(ft.model, key), key
+    for key in ("num_frames", "input_size", "sampling_rate"):
+        assert getattr(pt.data, key) == getattr(pp.data, key) == getattr(ft.data, key), key
+    for name in ("motion_a", "motion_b"):  # the datasets the Makefile's demo-progressive builds
+        load_config(DatasetJobConfig, REPO / f"jobs/configs/dataset/{name}.toml")
+
+
 def test_bad_keys_and_stages_fail_in_one_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown key 'pretrain.train.stepz'.*valid keys: steps"):
         _cfg(tmp_path, "pretrain.train.stepz=3")
@@ -110,13 +128,34 @@ def test_wiring_links_each_stage_to_the_previous_one(tmp_path: Path) -> None:
     assert bl.optim.layer_decay == 0.75 and s["baseline"].output == f"{root}/baseline"
     for stage in (pt, ft, ev, bl):
         assert stage.tracking.tracking_uri == URI and stage.tracking.experiment == "tubelet"
-    assert [x.selected for x in s.values()] == [True] * 6  # demo: baseline on, and evaluated
+    assert [x.name for x in s.values() if not x.selected] == ["postpretrain"]  # demo: baseline on, and evaluated
     # The baseline is evaluated as the fine-tuned model is: the same split and views, its own model.
     bev = s["baseline_evaluate"].cfg
     assert bev.model.init == s["baseline"].output and bev.run.output == f"{root}/baseline_evaluate"
     assert (bev.data.split, bev.data.test_num_clips, bev.data.test_num_crops, bev.data.shards) == (
         ev.data.split, ev.data.test_num_clips, ev.data.test_num_crops, shards) and ev.data.split == "test"
     assert s["baseline_evaluate"].needs == ("shard", "baseline")
+
+
+def test_progressive_training_puts_post_pre_training_between_pretrain_and_finetune(tmp_path: Path) -> None:
+    """pipeline.stages with postpretrain: it starts from the pre-trained encoder, trains on the
+    labelled hybrid (data.sources) without validation, never on the target's held-out videos
+    (data.exclude_shards = the pipeline's shards), is not registered; fine-tuning starts from it."""
+    root = str(tmp_path / "runs" / "demo")
+    on = 'pipeline.stages=["shard", "pretrain", "postpretrain", "finetune", "evaluate"]'
+    s = _stages(tmp_path, on, 'postpretrain.data.sources=["/d/k400", "/d/k600"]', "postpretrain.train.steps=5")
+    pp, ft = s["postpretrain"].cfg, s["finetune"].cfg
+    assert s["postpretrain"].selected and s["postpretrain"].output == f"{root}/postpretrain"
+    assert pp.model.init == s["pretrain"].output and pp.data.sources == ("/d/k400", "/d/k600")
+    assert pp.data.exclude_shards == ("data/shards/synthetic",) and pp.data.exclude_splits == "val+test"
+    assert pp.finetune.val_split == "" and pp.tracking.registered_model == "" and pp.train.steps == 5
+    assert pp.model.init_head == "auto" and ft.model.init_head == "auto"
+    assert ft.model.init == s["postpretrain"].output and s["finetune"].needs == ("shard", "postpretrain")
+    assert s["postpretrain"].needs == ("shard", "pretrain")
+    assert _stages(tmp_path)["finetune"].cfg.model.init == s["pretrain"].output  # without it, from pre-training
+    with pytest.raises(ConfigError, match=r"^postpretrain\.data\.sources is empty: name the labelled shard sets") as err:
+        _stages(tmp_path, on)
+    assert "\n" not in str(err.value)
 
 
 def test_a_given_key_wins_over_the_wiring_and_the_chain_follows(tmp_path: Path) -> None:
