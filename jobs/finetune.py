@@ -19,6 +19,13 @@ the kept one is registered in MLflow, tagged with the validation top-1 it was ke
 that was measured on. ``finetune.registered_alias`` moves to it per ``finetune.promote``: by
 default only when no version holds the alias or the holder scored lower on the same validation
 data; the job says in one line what happened.
+
+Several labelled shard sets (``data.sources``: progressive training's post-pre-training on a
+labelled hybrid) train as one label space, merged by class name; ``data.exclude_shards`` names
+shard sets whose held-out videos (``data.exclude_splits``) are never trained on. The samples left
+out (those videos, and repeats across the sources) are found here, before Ray starts, and listed
+with their reasons in ``<run>/excluded_samples.jsonl`` (:mod:`pipeline.data.hybrid`). An init
+whose card lists other classes than the data's loses its head (``model.init_head = "auto"``).
 """
 
 from __future__ import annotations

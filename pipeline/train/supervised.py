@@ -21,7 +21,7 @@ from pipeline.core import io as sio
 from pipeline.core.config import ConfigError, to_dict
 from pipeline.core.errors import DataError
 from pipeline.data.hybrid import Exclusions, find_exclusions, merge_labels, read_exclusions, write_exclusions
-from pipeline.data.loader import EvalLoader, eval_loader
+from pipeline.data.loader import EvalLoader, eval_loader, require_global_batch
 from pipeline.data.shard_index import ShardIndex
 from pipeline.infra import engine as eng
 from pipeline.train import loop
@@ -93,8 +93,12 @@ def write_left_out(cfg: ClassifierJob) -> Exclusions:
     """On the driver: find the training samples to leave out (:func:`pipeline.data.hybrid.find_exclusions`)
     and list them in the run folder, where every rank's loader reads them."""
     held_out = [(ShardIndex.load(src), cfg.data.exclude_splits) for src in cfg.data.exclude_shards]
-    found = find_exclusions([ShardIndex.load(src) for src in training_uris(cfg)], cfg.data.split, held_out)
+    sources = [ShardIndex.load(src) for src in training_uris(cfg)]
+    found = find_exclusions(sources, cfg.data.split, held_out)
     write_exclusions(sio.join(cfg.run.output, cfg.run.name), found)
+    total = sum(ix.num_samples(cfg.data.split) for ix in sources)
+    require_global_batch(cfg.data, total - found.count, cfg.scaling.num_workers,
+                         f"the training data once {found.count} samples are left out")
     return found
 
 

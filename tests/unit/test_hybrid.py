@@ -138,3 +138,26 @@ def test_loader_maps_labels_into_the_merged_space_and_skips_what_was_left_out(se
     single = supervised_loader(FinetuneDataConfig(**{**vars(cfg), "sources": (), "shards": str(sets["b"])}))
     assert single.label_space is None
     assert {k: int(v) for b in single for k, v in zip(b["keys"], b["label"])}["b1"] == 1  # "Up" in k600's own ids
+
+
+def test_the_driver_lists_what_it_leaves_out_and_refuses_too_little_left(sets, tmp_path, capsys):
+    """jobs.finetune's driver side on a labelled hybrid, before Ray: the merged classes become the head,
+    the list is written to the run folder, and a hybrid with less than one global batch left is one line."""
+    from jobs import finetune as finetune_job
+    from pipeline.core.config import load_config
+    from pipeline.train.job_configs import FinetuneConfig
+    from pipeline.train.supervised import write_left_out
+
+    sets_ = [f"data.sources={sets['a']},{sets['b']}", f"data.exclude_shards={sets['target']}", "finetune.val_split=",
+             "model.init=random", "model.name=vit_tiny", "model.num_frames=4", "model.img_size=32",
+             f"run.output={tmp_path}", "run.name=pp", "tracking.enabled=false", "data.batch_size=2",
+             "data.repeated_aug=1", "scaling.num_workers=2"]
+    cfg = finetune_job.prepare(load_config(FinetuneConfig, None, sets_))
+    assert cfg.model.num_classes == 4 and "4 classes merged by name from 2 labelled shard sets" in capsys.readouterr().out
+    found = write_left_out(cfg)
+    lines = (tmp_path / "pp" / "excluded_samples.jsonl").read_text().splitlines()
+    assert found.count == len(lines) == 4
+    with pytest.raises(DataError, match=r"= 16 clips per step, but split 'train' of the training data once 4 "
+                                        r"samples are left out has 12 samples") as err:
+        write_left_out(load_config(FinetuneConfig, None, [*sets_, "data.batch_size=8"]))
+    assert "\n" not in str(err.value)
