@@ -236,8 +236,8 @@ def test_parent_run_with_a_child_run_per_stage(second: dict[str, Any]) -> None:
 def test_third_run_skips_every_stage(third: dict[str, Any]) -> None:
     outcomes = third["outcomes"]
     assert {name: o[0] for name, o in outcomes.items()} == {
-        "shard": "skipped", "pretrain": "skipped", "finetune": "skipped", "evaluate": "skipped", "baseline": "not selected",
-        "baseline_evaluate": "not selected"}
+        "shard": "skipped", "pretrain": "skipped", "postpretrain": "not selected", "finetune": "skipped",
+        "evaluate": "skipped", "baseline": "not selected", "baseline_evaluate": "not selected"}
     assert f"final checkpoint at step {STEPS}/{STEPS}" in outcomes["pretrain"][1]
     assert "registered as models:/pipeline-tiny@champion" in outcomes["finetune"][1]
     assert "report.json of this model" in outcomes["evaluate"][1]
