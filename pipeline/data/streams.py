@@ -218,9 +218,17 @@ class _Batcher:
         (:func:`pipeline.train.batch.model_input`).
         """
         plan, views = self.plan, self.pending
-        video = torch.empty(len(views), *views[0][0].video[0].shape, dtype=torch.uint8)
-        for slot, (tv, v) in zip(video, views):  # one contiguous copy per view
-            slot.copy_(tv.video[v])
+        video = torch.empty(len(views), *views[0][0].view_shape, dtype=torch.uint8)
+        # Each view is resized straight into its slot; a clip's views (side by side in pending) are
+        # written together, so its frames are read from cache once for all of them.
+        clips: list[tuple[TrainViews, list[tuple[int, torch.Tensor]]]] = []
+        for slot, (tv, v) in zip(video, views):
+            if clips and clips[-1][0] is tv:
+                clips[-1][1].append((v, slot))
+            else:
+                clips.append((tv, [(v, slot)]))
+        for tv, slots in clips:
+            tv.write(slots)
         out: dict[str, Any] = {
             "video": video,
             "keys": [tv.key for tv, _ in views],
