@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from pipeline.video.transforms import CropParams, TestTransform, TrainTransform,
 
 MAX_REASONS = 8
 FRAME_CHUNK = 4  # frames per resize call when a clip's views are written together (DeferredCrops.write)
+DEFER_MAX_RATIO = 2  # crops are resized at the batch only if the decoded clip is at most this x their bytes
 
 
 def seed_of(*parts: object) -> int:
@@ -285,7 +287,12 @@ def _train_crops(train: TrainTransform | FinetuneTransform, frames: np.ndarray,
         return tuple(to_thwc(train.crop(frames, g)) for g in gens)
     clip = to_tchw(frames)
     boxes = [train.sample(clip.shape[-2], clip.shape[-1], g) for g in gens]  # what train.crop draws
-    return DeferredCrops(clip, boxes, train.size, train.antialias)
+    crops = DeferredCrops(clip, boxes, train.size, train.antialias)
+    if clip.nbytes > DEFER_MAX_RATIO * len(crops) * math.prod(crops.view_shape):
+        # A clip much larger than its views (one view, or a 1080p source) is not held until its batch:
+        # the loader's pending samples would take several times their views' memory. Resized now.
+        return tuple(crops)
+    return crops
 
 
 def test_views(raw: RawSample, spec: ClipSpec, require_label: bool) -> TestViews | SampleError:

@@ -7,6 +7,7 @@ Everything runs on tiny shards written in the test (64x48 videos, 4-frame 32x32 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import logging
 import random
@@ -212,6 +213,9 @@ def test_deferred_crops_are_the_train_transform_crops():
     slots = torch.zeros(4, *views.view_shape, dtype=torch.uint8)
     views.write([(3, slots[0]), (0, slots[1]), (4, slots[2]), (1, slots[3])])
     assert torch.equal(slots, torch.stack([eager[3], eager[0], eager[4], eager[1]]))
+    # One view of a clip 3x its size: resized now, not held until the batch (the same values)
+    one = decoding.train_views(raw, dataclasses.replace(spec, views=1), 7, 1, False)
+    assert isinstance(one.video, tuple) and torch.equal(one.video[0], eager[0])
 
 
 def test_batches_hold_each_clips_views_in_order(even, monkeypatch):
