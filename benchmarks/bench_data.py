@@ -5,7 +5,8 @@ crop to 224, ImageNet normalisation, tube + running-cell masks), all on one core
 the loader single-threaded, no worker processes):
 
 - **ours**: ``pipeline.data.loader.pretrain_loader`` over WebDataset shards (``num_workers=0``):
-  read tar -> decode the clip's frames once -> k views (``repeated_aug``) -> batch + masks.
+  read tar -> decode the clip's frames once -> k views (``repeated_aug``), resized straight into
+  the batch -> masks.
 - **reference (a)**: the official VideoMAE V2 recipe, rewritten here from its
   ``dataset/pretrain_datasets.py`` + ``transforms.py`` (OpenGVLab/VideoMAEv2, MCG-NJU/VideoMAE):
   one decord ``VideoReader`` per original mp4 *file*, ``get_batch`` of the sampled frames, a PIL

@@ -155,8 +155,8 @@ class TrainViews:
     """k augmented views of one decoded clip: ``video``, k uint8 crops ``[T, S, S, C]`` (channels
     last, as decoded and as the resize leaves them: collating them is a plain copy; the training
     process normalises and transposes them on its device), ``frames [T]``. With the pre-training
-    crop, ``video`` is a :class:`DeferredCrops` that the loader resizes into the batch itself
-    (:meth:`write`)."""
+    crop (and a clip at most ``DEFER_MAX_RATIO`` x its views' bytes), ``video`` is a
+    :class:`DeferredCrops` that the loader resizes into the batch itself (:meth:`write`)."""
 
     key: str
     video: Sequence[torch.Tensor]
