@@ -219,16 +219,8 @@ class _Batcher:
         """
         plan, views = self.plan, self.pending
         video = torch.empty(len(views), *views[0][0].view_shape, dtype=torch.uint8)
-        # Each view is resized straight into its slot; a clip's views (side by side in pending) are
-        # written together, so its frames are read from cache once for all of them.
-        clips: list[tuple[TrainViews, list[tuple[int, torch.Tensor]]]] = []
-        for slot, (tv, v) in zip(video, views):
-            if clips and clips[-1][0] is tv:
-                clips[-1][1].append((v, slot))
-            else:
-                clips.append((tv, [(v, slot)]))
-        for tv, slots in clips:
-            tv.write(slots)
+        for slot, (tv, v) in zip(video, views):  # resized straight into its slot (or one contiguous copy)
+            tv.write(v, slot)
         out: dict[str, Any] = {
             "video": video,
             "keys": [tv.key for tv, _ in views],

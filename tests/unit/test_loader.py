@@ -191,9 +191,9 @@ def test_views_share_frames_but_not_crops(even):
 
 
 def test_deferred_crops_are_the_train_transform_crops():
-    """train_views draws the crop boxes and leaves the resize to the batch, which writes a clip's
-    views straight into their slots a few frames at a time: the values are TrainTransform.crop's
-    (the resize before deferring), bit for bit, whatever the order of the slots."""
+    """train_views draws the crop boxes and leaves the resize to the batch, which writes the views
+    straight into their slots: the values are TrainTransform.crop's (the resize before deferring),
+    bit for bit."""
     from pipeline.data import decoding
     from pipeline.data.shard_index import RawSample
     from pipeline.video.decode import decode_frames
@@ -201,7 +201,7 @@ def test_deferred_crops_are_the_train_transform_crops():
 
     s = sample("k", 0)
     raw = RawSample("k", {"mp4": s["mp4"], "json": s["json"], "cls": s["cls"]}, "x", pass_index=2)
-    spec = TrainDataConfig(shards=".", num_frames=decoding.FRAME_CHUNK + 3, sampling_rate=2, input_size=32,
+    spec = TrainDataConfig(shards=".", num_frames=7, sampling_rate=2, input_size=32,
                            repeated_aug=5).clip_spec()  # the pre-training crop
     views = decoding.train_views(raw, spec, 7, 1, False)
     assert isinstance(views.video, decoding.DeferredCrops) and len(views.video) == 5
@@ -210,9 +210,10 @@ def test_deferred_crops_are_the_train_transform_crops():
     eager = [to_thwc(spec.train.crop(frames, g)) for g in gens]
     assert len({(b.w, b.h) for b in views.video.boxes}) > 1  # several scales (some need no resize at 32)
     assert all(torch.equal(a, b) for a, b in zip(views.video, eager))
-    slots = torch.zeros(4, *views.view_shape, dtype=torch.uint8)
-    views.write([(3, slots[0]), (0, slots[1]), (4, slots[2]), (1, slots[3])])
-    assert torch.equal(slots, torch.stack([eager[3], eager[0], eager[4], eager[1]]))
+    slots = torch.zeros(5, *views.view_shape, dtype=torch.uint8)
+    for v, slot in zip([3, 0, 4, 1, 2], slots):
+        views.write(v, slot)
+    assert torch.equal(slots, torch.stack([eager[v] for v in [3, 0, 4, 1, 2]]))
     # One view of a clip 3x its size: resized now, not held until the batch (the same values)
     one = decoding.train_views(raw, dataclasses.replace(spec, views=1), 7, 1, False)
     assert isinstance(one.video, tuple) and torch.equal(one.video[0], eager[0])
