@@ -5,7 +5,8 @@ crop to 224, ImageNet normalisation, tube + running-cell masks), all on one core
 the loader single-threaded, no worker processes):
 
 - **ours**: ``pipeline.data.loader.pretrain_loader`` over WebDataset shards (``num_workers=0``):
-  read tar -> decode the clip's frames once -> k views (``repeated_aug``) -> batch + masks.
+  read tar -> decode the clip's frames once -> k views (``repeated_aug``), resized straight into
+  the batch -> masks.
 - **reference (a)**: the official VideoMAE V2 recipe, rewritten here from its
   ``dataset/pretrain_datasets.py`` + ``transforms.py`` (OpenGVLab/VideoMAEv2, MCG-NJU/VideoMAE):
   one decord ``VideoReader`` per original mp4 *file*, ``get_batch`` of the sampled frames, a PIL
@@ -21,7 +22,7 @@ Figures: ours / (a), ours / (b) at k = 1 and 4. Cases are interleaved round by r
 
     python -m benchmarks.bench_data                  # 24 videos 426x320, 96 frames (rendered once, cached)
     python -m benchmarks.bench_data --quick --shards DIR   # tiny clips from an existing shard folder
-    python -m benchmarks.bench_data --profile        # also cProfile ours at k=1 (top functions in the JSON)
+    python -m benchmarks.bench_data --profile        # also cProfile ours at every k (top functions in the JSON)
     python -m benchmarks.bench_data --finetune       # fine-tuning augmentation: official VideoMAE V2 vs before
 
 ``--finetune`` compares, like for like (the same shards, views per decode and batch, our loader
@@ -371,7 +372,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--batch", type=int, default=8, help="clips per batch (a multiple of every k)")
     p.add_argument("--clips", type=int, default=32, help="training clips per timed case per round")
     p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--profile", action="store_true", help="cProfile ours at k=1 after the timed rounds")
+    p.add_argument("--profile", action="store_true", help="cProfile ours at every k after the timed rounds")
     p.add_argument("--quick", action="store_true", help="4 frames of 32x32, 1 round, 8 clips (smoke test)")
     p.add_argument("--finetune", action="store_true",
                    help="only the fine-tuning augmentation: official VideoMAE V2 vs before (same shards, views, batch)")
@@ -428,8 +429,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    "batch": args.batch, "clips_per_case": args.clips, "reps": args.reps, "grid": list(grid),
                    "shards": str(shards), "threads": 1},
         "values": values, "medians": med, "figures": figures}
-    if args.profile:
-        body["profile_ours_k1"] = profile_ours(loaders[views[0]], args.clips * 2)
+    if args.profile:  # at k > 1 the per-view work (crop + resize into the batch) shows next to the decode
+        for k in views:
+            body[f"profile_ours_k{k}"] = profile_ours(loaders[k], args.clips * 2)
     result = write_result(Path(args.out), "data_loading", command("benchmarks.bench_data", argv), started,
                           load_before, body)
     for f in figures:

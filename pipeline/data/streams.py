@@ -221,9 +221,9 @@ class _Batcher:
         (:func:`pipeline.train.batch.model_input`).
         """
         plan, views = self.plan, self.pending
-        video = torch.empty(len(views), *views[0][0].video[0].shape, dtype=torch.uint8)
-        for slot, (tv, v) in zip(video, views):  # one contiguous copy per view
-            slot.copy_(tv.video[v])
+        video = torch.empty(len(views), *views[0][0].view_shape, dtype=torch.uint8)
+        for slot, (tv, v) in zip(video, views):  # resized straight into its slot (or one contiguous copy)
+            tv.write(v, slot)
         out: dict[str, Any] = {
             "video": video,
             "keys": [tv.key for tv, _ in views],

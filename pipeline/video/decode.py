@@ -164,8 +164,13 @@ class _DecordSource:
         return int(self._vr[0].shape[1])
 
     def get_sorted(self, targets: np.ndarray) -> np.ndarray:
-        # already one [N, H, W, 3] array: no per-frame list to stack again (a 16-frame clip is ~6 MB)
-        return self._vr.get_batch(targets.tolist()).asnumpy()
+        # Already one [N, H, W, 3] array: no per-frame list to stack again (a 16-frame clip is ~6 MB).
+        # Taken over through DLPack, not copied by asnumpy(): the copy, into freshly faulted pages,
+        # cost ~1.5 ms of a ~30 ms 16 x 426x320 clip read. The array views decord's buffer, which
+        # the torch tensor owns (freed with it, whenever the reader is closed).
+        from torch.utils.dlpack import from_dlpack
+
+        return from_dlpack(self._vr.get_batch(targets.tolist()).to_dlpack()).numpy()
 
     def close(self) -> None:
         del self._vr

@@ -93,16 +93,34 @@ def multiscale_crop_sizes(
     return [(w, h) for i, h in enumerate(snapped) for j, w in enumerate(snapped) if abs(i - j) <= max_distort]
 
 
-def resized_crop(x: torch.Tensor, box: CropParams, out_hw: tuple[int, int], antialias: bool = True) -> torch.Tensor:
+def resized_crop(x: torch.Tensor, box: CropParams, out_hw: tuple[int, int], antialias: bool = True,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
     """Crop ``box`` from every frame of ``x`` uint8 ``[T, C, H, W]``, resize to ``out_hw``, flip if asked.
 
-    One slice + one ``interpolate`` for the whole clip. Returns uint8 ``[T, C, *out_hw]``.
+    One slice + one ``interpolate`` for the whole clip. Returns uint8 ``[T, C, *out_hw]``: a new
+    tensor, or ``out`` (uint8 ``[T, C, *out_hw]``, e.g. a channels-last slot of a batch) written in
+    place. With ``out`` the resize writes straight into it (the same values as without), which
+    spares the loader a copy of every view into its batch (~0.4 ms per 16 x 224 view).
     """
     crop = x[:, :, box.y : box.y + box.h, box.x : box.x + box.w]
-    if tuple(crop.shape[-2:]) != tuple(out_hw):
+    resize = tuple(crop.shape[-2:]) != tuple(out_hw)
+    if out is not None and resize and not box.flip:
+        _bilinear_into(crop, out_hw, antialias, out)
+        return out
+    if resize:
         # torch resizes uint8 directly on CPU (bilinear, with or without antialias): no float copy.
         crop = F.interpolate(crop, size=out_hw, mode="bilinear", align_corners=False, antialias=antialias)
-    return crop.flip(-1) if box.flip else crop
+    crop = crop.flip(-1) if box.flip else crop
+    return crop if out is None else out.copy_(crop)
+
+
+def _bilinear_into(x: torch.Tensor, out_hw: tuple[int, int], antialias: bool, out: torch.Tensor) -> None:
+    """``F.interpolate(x, out_hw, mode="bilinear", align_corners=False, antialias=antialias)`` written
+    into ``out``: the aten ``.out`` overloads of the ops ``interpolate`` calls (it has no ``out=``)."""
+    if tuple(out.shape) != (*x.shape[:2], *out_hw) or out.dtype != x.dtype:
+        raise ValueError(f"out must be {x.dtype} {(*x.shape[:2], *out_hw)}, got {out.dtype} {tuple(out.shape)}")
+    op = torch.ops.aten._upsample_bilinear2d_aa if antialias else torch.ops.aten.upsample_bilinear2d
+    op.out(x, list(out_hw), False, None, None, out=out)
 
 
 def normalize(x: torch.Tensor, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,

@@ -7,6 +7,7 @@ Everything runs on tiny shards written in the test (64x48 videos, 4-frame 32x32 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import logging
 import random
@@ -18,7 +19,7 @@ import torch
 
 from pipeline.core.errors import DataError
 from pipeline.data import streams
-from pipeline.data.loader import FinetuneDataConfig, eval_loader, pretrain_loader, supervised_loader
+from pipeline.data.loader import FinetuneDataConfig, TrainDataConfig, eval_loader, pretrain_loader, supervised_loader
 from pipeline.data.masking import MaskConfig, token_grid
 from pipeline.data.shard_index import ShardIndex, Unit, assign_units, plan_units
 from tests.unit.shard_fixtures import corrupt_header, make_shards, sample, truncate, write_index, write_tar
@@ -187,6 +188,54 @@ def test_views_share_frames_but_not_crops(even):
         assert (b["frame_indices"] == b["frame_indices"][0]).all()
         differing += any(not torch.equal(b["video"][0], b["video"][v]) for v in range(1, 4))
     assert differing >= len(batches) - 1  # 4 identical random crops of one clip is very unlikely
+
+
+def test_deferred_crops_are_the_train_transform_crops():
+    """train_views draws the crop boxes and leaves the resize to the batch, which writes the views
+    straight into their slots: the values are TrainTransform.crop's (the resize before deferring),
+    bit for bit."""
+    from pipeline.data import decoding
+    from pipeline.data.shard_index import RawSample
+    from pipeline.video.decode import decode_frames
+    from pipeline.video.transforms import to_thwc
+
+    s = sample("k", 0)
+    raw = RawSample("k", {"mp4": s["mp4"], "json": s["json"], "cls": s["cls"]}, "x", pass_index=2)
+    spec = TrainDataConfig(shards=".", num_frames=7, sampling_rate=2, input_size=32,
+                           repeated_aug=5).clip_spec()  # the pre-training crop
+    views = decoding.train_views(raw, spec, 7, 1, False)
+    assert isinstance(views.video, decoding.DeferredCrops) and len(views.video) == 5
+    frames = decode_frames(s["mp4"], views.frames.numpy())
+    gens = [torch.Generator().manual_seed(decoding.seed_of(7, 1, "k", 2, v)) for v in range(5)]
+    eager = [to_thwc(spec.train.crop(frames, g)) for g in gens]
+    assert len({(b.w, b.h) for b in views.video.boxes}) > 1  # several scales (some need no resize at 32)
+    assert all(torch.equal(a, b) for a, b in zip(views.video, eager))
+    slots = torch.zeros(5, *views.view_shape, dtype=torch.uint8)
+    for v, slot in zip([3, 0, 4, 1, 2], slots):
+        views.write(v, slot)
+    assert torch.equal(slots, torch.stack([eager[v] for v in [3, 0, 4, 1, 2]]))
+    # One view of a clip 3x its size: resized now, not held until the batch (the same values)
+    one = decoding.train_views(raw, dataclasses.replace(spec, views=1), 7, 1, False)
+    assert isinstance(one.video, tuple) and torch.equal(one.video[0], eager[0])
+
+
+def test_batches_hold_each_clips_views_in_order(even, monkeypatch):
+    """Batch slots are the views of the decoded clips in order (v = 0..k-1 per clip, a clip's views
+    split over two batches when k does not divide the batch)."""
+    from pipeline.data.decoding import DeferredCrops
+
+    made = []
+    real = streams.train_views
+    monkeypatch.setattr(streams, "train_views", lambda raw, *a: made.append(real(raw, *a)) or made[-1])
+    root, _ = even
+    grid = token_grid(6, 32, 16, 2)
+    cfg = TrainDataConfig(shards=str(root), num_frames=6, sampling_rate=2, input_size=32, repeated_aug=3,
+                          batch_size=4, num_workers=0, shuffle_buffer=4)
+    batches = run(pretrain_loader(cfg, MaskConfig(), grid), 4)
+    assert all(isinstance(tv.video, DeferredCrops) for tv in made)
+    video = torch.cat([b["video"] for b in batches])
+    expected = [tv.video[v] for tv in made for v in range(3)][: len(video)]
+    assert len(video) == 16 and all(torch.equal(a, b) for a, b in zip(video, expected))
 
 
 def test_shard_metadata_replaces_the_per_sample_probe(monkeypatch):

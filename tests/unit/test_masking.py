@@ -101,3 +101,12 @@ def test_make_masks_constant_shapes_and_seeded():
     assert torch.equal(again[0], enc) and torch.equal(again[1], dec)
     with pytest.raises(ValueError, match="even"):
         make_masks(MaskConfig(), 2, (8, 7, 7))
+
+
+def test_cached_running_cell_maps_cannot_be_written_through_results():
+    """The 4 maps are built once per (grid, ratio); what callers get back is theirs to write into."""
+    first = running_cell_mask(8, GRID, 0.5, gen())
+    running_cell_maps(GRID, 0.5).fill_(False)
+    running_cell_mask(8, GRID, 0.5, gen()).fill_(False)
+    assert torch.equal(running_cell_mask(8, GRID, 0.5, gen()), first)
+    assert running_cell_maps(GRID, 0.5).sum() == 4 * 8 * 196 // 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
 import platform
 import re
@@ -102,6 +103,21 @@ def test_decode_any_order_with_repeats(video_files: VideoFiles, backend: str) ->
     idx = np.array([39, 3, 3, 20, 0, 17, 39, 8, 9, 31, 2])  # unsorted, repeats, across keyframes
     for source in (video_files.h264, video_files.h264_bytes):
         np.testing.assert_array_equal(decode_frames(source, idx, backend), full[idx])
+
+
+@needs_decord
+def test_decord_frames_outlive_their_reader(video_files: VideoFiles) -> None:
+    """decord's frames are taken over without a copy (DLPack): they stay valid once the reader is
+    closed and collected, while later reads allocate (and could reuse) buffers of the same size."""
+    idx = np.arange(0, T, 3)
+    want = decode_frames(video_files.h264, idx, "pyav")
+    with open_video(video_files.h264_bytes, "decord") as reader:
+        kept = reader.get(idx)
+    del reader
+    gc.collect()
+    for _ in range(3):
+        decode_frames(video_files.h264_bytes, idx[::-1], "decord")
+    np.testing.assert_array_equal(kept, want)
 
 
 def test_decoded_frames_are_the_right_ones(video_files: VideoFiles) -> None:

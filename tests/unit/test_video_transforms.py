@@ -91,6 +91,21 @@ def test_resize_matches_pil_bilinear() -> None:
         assert np.abs(ours[i].astype(int) - np.asarray(pil).astype(int)).max() <= 1
 
 
+@pytest.mark.parametrize("antialias", [True, False])
+def test_resized_crop_into_a_slot_writes_what_it_returns(antialias: bool) -> None:
+    """``out=`` (the loader's channels-last batch slots) gets exactly the values returned without it:
+    resized straight into the slot, or copied there (flip, crop already at the output size)."""
+    x = to_tchw(_clip(t=3, h=60, w=80, seed=4))
+    for box in (CropParams(5, 3, 50, 40), CropParams(9, 2, 24, 30), CropParams(5, 3, 50, 40, flip=True),
+                CropParams(9, 9, 24, 24), CropParams(0, 0, 80, 60)):
+        slot = torch.zeros(3, 24, 24, 3, dtype=torch.uint8)
+        got = resized_crop(x, box, (24, 24), antialias, out=slot.permute(0, 3, 1, 2))
+        assert got.data_ptr() == slot.data_ptr()
+        assert torch.equal(slot, to_thwc(resized_crop(x, box, (24, 24), antialias))), box
+    with pytest.raises(ValueError, match="out must be"):
+        resized_crop(x, CropParams(5, 3, 50, 40), (24, 24), out=torch.zeros(3, 3, 24, 23, dtype=torch.uint8))
+
+
 def test_crop_without_resize_is_an_exact_slice_and_flip() -> None:
     clip = _clip(t=2, h=48, w=64, seed=3)
     box = CropParams(x=7, y=3, w=20, h=30)
