@@ -251,12 +251,13 @@ class RawDecode:
 
 
 def our_loader(shards: Path, k: int, batch: int, num_frames: int, stride: int, size: int,
-               grid: tuple[int, int, int]) -> Iterator[dict[str, Any]]:
+               grid: tuple[int, int, int], crop_on: str = "loader") -> Iterator[dict[str, Any]]:
     from pipeline.data.loader import TrainDataConfig, pretrain_loader
     from pipeline.data.masking import MaskConfig
 
     cfg = TrainDataConfig(shards=str(shards), num_frames=num_frames, sampling_rate=stride, input_size=size,
-                          repeated_aug=k, batch_size=batch, num_workers=0, shuffle_buffer=8, decode_threads=1)
+                          repeated_aug=k, batch_size=batch, num_workers=0, shuffle_buffer=8, decode_threads=1,
+                          crop_on=crop_on)  # type: ignore[arg-type]
     return pretrain_loader(cfg, MaskConfig(), grid).forever()
 
 
@@ -292,12 +293,25 @@ def finetune_main(args: argparse.Namespace, argv: list[str] | None, started: flo
                       detail="official: RandAugment rand-m7-n4-mstd0.5-inc1 on the decoded frames, random resized "
                              "crop, flip, erasing 0.25, official frame window",
                       ratio=paired_ratio(values, f"ft_official_k{k}", f"ft_multiscale_k{k}")) for k in views]
+    shipped = {}
+    for k, batches in device_loaders.items():
+        ours, limit = med[f"ours_device_k{k}"], med["raw_decode"] * k
+        to_raw = paired_ratio(values, f"ours_device_k{k}", "raw_decode", scale=k)
+        shipped[k] = {"loader": shipped_bytes_per_clip(loaders[k]), "device": shipped_bytes_per_clip(batches)}
+        figures.append(figure(
+            f"data loading k={k}, crops on the device: loader / raw decode limit (b)", ours, limit, "clips/s/core",
+            f"decord get_batch of the same frames, nothing else ({k} clip(s) per decode)",
+            detail=f"data.crop_on=device: the loader ships each decoded clip once + {k} boxes "
+                   f"({shipped[k]['device'] / 1e6:.2f} MB per training clip vs {shipped[k]['loader'] / 1e6:.2f} MB of "
+                   f"resized views); the {k} resizes run on the training device and are NOT in this figure; "
+                   f"the loader takes {1 / to_raw:.2f}x the raw decode time per clip", ratio=to_raw))
     body: dict[str, Any] = {
         "config": {"video_frames": args.video_frames, "video_size_hw": list(args.video_size),
                    "num_frames": args.num_frames, "stride": args.stride, "input_size": args.input_size,
                    "batch": args.batch, "clips_per_case": args.clips, "reps": args.reps, "shards": str(shards),
                    "threads": 1},
-        "values": values, "medians": med, "figures": figures}
+        "values": values, "medians": med, "figures": figures,
+        "shipped_bytes_per_clip": {str(k): v for k, v in shipped.items()}}
     out = Path(args.out) if args.out != str(OUT) else OUT_FINETUNE
     result = write_result(out, "data_loading_finetune", command("benchmarks.bench_data", argv), started,
                           load_before, body)
@@ -310,9 +324,17 @@ def clips_per_s(batches: Iterator[dict[str, Any]], clips: int) -> Callable[[], f
     def run() -> float:
         start, n = time.perf_counter(), 0
         while n < clips:
-            n += next(batches)["video"].shape[0]
+            batch = next(batches)
+            n += batch["video"].shape[0] if "video" in batch else batch["boxes"].shape[0]
         return n / (time.perf_counter() - start)
     return run
+
+
+def shipped_bytes_per_clip(batches: Iterator[dict[str, Any]]) -> float:
+    """Video bytes a batch carries per training clip: its resized views, or (crops on the device) its clips."""
+    batch = next(batches)
+    video = batch["video"] if "video" in batch else batch["clips"]
+    return video.nbytes / len(batch["keys"])  # (our loader's batches: keys per view)
 
 
 def decodes_per_s(raw: RawDecode, n: int) -> Callable[[], float]:
@@ -395,6 +417,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cases: dict[str, Callable[[], float]] = {"raw_decode": decodes_per_s(raw, max(1, args.clips // 2))}
     for k in views:
         cases[f"ours_k{k}"] = clips_per_s(loaders[k], args.clips)
+    # data.crop_on = "device" at k > 1: the loader ships each clip once + its views' boxes; the resize
+    # runs on the training device and is not part of this loader-only figure
+    device_loaders = {k: our_loader(shards, k, args.batch, args.num_frames, args.stride, args.input_size, grid,
+                                    crop_on="device") for k in views if k > 1}
+    for k, batches in device_loaders.items():
+        cases[f"ours_device_k{k}"] = clips_per_s(batches, args.clips)
     ref = ReferenceLoader(files, args.num_frames, args.stride, args.input_size, grid, num_sample=1)
     cases["reference"] = clips_per_s(ref.batches(args.batch), args.clips)
     for k in views:
@@ -423,12 +451,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               detail=f"ours takes {1 / to_raw:.2f}x the raw decode time per clip "
                                      f"(medians: raw {1 / limit * 1e3:.1f} ms, ours {1 / ours * 1e3:.1f} ms)",
                               ratio=to_raw))
+    shipped = {}
+    for k, batches in device_loaders.items():
+        ours, limit = med[f"ours_device_k{k}"], med["raw_decode"] * k
+        to_raw = paired_ratio(values, f"ours_device_k{k}", "raw_decode", scale=k)
+        shipped[k] = {"loader": shipped_bytes_per_clip(loaders[k]), "device": shipped_bytes_per_clip(batches)}
+        figures.append(figure(
+            f"data loading k={k}, crops on the device: loader / raw decode limit (b)", ours, limit, "clips/s/core",
+            f"decord get_batch of the same frames, nothing else ({k} clip(s) per decode)",
+            detail=f"data.crop_on=device: the loader ships each decoded clip once + {k} boxes "
+                   f"({shipped[k]['device'] / 1e6:.2f} MB per training clip vs {shipped[k]['loader'] / 1e6:.2f} MB of "
+                   f"resized views); the {k} resizes run on the training device and are NOT in this figure; "
+                   f"the loader takes {1 / to_raw:.2f}x the raw decode time per clip", ratio=to_raw))
     body: dict[str, Any] = {
         "config": {"videos": len(data), "video_frames": args.video_frames, "video_size_hw": list(args.video_size),
                    "num_frames": args.num_frames, "stride": args.stride, "input_size": args.input_size,
                    "batch": args.batch, "clips_per_case": args.clips, "reps": args.reps, "grid": list(grid),
                    "shards": str(shards), "threads": 1},
-        "values": values, "medians": med, "figures": figures}
+        "values": values, "medians": med, "figures": figures,
+        "shipped_bytes_per_clip": {str(k): v for k, v in shipped.items()}}
     if args.profile:  # at k > 1 the per-view work (crop + resize into the batch) shows next to the decode
         for k in views:
             body[f"profile_ours_k{k}"] = profile_ours(loaders[k], args.clips * 2)

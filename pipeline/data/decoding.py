@@ -193,6 +193,9 @@ class ClipSpec:
     # Training frames: "stride" = train_clip_indices (pre-training), "official" = the VideoMAE V2
     # fine-tuning window (official_clip_indices: linspace over clip_len x stride, last frame repeated).
     sampling: str = "stride"
+    # Where the pre-training crops are resized: "loader" (into the batch, on the loader's core) or
+    # "device" (the batch ships each decoded clip once with its views' boxes: see crop_batch).
+    crop_on: str = "loader"
 
     def train_indices(self, num_frames: int, rng: np.random.Generator) -> np.ndarray:
         if self.sampling == "official":
@@ -260,7 +263,7 @@ def train_views(raw: RawSample, spec: ClipSpec, seed: int, epoch: int, require_l
             idx = spec.train_indices(reader.num_frames, rng)
             frames = reader.get(idx)
         gens = [torch.Generator().manual_seed(seed_of(seed, epoch, raw.key, raw.pass_index, v)) for v in range(spec.views)]
-        video = _train_crops(spec.train, frames, gens)
+        video = _train_crops(spec.train, frames, gens, always_defer=spec.crop_on == "device")
     except DataError:
         raise  # unlabelled shards cannot become labelled by skipping samples
     except Exception as exc:  # noqa: BLE001 - every per-sample failure is counted, not fatal
@@ -269,19 +272,53 @@ def train_views(raw: RawSample, spec: ClipSpec, seed: int, epoch: int, require_l
 
 
 def _train_crops(train: TrainTransform | FinetuneTransform, frames: np.ndarray,
-                 gens: list[torch.Generator]) -> Sequence[torch.Tensor]:
+                 gens: list[torch.Generator], always_defer: bool = False) -> Sequence[torch.Tensor]:
     """The views of ``frames``, one per generator: the pre-training crop deferred (boxes drawn now,
-    resized into the batch), any other transform (fine-tuning's RandAugment...) applied now."""
+    resized into the batch, or on the training device with ``always_defer``), any other transform
+    (fine-tuning's RandAugment...) applied now."""
     if type(train) is not TrainTransform:  # a subclass may crop differently
         return tuple(to_thwc(train.crop(frames, g)) for g in gens)
     clip = to_tchw(frames)
     boxes = [train.sample(clip.shape[-2], clip.shape[-1], g) for g in gens]  # what train.crop draws
     crops = DeferredCrops(clip, boxes, train.size, train.antialias)
-    if clip.nbytes > DEFER_MAX_RATIO * len(crops) * math.prod(crops.view_shape):
+    if not always_defer and clip.nbytes > DEFER_MAX_RATIO * len(crops) * math.prod(crops.view_shape):
         # A clip much larger than its views (one view, or a 1080p source) is not held until its batch:
         # the loader's pending samples would take several times their views' memory. Resized now.
         return tuple(crops)
     return crops
+
+
+def crop_batch(views: Sequence[tuple[TrainViews, int]]) -> dict[str, Any]:
+    """A batch's views for ``data.crop_on = "device"``: each decoded clip once, and a box per view.
+
+    ``clips``: uint8 ``[N, T, H, W, C]``, the N distinct clips of the views (channels last, as
+    decoded; zero-padded to the largest H and W among them); ``boxes``: long ``[B, 6]``, per view
+    ``(clip, y, x, h, w, flip)`` in clip pixels; ``crop_size`` and ``crop_antialias``: the resize.
+    :func:`pipeline.train.batch.batch_video` cuts and resizes the views on the training device.
+    At k views per decode a clip travels once instead of k resized copies (a 320 x 426 clip is
+    0.68 of four 224 x 224 views), and the loader's core does no resize.
+    """
+    clips: list[torch.Tensor] = []
+    where: dict[int, int] = {}
+    rows = []
+    first = views[0][0].video
+    if not isinstance(first, DeferredCrops):
+        raise ValueError("data.crop_on = 'device' needs deferred pre-training crops (the multiscale crop)")
+    for tv, v in views:
+        crops = tv.video
+        assert isinstance(crops, DeferredCrops)
+        i = where.setdefault(id(crops), len(clips))
+        if i == len(clips):
+            clips.append(crops.clip)
+        box = crops.boxes[v]
+        rows.append([i, box.y, box.x, box.h, box.w, int(box.flip)])
+    t, c = clips[0].shape[:2]
+    h, w = max(x.shape[2] for x in clips), max(x.shape[3] for x in clips)
+    out = torch.zeros(len(clips), t, h, w, c, dtype=torch.uint8)
+    for slot, clip in zip(out, clips):
+        slot[:, : clip.shape[2], : clip.shape[3]].copy_(clip.permute(0, 2, 3, 1))
+    return {"clips": out, "boxes": torch.tensor(rows, dtype=torch.long), "crop_size": first.size,
+            "crop_antialias": first.antialias}
 
 
 def test_views(raw: RawSample, spec: ClipSpec, require_label: bool) -> TestViews | SampleError:

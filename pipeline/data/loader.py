@@ -18,6 +18,13 @@ With CUDA present the batches come in pinned memory, so
 :func:`pipeline.train.batch.model_input` copies them ``non_blocking`` and normalises (and mixes)
 on the training device. ``jobs.plan --shm`` states what the shipped configs keep in flight.
 
+**Crops on the device** (``data.crop_on = "device"``, the multi-scale crop only). Instead of
+``"video"`` a batch holds ``"clips"`` (each decoded clip once, uint8 ``[N, T, H, W, C]``) and
+``"boxes"`` (long ``[B, 6]``: clip, y, x, h, w, flip per view):
+:func:`pipeline.train.batch.batch_video` cuts and resizes the views on the training device, so the
+loader's core does no resize (what keeps it above the raw decode rate at 4 views) and a clip
+travels once, not as k resized copies.
+
 **Equal steps.** Every rank yields exactly ``steps_per_epoch = samples * repeated_aug //
 (batch_size * world_size)`` batches per epoch (unequal counts hang collectives). Readers are
 balanced by sample count; a reader whose share is smaller than its batches need starts another
@@ -61,6 +68,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import multiprocessing
 import random
 import re
 from collections.abc import Iterator, Mapping
@@ -100,6 +108,10 @@ class DataConfig:
     batch_size: int = help_field(8, help="clips (views) per batch per rank; videos per batch for evaluation")
     num_workers: int = help_field(2, help="loader worker processes per rank (0 = decode in the training process)")
     prefetch_factor: int = help_field(2, help="batches each worker prepares ahead")
+    worker_start: Literal["forkserver", "fork", "spawn"] = help_field(
+        "forkserver", help="how loader workers start: forkserver (forked from a single-threaded server process; "
+                           "fork from a Ray worker's many threads can deadlock the child on Python <= 3.11, "
+                           "CPython gh-112275), fork, or spawn")
     seed: int = help_field(0, help="data order and augmentation seed")
     max_decode_error_fraction: float = help_field(0.05, help="stop when this fraction of samples seen fails")
     error_check_after: int = help_field(20, help="samples seen before the error fraction is checked")
@@ -146,6 +158,10 @@ class TrainDataConfig(DataConfig):
     sources: tuple[str, ...] = help_field((), help="several shard sets (folders or s3:// prefixes, each read at "
                                                    "data.split) replacing data.shards; supervised: labelled, their "
                                                    "label spaces merged by class name")
+    crop_on: Literal["loader", "device"] = help_field(
+        "loader", help="where a decoded clip's multi-scale crops are resized: loader (its CPU core, into the batch) "
+                       "or device (the batch ships each clip once with its views' boxes; the training device cuts "
+                       "and resizes them: no resize on the loader's cores, fewer bytes at 4 views; multiscale crop only)")
     source_weights: tuple[float, ...] = help_field((), help="sampling weight of each of data.sources (> 0; "
                                                             "empty = proportional to each source's samples)")
 
@@ -170,6 +186,9 @@ class TrainDataConfig(DataConfig):
 
     def train_views(self) -> tuple[TrainTransform, int]:
         return TrainTransform(size=self.input_size, scales=tuple(self.scales), flip=self.flip), self.repeated_aug
+
+    def clip_spec(self) -> ClipSpec:
+        return dataclasses.replace(super().clip_spec(), crop_on=self.crop_on)
 
 
 @dataclass
@@ -225,6 +244,10 @@ class FinetuneDataConfig(TrainDataConfig, EvalDataConfig):
                              f"{list(self.exclude_shards)}")
         if self.exclude_shards and not [s for s in self.exclude_splits.split("+") if s.strip()]:
             raise ValueError("data.exclude_splits is empty: name the held-out splits of data.exclude_shards (val+test)")
+        if self.crop_on == "device" and self.augment != "multiscale":
+            raise ValueError(f"data.crop_on='device' resizes the multi-scale crop on the training device; "
+                             f"data.augment={self.augment!r} augments on the loader: set data.augment='multiscale' "
+                             "or data.crop_on='loader'")
         if self.auto_augment:
             parse_rand_augment(self.auto_augment)  # ValueError names the bad part
         lo, hi = self.crop_scale
@@ -270,13 +293,36 @@ def _unwrap(exc: DataError) -> DataError:
     return DataError(text[text.rindex(marker) + len(marker):].strip() if marker in text else text)
 
 
+# What a forkserver preloads, so that each worker forked from it starts with torch and the loader imported.
+FORKSERVER_PRELOAD = ["torch", "pipeline.data.streams"]
+
+
+def worker_context(start: str) -> Any:
+    """The multiprocessing context loader workers start from (``data.worker_start``).
+
+    Forking the training process itself (``fork``) copies a process that runs many threads (Ray's,
+    MLflow's, the DataLoader's own); on CPython <= 3.11 a child forked while another thread held
+    the interpreter's runtime lock deadlocks in ``PyOS_AfterFork_Child`` (gh-112275, fixed in 3.12):
+    seen here as a validation loader that never yielded, its worker asleep on a futex. A forkserver
+    forks from a single-threaded server that has imported torch and the loader once
+    (:data:`FORKSERVER_PRELOAD`), so workers start about as fast as forked ones, and safely.
+    """
+    ctx = multiprocessing.get_context(start)
+    if start == "forkserver":
+        ctx.set_forkserver_preload(FORKSERVER_PRELOAD)  # read when the server starts (once per process)
+    return ctx
+
+
 def data_loader(dataset: IterableDataset, cfg: DataConfig) -> DataLoader:
-    """torch's DataLoader over ready batches; pinned memory exactly when CUDA is present.
+    """torch's DataLoader over ready batches; pinned memory exactly when CUDA is present; workers
+    started by :func:`worker_context`.
 
     Pinned (page-locked) batches let the copy to the GPU run ``non_blocking``; without CUDA
     there is nothing to copy to, and pinning would only cost a copy per batch.
     """
-    extra = {"prefetch_factor": cfg.prefetch_factor} if cfg.num_workers else {}
+    extra: dict[str, Any] = {}
+    if cfg.num_workers:
+        extra = {"prefetch_factor": cfg.prefetch_factor, "multiprocessing_context": worker_context(cfg.worker_start)}
     return DataLoader(dataset, batch_size=None, num_workers=cfg.num_workers,
                       pin_memory=torch.cuda.is_available(), **extra)
 

@@ -45,6 +45,7 @@ from pipeline.data.decoding import (
     SampleError,
     TestViews,
     TrainViews,
+    crop_batch,
     seed_of,
     test_views,
     train_views,
@@ -221,15 +222,18 @@ class _Batcher:
         (:func:`pipeline.train.batch.model_input`).
         """
         plan, views = self.plan, self.pending
-        video = torch.empty(len(views), *views[0][0].view_shape, dtype=torch.uint8)
-        for slot, (tv, v) in zip(video, views):  # resized straight into its slot (or one contiguous copy)
-            tv.write(v, slot)
-        out: dict[str, Any] = {
-            "video": video,
+        if plan.spec.crop_on == "device":  # each clip once + a box per view: resized on the training device
+            out: dict[str, Any] = crop_batch(views)
+        else:
+            video = torch.empty(len(views), *views[0][0].view_shape, dtype=torch.uint8)
+            for slot, (tv, v) in zip(video, views):  # resized straight into its slot (or one contiguous copy)
+                tv.write(v, slot)
+            out = {"video": video}
+        out.update({
             "keys": [tv.key for tv, _ in views],
             "label": torch.tensor([tv.label for tv, _ in views], dtype=torch.long),
             "frame_indices": torch.stack([tv.frames for tv, _ in views]),
-        }
+        })
         if plan.mask is not None and plan.grid is not None:
             step = self.worker + len(plan.units) * self.index  # this batch's step within the epoch
             g = torch.Generator().manual_seed(seed_of(plan.seed, plan.epoch, plan.rank, step, "mask"))

@@ -10,7 +10,10 @@ numbers (bit for bit in float32; tests/unit/test_mixup.py and test_video_transfo
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+import torch.nn.functional as F
 
 from pipeline.core.pixels import normalize_pixels
 from pipeline.train.mixup import Mixup
@@ -20,6 +23,34 @@ def channels_first(video: torch.Tensor) -> torch.Tensor:
     """``[..., T, H, W, C]`` -> ``[..., C, T, H, W]``, a view (no copy)."""
     lead = list(range(video.ndim - 4))
     return video.permute(*lead, video.ndim - 1, video.ndim - 4, video.ndim - 3, video.ndim - 2)
+
+
+def batch_video(batch: dict[str, Any], device: torch.device | str, first: int | None = None) -> torch.Tensor:
+    """A training batch's views (its ``first`` ones, or all), uint8 ``[B, T, S, S, C]`` on ``device``:
+    the loader's resized views, or, with ``data.crop_on = "device"``, cut from the batch's clips and
+    resized there (:func:`crop_views`)."""
+    if "video" in batch:
+        return batch["video"][:first].to(device, non_blocking=True)
+    clips = batch["clips"].to(device, non_blocking=True)
+    return crop_views(clips, batch["boxes"][:first], int(batch["crop_size"]), bool(batch["crop_antialias"]))
+
+
+def crop_views(clips: torch.Tensor, boxes: torch.Tensor, size: int, antialias: bool = True) -> torch.Tensor:
+    """Cut and resize each view from its clip: ``clips`` uint8 ``[N, T, H, W, C]``, ``boxes`` long
+    ``[B, 6]`` rows ``(clip, y, x, h, w, flip)`` (on the host: reading them costs no device sync) ->
+    uint8 ``[B, T, size, size, C]`` on the clips' device.
+
+    Bilinear with antialias as the loader's resize (:func:`pipeline.video.transforms.resized_crop`),
+    in float32 then rounded: GPUs resize floating point only. The values are within 1 of 255 of the
+    loader's uint8 resize (its fixed-point arithmetic rounds on its own; tests/unit/test_loader.py).
+    """
+    views = []
+    for i, y, x, h, w, flip in boxes.tolist():
+        crop = clips[i, :, y : y + h, x : x + w].permute(0, 3, 1, 2).float()  # [T, C, h, w]
+        view = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False, antialias=antialias)
+        views.append(view.flip(-1) if flip else view)
+    out = torch.stack(views).round_().clamp_(0, 255).to(torch.uint8)  # [B, T, C, S, S]
+    return out.permute(0, 1, 3, 4, 2)
 
 
 def model_input(video: torch.Tensor, device: torch.device | str, dtype: torch.dtype, mixer: Mixup | None = None,

@@ -40,7 +40,7 @@ from pipeline.infra.tracking import chart_keys
 from pipeline.models.flops import classify_macs
 from pipeline.models.sizes import get_spec
 from pipeline.train import comm, loop
-from pipeline.train.batch import model_input
+from pipeline.train.batch import batch_video, model_input
 from pipeline.train.job_configs import DistillConfig
 from pipeline.train.meter import Meter, format_eta
 from pipeline.train.mixup import Mixup, soft_target_cross_entropy
@@ -134,7 +134,8 @@ def train_step(cfg: DistillConfig, s: Setup, batches: Any, mixer: Mixup, teacher
     while len(losses) < s.engine.gradient_accumulation_steps():
         batch = loop.next_batch(s, batches)
         label = batch["label"] if labelled else torch.zeros_like(batch["label"])  # unlabelled: mixes the clip only
-        video, target = model_input(batch["video"], s.engine.device, s.dtype, mixer, label)
+        video, target = model_input(batch_video(batch, s.engine.device), s.engine.device, s.dtype, mixer,
+                                    label)
         with torch.no_grad():
             teacher_logits = teacher(video)  # the very clip the student gets
         logits = s.engine(video)

@@ -25,7 +25,7 @@ from pipeline.infra.tracking import chart_keys
 from pipeline.models.flops import classify_macs
 from pipeline.models.sizes import get_spec
 from pipeline.train import loop
-from pipeline.train.batch import model_input
+from pipeline.train.batch import batch_video, model_input
 from pipeline.train.job_configs import FinetuneConfig
 from pipeline.train.meter import Meter, format_eta
 from pipeline.train.mixup import Mixup, soft_target_cross_entropy
@@ -70,7 +70,8 @@ def train_step(s: Setup, batches: Any, mixer: Mixup) -> tuple[torch.Tensor, torc
     correct = torch.zeros(())
     while len(losses) < s.engine.gradient_accumulation_steps():
         batch = loop.next_batch(s, batches)
-        video, target = model_input(batch["video"], s.engine.device, s.dtype, mixer, batch["label"])
+        video = batch_video(batch, s.engine.device)
+        video, target = model_input(video, s.engine.device, s.dtype, mixer, batch["label"])
         logits = s.engine(video)
         target = target.to(logits.device)
         loss = loop.backward_step(s, soft_target_cross_entropy(logits, target))

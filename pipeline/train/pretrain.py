@@ -24,7 +24,7 @@ from pipeline.infra.tracking import chart_keys, reconstruction_grid
 from pipeline.models.flops import token_counts, train_flops_per_clip
 from pipeline.models.sizes import get_spec
 from pipeline.train import loop
-from pipeline.train.batch import model_input
+from pipeline.train.batch import batch_video, model_input
 from pipeline.train.job_configs import PretrainConfig
 from pipeline.train.loop import Setup
 from pipeline.train.meter import Meter, format_eta
@@ -58,7 +58,7 @@ def setup(cfg: PretrainConfig, session: Session, rank: int, world: int) -> Setup
 
 
 def _to_device(batch: dict[str, Any], engine: Any, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-    video, _ = model_input(batch["video"], engine.device, dtype)
+    video, _ = model_input(batch_video(batch, engine.device), engine.device, dtype)
     return video, batch["enc_mask"].to(engine.device), batch["dec_mask"].to(engine.device)
 
 
@@ -93,7 +93,8 @@ def reconstruction_picture(engine: Any, batch: dict[str, Any], dtype: torch.dtyp
     model = engine.module
     was_training = model.training
     model.eval()
-    video, enc, dec = _to_device({k: batch[k][:1] for k in ("video", "enc_mask", "dec_mask")}, engine, dtype)
+    first = {"video": batch_video(batch, engine.device, first=1), **{k: batch[k][:1] for k in ("enc_mask", "dec_mask")}}
+    video, enc, dec = _to_device(first, engine, dtype)
     _, pred, keep = model(video, enc, dec, return_pred=True)
     recon = model.reconstruct(video, pred, keep)[0]  # [C, T, H, W] in 0-1
     model.train(was_training)

@@ -86,7 +86,9 @@ def test_loader_worker_processes_decode_on_one_thread(data: dict[str, Path], tmp
         return real(*args, **kwargs)
 
     monkeypatch.setattr(decoding, "open_video", spy)
-    cfg = extract_cfg(data, tmp_path / "features", "data.num_workers=1")
+    # fork, so that the spy patched here is in the worker (a forkserver's workers import afresh); torch's
+    # worker loop sets one thread and the clip spec the decoder's whatever the start method
+    cfg = extract_cfg(data, tmp_path / "features", "data.num_workers=1", "data.worker_start=fork")
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

@@ -219,6 +219,41 @@ def test_deferred_crops_are_the_train_transform_crops():
     assert isinstance(one.video, tuple) and torch.equal(one.video[0], eager[0])
 
 
+def test_crops_on_the_device_are_the_loaders_crops(even):
+    """data.crop_on = "device": the batch ships each decoded clip once and a box per view, and
+    batch_video cuts and resizes them where the model runs (here the CPU, standing for the GPU: the
+    same float32 interpolate the GPU runs, since GPUs resize no uint8). Everything else in the batch
+    is the loader-side batch's; the views are its views within 1 level of 255 (the loader's uint8
+    resize rounds in fixed point), flips included, across batches that split a clip's views."""
+    from pipeline.train.batch import batch_video
+
+    root, _ = even
+    base = dict(shards=str(root), num_frames=4, sampling_rate=2, input_size=32, repeated_aug=3, batch_size=4,
+                num_workers=0, shuffle_buffer=4, flip=True)
+    loader_side = run(pretrain_loader(TrainDataConfig(**base), MaskConfig(), GRID), 6)
+    device_side = run(pretrain_loader(TrainDataConfig(**base, crop_on="device"), MaskConfig(), GRID), 6)
+    flips = 0
+    for a, b in zip(loader_side, device_side):
+        assert "video" not in b and a["keys"] == b["keys"]
+        for name in ("enc_mask", "dec_mask", "label", "frame_indices"):
+            assert torch.equal(a[name], b[name]), name
+        clips, boxes = b["clips"], b["boxes"]
+        assert clips.dtype == torch.uint8 and clips.shape[0] == len(set(boxes[:, 0].tolist())) <= 4
+        flips += int(boxes[:, 5].sum())
+        views = batch_video(b, "cpu")
+        assert views.shape == a["video"].shape and views.dtype == torch.uint8
+        diff = (views.int() - a["video"].int()).abs()
+        assert diff.max() <= 1 and diff.float().mean() < 0.25, (diff.max(), diff.float().mean())  # measured ~0.18
+    assert flips > 0  # the flip path ran
+    # from a DataLoader worker process too (the batch's ints and bools travel with its tensors)
+    worker_side = run(pretrain_loader(TrainDataConfig(**{**base, "num_workers": 1}, crop_on="device"), MaskConfig(),
+                                      GRID), 1)[0]
+    assert batch_video(worker_side, "cpu").shape == loader_side[0]["video"].shape
+    with pytest.raises(ValueError, match=r"data\.crop_on='device' resizes the multi-scale crop .* set data\.augment"):
+        config(root, crop_on="device")  # fine-tuning's official augmentation runs on the loader
+    assert config(root, crop_on="device", augment="multiscale").clip_spec().crop_on == "device"
+
+
 def test_batches_hold_each_clips_views_in_order(even, monkeypatch):
     """Batch slots are the views of the decoded clips in order (v = 0..k-1 per clip, a clip's views
     split over two batches when k does not divide the batch)."""
@@ -498,3 +533,23 @@ def test_stated_info_past_the_bomb_limits_is_not_trusted():
     for over in ({"width": 60000, "height": 60000}, {"num_frames": 10**9}, {"width": 0}):
         assert stated_info(sample(**over)) is None, over  # the probe, with its limits, decides
     assert stated_info(RawSample(key="k", members={"json": b"{}"}, shard="s")) is None
+
+
+def test_loader_workers_start_from_a_forkserver(even):
+    """Workers are not forked from the training process (its native threads can leave the child
+    deadlocked on Python <= 3.11: benchmarks/fork_race.py hung 16 of 3000 forked children, 0 of 3000
+    from a forkserver); data.worker_start = "fork" remains available, said by name."""
+    from pipeline.data.loader import FORKSERVER_PRELOAD, data_loader
+    from pipeline.data.streams import TrainStream
+
+    root, _ = even
+    loader = pretrain_loader(TrainDataConfig(shards=str(root), num_frames=4, sampling_rate=2, input_size=32,
+                                             repeated_aug=1, batch_size=4, num_workers=1), MaskConfig(), GRID)
+    dl = data_loader(TrainStream(loader._plan()), loader.cfg)
+    assert dl.multiprocessing_context.get_start_method() == "forkserver"
+    assert "pipeline.data.streams" in FORKSERVER_PRELOAD
+    assert len(next(iter(dl))["keys"]) == 4  # a worker started that way yields batches
+    fork = dataclasses.replace(loader.cfg, worker_start="fork")
+    assert data_loader(TrainStream(loader._plan()), fork).multiprocessing_context.get_start_method() == "fork"
+    assert data_loader(TrainStream(loader._plan()), dataclasses.replace(loader.cfg, num_workers=0)
+                       ).multiprocessing_context is None
