@@ -293,25 +293,12 @@ def finetune_main(args: argparse.Namespace, argv: list[str] | None, started: flo
                       detail="official: RandAugment rand-m7-n4-mstd0.5-inc1 on the decoded frames, random resized "
                              "crop, flip, erasing 0.25, official frame window",
                       ratio=paired_ratio(values, f"ft_official_k{k}", f"ft_multiscale_k{k}")) for k in views]
-    shipped = {}
-    for k, batches in device_loaders.items():
-        ours, limit = med[f"ours_device_k{k}"], med["raw_decode"] * k
-        to_raw = paired_ratio(values, f"ours_device_k{k}", "raw_decode", scale=k)
-        shipped[k] = {"loader": shipped_bytes_per_clip(loaders[k]), "device": shipped_bytes_per_clip(batches)}
-        figures.append(figure(
-            f"data loading k={k}, crops on the device: loader / raw decode limit (b)", ours, limit, "clips/s/core",
-            f"decord get_batch of the same frames, nothing else ({k} clip(s) per decode)",
-            detail=f"data.crop_on=device: the loader ships each decoded clip once + {k} boxes "
-                   f"({shipped[k]['device'] / 1e6:.2f} MB per training clip vs {shipped[k]['loader'] / 1e6:.2f} MB of "
-                   f"resized views); the {k} resizes run on the training device and are NOT in this figure; "
-                   f"the loader takes {1 / to_raw:.2f}x the raw decode time per clip", ratio=to_raw))
     body: dict[str, Any] = {
         "config": {"video_frames": args.video_frames, "video_size_hw": list(args.video_size),
                    "num_frames": args.num_frames, "stride": args.stride, "input_size": args.input_size,
                    "batch": args.batch, "clips_per_case": args.clips, "reps": args.reps, "shards": str(shards),
                    "threads": 1},
-        "values": values, "medians": med, "figures": figures,
-        "shipped_bytes_per_clip": {str(k): v for k, v in shipped.items()}}
+        "values": values, "medians": med, "figures": figures}
     out = Path(args.out) if args.out != str(OUT) else OUT_FINETUNE
     result = write_result(out, "data_loading_finetune", command("benchmarks.bench_data", argv), started,
                           load_before, body)
