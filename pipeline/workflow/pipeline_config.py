@@ -245,7 +245,7 @@ def plan_stages(cfg: PipelineConfig, jobs: Jobs, tracking_uri: str) -> list[Stag
 # Keys that change how a stage runs, not what it produces: a resumed or skipped stage may differ in them.
 VOLATILE = ("tracking.", "scaling.", "ray.", "train.fail_at_step", "train.log_every", "train.image_every",
             "train.keep_checkpoints", "shard.progress", "shard.max_in_flight", "shard.task_timeout",
-            "finetune.registered_alias", "finetune.promote", "eval.view_chunk")
+            "finetune.registered_alias", "finetune.promote", "eval.view_chunk", "data.worker_start")
 
 
 def stable_config(cfg: Any) -> dict[str, Any]:

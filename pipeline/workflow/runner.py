@@ -28,7 +28,7 @@ from pipeline.train.checkpoint import latest_checkpoint
 from pipeline.workflow.pipeline_config import Jobs, PipelineConfig, Stage, pipeline_root, plan_stages, stable_config
 from pipeline.workflow.runs import Runs
 from pipeline.workflow.stages import Check, kind_of
-from pipeline.workflow.state import STATE_FILE, changed_keys, load_state, save_state
+from pipeline.workflow.state import STATE_FILE, changed_keys, load_state, only_new_defaults, save_state
 from pipeline.workflow.summary import summarize
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,9 @@ class Runner:
         except TubeletError as exc:
             raise StageError(f"stage {stage.name}: {exc}") from None
         fp = kind.fingerprint(stage, upstream, found)
+        if not kind.judged_by_outputs and rec.get("fingerprint") not in (None, fp) and self._grown(stage, rec,
+                                                                                               upstream):
+            fp = rec["fingerprint"]  # the job grew keys at their defaults: the same outputs, the chain unchanged
         same = kind.judged_by_outputs or rec.get("fingerprint") in (None, fp)
         if not same:
             self._refuse_stale(stage, rec, upstream, found)
@@ -137,6 +140,13 @@ class Runner:
             return Outcome(stage.name, "completed", f"only its last step ran ({last}); {after.reason}",
                            time.monotonic() - t0, rec.get("run_id", ""))
         return self._launch(stage, rec, upstream, fp, found, same)
+
+    @staticmethod
+    def _grown(stage: Stage, rec: dict[str, Any], upstream: dict[str, str]) -> bool:
+        """The stage's recorded config and inputs are today's but for keys added since, at their defaults."""
+        if rec.get("upstream", {}) != upstream or "config" not in rec:
+            return False
+        return only_new_defaults(rec["config"], stable_config(stage.cfg), stable_config(type(stage.cfg)()))
 
     def _refuse_stale(self, stage: Stage, rec: dict[str, Any], upstream: dict[str, str], found: Check) -> None:
         """Outputs made from another config or other inputs are never resumed or kept silently."""
@@ -178,7 +188,8 @@ class Runner:
             self.save()
             self.runs.end_child(run_id, "KILLED")
             raise
-        fp = kind_of(stage).fingerprint(stage, upstream, after)  # shards: known once they exist
+        if kind_of(stage).judged_by_outputs or not fp:  # shards: known once they exist
+            fp = kind_of(stage).fingerprint(stage, upstream, after)
         seconds = round(time.monotonic() - t0, 1)
         rec.update(status="finished", fingerprint=fp, seconds=seconds, finished=time.time())
         self.save()

@@ -50,4 +50,12 @@ def changed_keys(old: dict[str, Any], new: dict[str, Any], limit: int = 3) -> st
     return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "") if keys else ""
 
 
-__all__ = ["STATE_FILE", "changed_keys", "fingerprint", "load_state", "read_json", "save_state"]
+def only_new_defaults(old: dict[str, Any], new: dict[str, Any], defaults: dict[str, Any]) -> bool:
+    """Whether ``new`` differs from the recorded ``old`` (flattened stable configs) at most by keys
+    ``old`` lacks that hold their ``defaults``: keys added to a job since its outputs were made, whose
+    defaults keep what the job did before (a new key must). Such outputs are the same outputs."""
+    keys = [k for k in set(old) | set(new) if old.get(k) != new.get(k)]
+    return all(k not in old and k in new and k in defaults and new[k] == defaults[k] for k in keys)
+
+
+__all__ = ["STATE_FILE", "changed_keys", "fingerprint", "load_state", "only_new_defaults", "read_json", "save_state"]

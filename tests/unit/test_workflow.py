@@ -350,6 +350,36 @@ def test_the_summary_says_what_each_stage_did_in_words_read_once(tmp_path: Path,
     assert "resumes" not in resumed["reason"]
 
 
+def test_outputs_made_before_a_key_existed_are_kept_when_it_holds_its_default(tmp_path: Path,
+                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job that grows a key (data.crop_on) must not make every earlier pipeline refuse its own
+    outputs: a recorded config that lacks only keys now at their defaults is the same config. A key
+    the record lacks that is set to something else is still a change, and refused."""
+    from pipeline.workflow.state import only_new_defaults
+
+    assert only_new_defaults({"a": 1}, {"a": 1, "b": 2}, {"b": 2}) and only_new_defaults({"a": 1}, {"a": 1}, {})
+    assert not only_new_defaults({"a": 1}, {"a": 1, "b": 3}, {"b": 2})  # a new key, not at its default
+    assert not only_new_defaults({"a": 1, "b": 2}, {"a": 1}, {"b": 2})  # a key gone
+    assert not only_new_defaults({"a": 1}, {"a": 2}, {"a": 2})  # a changed value, default or not
+
+    monkeypatch.setattr(Runner, "_ensure_ray", lambda self: None)  # the fake job needs no Ray
+    jobs = dataclasses.replace(JOBS, pretrain=StageJob(JOBS.pretrain.config, _fake_pretrain))
+    given = ['pipeline.stages=["pretrain"]', "pipeline.baseline=false", "pretrain.train.steps=8",
+             f"pipeline.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"]
+    run_pipeline(_cfg(tmp_path, *given), jobs)
+    root = tmp_path / "runs" / "demo"
+    state = load_state(str(root))
+    rec = state["stages"]["pretrain"]
+    del rec["config"]["data.crop_on"]  # as written before the key existed; its fingerprint was another one
+    rec["fingerprint"] = "0123456789abcdef"
+    save_state(str(root), state)
+    outcome = next(o for o in run_pipeline(_cfg(tmp_path, *given), jobs)["stages"] if o["stage"] == "pretrain")
+    assert outcome["outcome"] == "skipped", outcome
+    assert load_state(str(root))["stages"]["pretrain"]["fingerprint"] == "0123456789abcdef"  # the chain unchanged
+    with pytest.raises(StageError, match=r"holds outputs of another config or other inputs \(data\.crop_on: None -> 'device'"):
+        run_pipeline(_cfg(tmp_path, *given, "pretrain.data.crop_on=device"), jobs)
+
+
 def test_the_summary_compares_the_baseline_on_the_test_split_too(tmp_path: Path) -> None:
     """Fine-tuned and random-init models side by side: val top-1 (fine-tuning) and test top-1 (evaluation)."""
     cfg = _cfg(tmp_path, f"pipeline.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}")
