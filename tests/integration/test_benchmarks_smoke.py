@@ -74,11 +74,13 @@ def test_shard_and_data_benchmarks_quick(results: Path) -> None:
     assert set(shard["medians"]) == {"old_1w", "new_1w", "old_2w", "new_2w"} and (shards / "index.json").exists()
     assert len(shard["figures"]) == 4  # videos/s at 1 and 2 workers, driver bytes received, driver peak RSS
     data = _bench("bench_data", results / "data_loading.json", "--quick", "--shards", str(shards))
-    assert {"raw_decode", "ours_k1", "ours_k4", "reference", "reference_rep_k4"} == set(data["medians"])
-    # k=1 vs the reference, k=4 vs the reference with the same 4 views per decode, raw decode at k=1 and k=4
+    assert {"raw_decode", "ours_k1", "ours_k4", "ours_device_k4", "reference", "reference_rep_k4"} == set(data["medians"])
+    # k=1 vs the reference, k=4 vs the reference with the same 4 views per decode, raw decode at k=1 and k=4,
+    # and at k=4 with the crops resized on the training device (the loader alone)
     assert [f["name"].split(": ")[1] for f in data["figures"]] == [
         "ours / reference loader (a)", "ours / raw decode limit (b)", "ours / reference with its repeated aug",
-        "ours / raw decode limit (b)"]
+        "ours / raw decode limit (b)", "loader / raw decode limit (b)"]
+    assert data["shipped_bytes_per_clip"]["4"]["device"] > 0
     assert f"{os.cpu_count()}-core machine" in shard["figures"][0]["detail"]
 
 
