@@ -110,7 +110,7 @@ def prepare(cfg: FinetuneConfig) -> FinetuneConfig:
         where = "merged labels of data.sources" if cfg.data.sources else "labels of the shard index"
         print(f"model.num_classes: {cfg.model.num_classes} -> {len(names)} ({where})")
         cfg = with_values(cfg, {"model.num_classes": len(names)})
-    class_names(cfg, index)
+    class_names(cfg, names=names)  # the head fits the data's classes (read once above)
     cfg = with_values(cfg, {"model.init_head": init_head(cfg, names)})
     report = check_init(cfg)
     if report is not None:

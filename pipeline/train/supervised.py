@@ -70,9 +70,10 @@ def data_classes(cfg: ClassifierJob, index: ShardIndex | None = None) -> list[st
     return list(indexes[0].labels)
 
 
-def class_names(cfg: ClassifierJob, index: ShardIndex | None = None) -> list[str]:
-    """Label names of the data (:func:`data_classes`); DataError if more than the head has outputs."""
-    names = data_classes(cfg, index)
+def class_names(cfg: ClassifierJob, index: ShardIndex | None = None, names: list[str] | None = None) -> list[str]:
+    """Label names of the data (:func:`data_classes`, unless already read: ``names``); DataError if
+    more than the head has outputs."""
+    names = data_classes(cfg, index) if names is None else names
     if len(names) > cfg.model.num_classes:
         raise DataError(f"the shards have {len(names)} classes but model.num_classes is "
                         f"{cfg.model.num_classes} (or set finetune.classes_from_data=true)")

@@ -74,14 +74,19 @@ def killed_and_rerun(manifest: tuple[Path, list[str]], tmp_path_factory: pytest.
         first.stop()
     assert not (out / "index.json").exists(), "the job finished before it was killed: nothing was tested"
     second = _job(path, out, ray_tmp, tmp / "run2.log")
-    try:
-        rc = second.wait(timeout=240)
-    finally:
-        second.stop()
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    assert rc == 0, second.output[-4000:]
+    _run_to_end(second, ray_tmp)
     return {"out": out, "published_at_kill": published_at_kill, "temporaries_at_kill": temporaries_at_kill,
             "rerun": second.output, "first": first.output, "ray_tmp": ray_tmp}
+
+
+def _run_to_end(job: Any, ray_tmp: Any) -> None:
+    """Wait for ``job`` (its own embedded Ray under ``ray_tmp``), stop what is left, and require success."""
+    try:
+        rc = job.wait(timeout=240)
+    finally:
+        job.stop()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert rc == 0, job.output[-4000:]
 
 
 def _temporaries(out: Path) -> list[str]:
@@ -162,12 +167,7 @@ def test_a_video_that_crashes_its_process_costs_that_video_only(manifest: tuple[
             "shard.progress=false", "ray.num_cpus=2"]
     job = Job("jobs.shard", [a for s in sets for a in ("--set", s)], env={**secret_env(ray_tmp), CRASH_ENV: victim},
               log=tmp / "run.log")
-    try:
-        rc = job.wait(timeout=240)
-    finally:
-        job.stop()
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    assert rc == 0, job.output[-4000:]
+    _run_to_end(job, ray_tmp)
     assert "running its videos isolated" in job.output
     out = tmp / "shards"
     quarantine = {json.loads(line)["uri"]: json.loads(line)["reason"] for line in (out / "quarantine.jsonl").read_text().splitlines()}
