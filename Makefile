@@ -81,7 +81,7 @@ bench-pretrain-value: $(STAMP) ## does pre-training help? pre-trained vs random 
 plan: $(STAMP) ## parameters, FLOPs and memory per GPU: make plan MODEL=vit_g
 	$(PY) -m jobs.plan --set model.name=$(or $(MODEL),vit_b)
 
-bench-distill: $(STAMP) ## does distillation help? a vit_tiny student distilled from a fine-tuned vit_s teacher vs fine-tuned directly, same budget, 3 seeds -> benchmarks/results/distill.json [SEEDS=0,1,2]
+bench-distill: $(STAMP) ## does distillation help? a pre-trained vit_tiny student distilled from a pre-trained + fine-tuned vit_tiny_big teacher vs fine-tuned directly, same budget, 3 seeds -> benchmarks/results/distill.json [SEEDS=0,1,2]
 	$(PY) -m benchmarks.bench_distill $(if $(SEEDS),--seeds $(SEEDS))
 
 bench: $(STAMP) ## benchmarks -> benchmarks/results/ (JSON, README.md table, PNG plots): make bench [ONLY=data,augment,model,flops,zero,shard,plan,ingest,handoff,startup,decoders]

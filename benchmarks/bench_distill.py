@@ -1,31 +1,35 @@
 """Does distillation help? A student distilled from a larger fine-tuned teacher vs the same student
 fine-tuned directly, same budget, on the synthetic motion data.
 
-The real jobs, in-process (as the integration tests run them), on CPU:
+The real jobs, in-process (as the integration tests run them), on CPU, in VideoMAE V2's order
+(its ViT-S/B students were pre-trained, then distilled from the fine-tuned ViT-g):
 
-    generate_synthetic (motion classes; train/val/test)  ->  pipeline.orchestration.sharding.shard
-    jobs.finetune     the teacher (``--teacher-model``, a size up from the student), once, random init,
-                      its kept weights chosen on val (export/best); jobs.evaluate scores it on val and test
-    per seed s (the student's init, data order and augmentation):
-      jobs.finetune   the student (``--model``), random init                     -> "direct"
-      jobs.distill    the same student, same steps / batch / lr / seed, taught by the teacher -> "distilled"
+    generate_synthetic (motion classes; unlabelled/train/val/test)  ->  pipeline.orchestration.sharding.shard
+    jobs.pretrain     (``--pretrain-steps`` > 0) the teacher's size and the student's size, once each, on the
+                      'unlabelled' + 'train' videos (never val / test), the demo's MAE recipe
+    jobs.finetune     the teacher (``--teacher-model``, a size up from the student), once, from its
+                      pre-trained encoder (random init with ``--pretrain-steps 0``), its kept weights chosen
+                      on val (export/best); jobs.evaluate scores it on val and test
+    per seed s (the student's head init, data order and augmentation):
+      jobs.finetune   the student (``--model``) from its pre-trained encoder      -> "direct"
+      jobs.distill    the same student and init, same steps / batch / lr / seed, taught by the teacher -> "distilled"
       both            validated on val every ``--val-every`` steps; the kept weights (export/best: the first
                       best val step) are evaluated multi-view by jobs.evaluate on val and, once, on test
 
-Both arms read the same split (``train``, labelled) with the same recipe; the distilled one adds the
-teacher's forward and the KD term (``distill.temperature``, ``distill.alpha``). Test is never read to
-choose anything (bench_pretrain_value's :func:`select_and_test`). The teacher's own budget is not
-part of the student's.
+Both arms read the same split (``train``, labelled) from the same init with the same recipe; the
+distilled one adds the teacher's forward and the KD term (``distill.temperature``, ``distill.alpha``).
+Test is never read to choose anything (bench_pretrain_value's :func:`select_and_test`). The teacher's
+own budget and both pre-trainings are not part of the student's budget.
 
-    python -m benchmarks.bench_distill                   # vit_s teacher, 3 seeds -> results/distill.json
+    python -m benchmarks.bench_distill                   # vit_tiny_big teacher, 3 seeds -> results/distill.json
     python -m benchmarks.bench_distill --quick           # smoke (tiny budgets, not recorded)
     python -m benchmarks.bench_distill ... --record-partial   # record the seeds a stopped run finished
 
-On 2 shared CPU cores the default ``vit_s`` teacher (12 blocks, from a random init, 8x32 clips)
-stayed at chance through 210 steps at lr 5e-4 and 360 at lr 1e-3 (3-14 s a step under load) and
-was stopped; the recorded runs use a ``vit_tiny`` teacher trained longer than the student
-(``results/distill.json`` says which, per entry). A ``vit_s`` teacher needs pre-trained weights or
-a GPU budget: ``--teacher-model vit_s --teacher-steps N``.
+The default teacher is ``vit_tiny_big`` (4 blocks of 128, ~3.5x the student's FLOPs), a size up
+from the ``vit_tiny`` student (2 blocks of 96) that 2 CPU cores can pre-train and fine-tune in
+minutes. A ``vit_s`` teacher (12 blocks of 384, ~90x the student) took 3-14 s a step here and,
+from a random init, stayed at chance through 360 steps (the first entries of ``results/distill.json``,
+which also used random-init students): ``--teacher-model vit_s`` is for a GPU.
 
 ``results/distill.json`` keeps every run (appended) and its ``figures``: ratio = distilled / direct
 mean test top-1 over the seeds (> 1: distillation helped), in :mod:`benchmarks.common`'s format.
@@ -55,25 +59,34 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workdir", default="/tmp/tubelet-bench-distill")
     p.add_argument("--tag", default="default", help="name of this configuration in the results")
     p.add_argument("--classes", default="left,right,up,down", help="synthetic motion classes")
-    p.add_argument("--per-class", type=int, default=40, help="labelled videos per class (train/val/test 0.6/0.2/0.2)")
+    p.add_argument("--per-class", type=int, default=50, help="labelled videos per class (train/val/test 0.6/0.2/0.2)")
+    p.add_argument("--unlabelled-per-class", type=int, default=50, help="extra videos per class for pre-training only")
     p.add_argument("--texture", type=float, default=1.0)
     p.add_argument("--noise", type=float, default=2.0)
-    p.add_argument("--video-size", type=int, default=48)
-    p.add_argument("--video-frames", type=int, default=16)
-    p.add_argument("--img-size", type=int, default=32, help="model / crop side")
+    p.add_argument("--video-size", type=int, default=64)
+    p.add_argument("--video-frames", type=int, default=32)
+    p.add_argument("--img-size", type=int, default=64, help="model / crop side")
     p.add_argument("--num-frames", type=int, default=8)
-    p.add_argument("--sampling-rate", type=int, default=2)
+    p.add_argument("--sampling-rate", type=int, default=4)
     p.add_argument("--patch-size", type=int, default=8)
+    p.add_argument("--target", choices=("raw", "normalized"), default="raw", help="MAE target pixels")
     p.add_argument("--model", default="vit_tiny", help="the student")
-    p.add_argument("--teacher-model", default="vit_s", help="the teacher (a larger size)")
-    p.add_argument("--teacher-steps", type=int, default=500)
-    p.add_argument("--teacher-lr", type=float, default=1e-3)
+    p.add_argument("--teacher-model", default="vit_tiny_big", help="the teacher (a larger size)")
+    p.add_argument("--pretrain-steps", type=int, default=300,
+                   help="MAE pre-training of each size before fine-tuning (0 = teacher and student from random init)")
+    p.add_argument("--pretrain-batch", type=int, default=16)
+    p.add_argument("--pretrain-lr", type=float, default=1.5e-3)
+    p.add_argument("--encoder-ratio", type=float, default=0.75)
+    p.add_argument("--decoder-ratio", type=float, default=0.5)
+    p.add_argument("--teacher-steps", type=int, default=800,
+                   help="the teacher's fine-tuning (400 gave val 0.75, 800 gave 0.95: results/distill.json)")
+    p.add_argument("--teacher-lr", type=float, default=3e-3)
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers")
     p.add_argument("--cpus-per-worker", type=int, default=2)
     p.add_argument("--finetune-steps", type=int, default=150, help="the student's budget (both arms)")
     p.add_argument("--val-every", type=int, default=25)
     p.add_argument("--finetune-batch", type=int, default=16)
-    p.add_argument("--finetune-lr", type=float, default=1e-3)
+    p.add_argument("--finetune-lr", type=float, default=3e-3)
     p.add_argument("--layer-decay", type=float, default=1.0)
     p.add_argument("--drop-path", type=float, default=0.0)
     p.add_argument("--repeated-aug", type=int, default=1)
@@ -84,7 +97,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--eval-crops", type=int, default=2)
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--reuse-data", action="store_true", help="keep the shards already in --workdir")
-    p.add_argument("--reuse-teacher", action="store_true", help="keep the teacher run already in --workdir")
+    p.add_argument("--reuse-teacher", action="store_true",
+                   help="keep the teacher run (and both pre-trainings) already in --workdir")
     p.add_argument("--note", default="")
     p.add_argument("--quick", action="store_true", help="smoke test: tiny budgets, results not recorded")
     p.add_argument("--record-partial", action="store_true",
@@ -92,10 +106,10 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     a = p.parse_args(argv)
     if a.quick:
         a.per_class, a.teacher_steps, a.finetune_steps, a.val_every, a.seeds, a.tag = 5, 4, 4, 2, "0", "quick"
-        a.finetune_batch, a.teacher_model = 4, a.model
+        a.finetune_batch, a.teacher_model, a.unlabelled_per_class = 4, a.model, 1
+        a.pretrain_steps, a.pretrain_batch = min(a.pretrain_steps, 2), 4
     a.classes = a.classes.split(",")
     a.seeds = [int(x) for x in str(a.seeds).split(",") if x != ""]
-    a.unlabelled_per_class = 0  # bench_pretrain_value.make_data's extra pre-training split: none here
     if not a.seeds or a.val_every < 1 or a.finetune_steps % a.val_every or a.teacher_steps % a.val_every:
         p.error("give at least one seed and a --val-every that divides --finetune-steps and --teacher-steps")
     return a
@@ -105,20 +119,35 @@ def _as(a: argparse.Namespace, **changes: Any) -> argparse.Namespace:
     return argparse.Namespace(**{**vars(a), **changes})
 
 
+def pretrained(a: argparse.Namespace, work: Path, shards: Path, model: str) -> dict[str, Any] | None:
+    """MAE pre-training of ``model`` (seed 0) on 'unlabelled' + 'train', once per size and tag; None with
+    ``--pretrain-steps 0``. With ``--reuse-teacher`` an earlier run of the same name is kept."""
+    if not a.pretrain_steps:
+        return None
+    name, record = f"pretrain-{model}-{a.tag}", work / f"pretrain-{model}.json"
+    if a.reuse_teacher and record.exists() and (work / "runs" / name / "export").exists():
+        return json.loads(record.read_text())
+    pt = pv.pretrain(_as(a, model=model), work, shards, name, 0)
+    record.write_text(json.dumps(pt))
+    return pt
+
+
 def teacher(a: argparse.Namespace, work: Path, shards: Path) -> dict[str, Any]:
-    """Fine-tune the teacher once (or reuse it), evaluate its kept weights on val and test."""
+    """Fine-tune the teacher once (or reuse it) from its pre-training, evaluate its kept weights on val and test."""
     name = f"teacher-{a.tag}"
     t = _as(a, model=a.teacher_model, finetune_steps=a.teacher_steps, finetune_lr=a.teacher_lr)
+    pt = pretrained(a, work, shards, a.teacher_model)
     if a.reuse_teacher and (work / "runs" / name / "export" / "best" / "model.json").exists():
         ft = json.loads((work / "teacher.json").read_text())
     else:
-        ft = pv.finetune(t, work, shards, name, "random", 0)
+        ft = pv.finetune(t, work, shards, name, pt["run"] if pt else "random", 0)
         (work / "teacher.json").write_text(json.dumps(ft))
-    return {"model": a.teacher_model, "finetune": ft, "val": pv.evaluate(t, work, shards, name, "val", 0),
-            "test": pv.evaluate(t, work, shards, name, "test", 0)}
+    return {"model": a.teacher_model, "pretrain": pt, "finetune": ft,
+            "val": pv.evaluate(t, work, shards, name, "val", 0), "test": pv.evaluate(t, work, shards, name, "test", 0)}
 
 
-def distill(a: argparse.Namespace, work: Path, shards: Path, name: str, teacher_run: str, seed: int) -> dict[str, Any]:
+def distill(a: argparse.Namespace, work: Path, shards: Path, name: str, teacher_run: str, init: str,
+            seed: int) -> dict[str, Any]:
     """jobs.distill with exactly bench_pretrain_value.finetune's recipe for the student, + the teacher."""
     from jobs import distill as job
     from pipeline.core.config import load_config
@@ -128,7 +157,7 @@ def distill(a: argparse.Namespace, work: Path, shards: Path, name: str, teacher_
         shutil.rmtree(work / "runs" / name)  # a same-named run would resume, not restart
     cfg = load_config(DistillConfig, REPO / "jobs/configs/distill/demo.toml", [
         f"data.shards={shards}", f"run.output={work / 'runs'}", f"run.name={name}", *pv._size(a),
-        "model.init=random", f"model.drop_path={a.drop_path}", f"data.batch_size={a.finetune_batch}",
+        f"model.init={init}", f"model.drop_path={a.drop_path}", f"data.batch_size={a.finetune_batch}",
         f"data.repeated_aug={a.repeated_aug}", f"model.num_classes={len(a.classes)}", f"optim.lr={a.finetune_lr}",
         f"optim.layer_decay={a.layer_decay}", f"mixup.prob={a.mixup}", f"train.steps={a.finetune_steps}",
         f"train.checkpoint_every={a.finetune_steps}", "finetune.val_split=val", f"finetune.val_every={a.val_every}",
@@ -145,7 +174,7 @@ def distill(a: argparse.Namespace, work: Path, shards: Path, name: str, teacher_
     k = max(1, min(5, len(steps) // 4))
     card = json.loads((Path(job.kept_folder(cfg)) / "model.json").read_text())
     print(f"[bench] distillation {name}: {a.finetune_steps} steps in {wall:.0f}s, val_top1 per budget {val}")
-    return {"run": str(work / "runs" / name), "init": "random", "seed": seed, "steps": a.finetune_steps,
+    return {"run": str(work / "runs" / name), "init": init, "seed": seed, "steps": a.finetune_steps,
             "batch_per_rank": a.finetune_batch, "workers": a.workers, "lr": a.finetune_lr,
             "temperature": a.temperature, "alpha": a.alpha,
             "loss_first": pv._mean([losses[s] for s in steps[:k]]), "loss_last": pv._mean([losses[s] for s in steps[-k:]]),
@@ -168,13 +197,14 @@ def _chosen(a: argparse.Namespace, work: Path, shards: Path, name: str, trained:
     return {"train": trained, **pv.select_and_test(curve, test_at), "val": pv.evaluate(a, work, shards, name, "val", seed)}
 
 
-def run_seed(a: argparse.Namespace, work: Path, shards: Path, teacher_run: str, seed: int) -> dict[str, Any]:
+def run_seed(a: argparse.Namespace, work: Path, shards: Path, teacher_run: str, init: str, seed: int) -> dict[str, Any]:
+    """Both arms from the same student ``init`` (its pre-training, or random) with ``seed``."""
     t0 = time.perf_counter()
     direct = f"direct-{a.tag}-s{seed}"
     distilled = f"distilled-{a.tag}-s{seed}"
-    results = {"direct": _chosen(a, work, shards, direct, pv.finetune(a, work, shards, direct, "random", seed), seed),
-               "distilled": _chosen(a, work, shards, distilled, distill(a, work, shards, distilled, teacher_run, seed),
-                                    seed)}
+    results = {"direct": _chosen(a, work, shards, direct, pv.finetune(a, work, shards, direct, init, seed), seed),
+               "distilled": _chosen(a, work, shards, distilled,
+                                    distill(a, work, shards, distilled, teacher_run, init, seed), seed)}
     for arm, r in results.items():
         print(f"[bench] seed {seed} {arm}: budget {r['chosen_steps']} (val)  val {r['val']['top1']:.3f}  "
               f"test {r['test']['top1']:.3f}")
@@ -198,7 +228,8 @@ def figures(entry: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"name": f"distillation ({entry['tag']})", "ratio": s["ratio_test_top1"],
              "ours": s["mean_test_top1_distilled"], "baseline": s["mean_test_top1_direct"], "unit": "test top-1",
              "baseline_name": f"{entry['settings']['model']} fine-tuned directly, same budget",
-             "detail": f"student {entry['settings']['model']} distilled from {t['model']} (test top-1 "
+             "detail": f"student {entry['settings']['model']}"
+                       f"{' (pre-trained)' if entry.get('student_pretrain') else ''} distilled from {t['model']} (test top-1 "
                        f"{t['test']['top1']:.3f}); mean over seeds {[r['seed'] for r in entry['seeds']]}"}]
 
 
@@ -213,7 +244,8 @@ def record(entry: dict[str, Any], results: Path) -> Path:
 
 
 def make_entry(a: argparse.Namespace, argv: list[str] | None, counts: dict[str, int], t: dict[str, Any],
-               seeds: list[dict[str, Any]], wall: float, load_before: list[float]) -> dict[str, Any]:
+               seeds: list[dict[str, Any]], wall: float, load_before: list[float],
+               student_pretrain: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"tag": a.tag, "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "wall_s": round(wall, 1),
             "command": command("benchmarks.bench_distill",
                                [x for x in (sys.argv[1:] if argv is None else argv) if x != "--record-partial"]),
@@ -221,7 +253,8 @@ def make_entry(a: argparse.Namespace, argv: list[str] | None, counts: dict[str, 
             "data": {"description": f"{len(a.classes)} classes ({', '.join(a.classes)}), {a.video_frames} frames "
                                     f"{a.video_size}x{a.video_size}, texture {a.texture:g}, noise {a.noise:g}; videos "
                                     f"per split {counts}", "counts": counts},
-            "teacher": t, "seeds": seeds, "summary": summary(seeds), "note": a.note,
+            "teacher": t, "student_pretrain": student_pretrain, "seeds": seeds, "summary": summary(seeds),
+            "note": a.note,
             "host": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg_before": load_before,
                      "load_avg_after": list(os.getloadavg())}}
 
@@ -232,7 +265,8 @@ def record_partial(a: argparse.Namespace, argv: list[str] | None) -> int:
     work = Path(a.workdir)
     done = json.loads((work / "seeds_done.json").read_text())
     counts = json.loads((work / "split_counts.json").read_text())
-    entry = make_entry(a, argv, counts, done["teacher"], done["seeds"], sum(r["wall_s"] for r in done["seeds"]), [])
+    entry = make_entry(a, argv, counts, done["teacher"], done["seeds"], sum(r["wall_s"] for r in done["seeds"]), [],
+                       done.get("student_pretrain"))
     entry.update(partial=True, note=f"{a.note} PARTIAL: the run was stopped after seeds "
                                     f"{[r['seed'] for r in done['seeds']]} of {a.seeds}; wall_s sums those seeds only")
     print(json.dumps({"tag": a.tag, **entry["summary"]}))
@@ -257,12 +291,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[bench] data: {counts} in {time.perf_counter() - t0:.0f}s")
     t = teacher(a, work, shards)
     print(f"[bench] teacher {a.teacher_model}: val {t['val']['top1']:.3f}  test {t['test']['top1']:.3f}")
+    # one pre-training, the init of both arms and every seed (the teacher's when it is the same size: --quick)
+    student_pt = t["pretrain"] if a.model == a.teacher_model else pretrained(a, work, shards, a.model)
+    init = student_pt["run"] if student_pt else "random"
     seeds = []
     for seed in a.seeds:
-        seeds.append(run_seed(a, work, shards, t["finetune"]["run"], seed))
-        (work / "seeds_done.json").write_text(json.dumps({"teacher": t, "seeds": seeds}, indent=1))  # so far
+        seeds.append(run_seed(a, work, shards, t["finetune"]["run"], init, seed))
+        (work / "seeds_done.json").write_text(json.dumps({"teacher": t, "student_pretrain": student_pt,
+                                                          "seeds": seeds}, indent=1))  # so far
     ray.shutdown()
-    entry = make_entry(a, argv, counts, t, seeds, time.perf_counter() - t_all, load_before)
+    entry = make_entry(a, argv, counts, t, seeds, time.perf_counter() - t_all, load_before, student_pt)
     (work / "last_entry.json").write_text(json.dumps(entry, indent=1))  # also for --quick, which records nothing
     print(json.dumps({"tag": a.tag, "wall_s": entry["wall_s"], **entry["summary"]}))
     if a.quick:

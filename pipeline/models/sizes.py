@@ -2,7 +2,9 @@
 
 Encoder sizes follow VideoMAE V2 (arXiv 2303.16727, Table 1 and the official model zoo);
 decoder widths and heads follow the official ``pretrain_videomae_*`` constructors (depth 4 as
-in the V2 pre-training scripts). ``vit_tiny`` exists only for tests and smoke runs.
+in the V2 pre-training scripts). ``vit_tiny`` exists only for tests and smoke runs, and
+``vit_tiny_big`` (twice its depth, 4/3 its width, ~3.5x its FLOPs) only as a larger teacher for a
+``vit_tiny`` student in the distillation benchmark: a real size up (``vit_s``) is ~90x the compute.
 """
 
 from __future__ import annotations
@@ -68,6 +70,8 @@ class ArchSpec:
 _SIZES: dict[str, ArchSpec] = {
     "vit_tiny": ArchSpec(embed_dim=96, depth=2, num_heads=3, mlp_dim=384, patch_size=16,
                          decoder_dim=64, decoder_depth=2, decoder_heads=2),
+    "vit_tiny_big": ArchSpec(embed_dim=128, depth=4, num_heads=4, mlp_dim=512, patch_size=16,
+                             decoder_dim=64, decoder_depth=2, decoder_heads=2),
     "vit_s": ArchSpec(embed_dim=384, depth=12, num_heads=6, mlp_dim=1536, patch_size=16,
                       decoder_dim=192, decoder_depth=4, decoder_heads=3),
     "vit_b": ArchSpec(embed_dim=768, depth=12, num_heads=12, mlp_dim=3072, patch_size=16,

@@ -14,7 +14,8 @@ from benchmarks import bench_distill as bench
 
 def test_defaults_a_larger_teacher_and_budgets_on_the_val_grid(capsys: pytest.CaptureFixture[str]) -> None:
     a = bench._args([])
-    assert (a.model, a.teacher_model, a.seeds, a.unlabelled_per_class) == ("vit_tiny", "vit_s", [0, 1, 2], 0)
+    assert (a.model, a.teacher_model, a.seeds) == ("vit_tiny", "vit_tiny_big", [0, 1, 2])
+    assert a.pretrain_steps > 0 and a.unlabelled_per_class > 0, "V2's order: both sizes pre-trained, then fine-tuned"
     assert a.finetune_steps % a.val_every == 0 and a.teacher_steps % a.val_every == 0
     with pytest.raises(SystemExit):
         bench._args(["--finetune-steps", "100", "--val-every", "30"])
