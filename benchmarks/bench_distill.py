@@ -124,7 +124,8 @@ def pretrained(a: argparse.Namespace, work: Path, shards: Path, model: str) -> d
     ``--pretrain-steps 0``. With ``--reuse-teacher`` an earlier run of the same name is kept."""
     if not a.pretrain_steps:
         return None
-    name, record = f"pretrain-{model}-{a.tag}", work / f"pretrain-{model}.json"
+    name = f"pretrain-{model}-{a.tag}"
+    record = work / f"{name}.json"
     if a.reuse_teacher and record.exists() and (work / "runs" / name / "export").exists():
         return json.loads(record.read_text())
     pt = pv.pretrain(_as(a, model=model), work, shards, name, 0)
