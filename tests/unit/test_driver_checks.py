@@ -88,7 +88,7 @@ def test_an_unknown_model_is_one_line_when_the_config_is_read(tmp_path: Path, ca
     from jobs import plan as plan_job
     from jobs import pretrain as pretrain_job
 
-    names = "vit_tiny, vit_s, vit_b, vit_l, vit_h, vit_g"
+    names = "vit_tiny, vit_tiny_big, vit_s, vit_b, vit_l, vit_h, vit_g"
     with pytest.raises(ConfigError, match=rf"^model\.name='vit_x' is not a known model: set model\.name to one of "
                                           rf"{names}$"):
         load_config(PretrainConfig, None, ["model.name=vit_x"])
