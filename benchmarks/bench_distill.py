@@ -133,6 +133,11 @@ def pretrained(a: argparse.Namespace, work: Path, shards: Path, model: str) -> d
     return pt
 
 
+def init_of(pt: dict[str, Any] | None) -> str:
+    """The ``model.init`` a pre-training gives: its run folder, or ``random`` without one."""
+    return pt["run"] if pt else "random"
+
+
 def teacher(a: argparse.Namespace, work: Path, shards: Path) -> dict[str, Any]:
     """Fine-tune the teacher once (or reuse it) from its pre-training, evaluate its kept weights on val and test."""
     name = f"teacher-{a.tag}"
@@ -141,7 +146,7 @@ def teacher(a: argparse.Namespace, work: Path, shards: Path) -> dict[str, Any]:
     if a.reuse_teacher and (work / "runs" / name / "export" / "best" / "model.json").exists():
         ft = json.loads((work / "teacher.json").read_text())
     else:
-        ft = pv.finetune(t, work, shards, name, pt["run"] if pt else "random", 0)
+        ft = pv.finetune(t, work, shards, name, init_of(pt), 0)
         (work / "teacher.json").write_text(json.dumps(ft))
     return {"model": a.teacher_model, "pretrain": pt, "finetune": ft,
             "val": pv.evaluate(t, work, shards, name, "val", 0), "test": pv.evaluate(t, work, shards, name, "test", 0)}
@@ -294,10 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[bench] teacher {a.teacher_model}: val {t['val']['top1']:.3f}  test {t['test']['top1']:.3f}")
     # one pre-training, the init of both arms and every seed (the teacher's when it is the same size: --quick)
     student_pt = t["pretrain"] if a.model == a.teacher_model else pretrained(a, work, shards, a.model)
-    init = student_pt["run"] if student_pt else "random"
     seeds = []
     for seed in a.seeds:
-        seeds.append(run_seed(a, work, shards, t["finetune"]["run"], init, seed))
+        seeds.append(run_seed(a, work, shards, t["finetune"]["run"], init_of(student_pt), seed))
         (work / "seeds_done.json").write_text(json.dumps({"teacher": t, "student_pretrain": student_pt,
                                                           "seeds": seeds}, indent=1))  # so far
     ray.shutdown()
