@@ -52,6 +52,34 @@ def kill_all(procs: list[psutil.Process], timeout: float = 20.0) -> None:
     psutil.wait_procs(procs, timeout=timeout)
 
 
+def freeze(pid: int) -> list[psutil.Process]:
+    """SIGSTOP ``pid`` and every process below it, until no new one appears; the stopped processes.
+
+    Once this returns, nothing in the tree runs, so what it has on disk stays as it is: a test can
+    check that state and then SIGKILL (:func:`kill_all`) exactly that state, or :func:`thaw` it.
+    """
+    stopped: dict[int, psutil.Process] = {}
+    while True:
+        new = [p for p in tree(pid) if p.pid not in stopped]
+        if not new:
+            return list(stopped.values())
+        for p in new:
+            try:
+                p.suspend()
+                stopped[p.pid] = p
+            except psutil.NoSuchProcess:
+                pass
+
+
+def thaw(procs: list[psutil.Process]) -> None:
+    """SIGCONT what :func:`freeze` stopped."""
+    for p in procs:
+        try:
+            p.resume()
+        except psutil.NoSuchProcess:
+            pass
+
+
 class Job:
     """``python -m jobs.<name> ...`` in the background; stdout+stderr collected line by line.
 

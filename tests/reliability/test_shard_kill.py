@@ -20,7 +20,7 @@ import pytest
 
 from pipeline.data.synthetic import generate_synthetic
 from pipeline.orchestration.sharding import _TEMPORARY, ShardSection, shard
-from tests.reliability.conftest import Job, kill_all, secret_env, short_tmp, survivors, tree
+from tests.reliability.conftest import Job, freeze, kill_all, secret_env, short_tmp, survivors, thaw
 
 pytestmark = pytest.mark.reliability
 
@@ -54,16 +54,23 @@ def killed_and_rerun(manifest: tuple[Path, list[str]], tmp_path_factory: pytest.
     try:
         deadline = time.monotonic() + 240
         # the next shard's writer opens as soon as the first is published: kill while it holds a sample
-        # a published tar (not just a state: a shard whose one video is quarantined has no tar)
-        while not (any(out.glob("*.tar")) and _shard_temporaries(out)):
+        # a published tar (not just a state: a shard whose one video is quarantined has no tar).
+        # The job's whole tree is stopped (SIGSTOP) before the folder is looked at, so the SIGKILL
+        # lands on exactly the folder that was checked; if the writer had just published, it runs on.
+        while True:
             assert first.proc.poll() is None, ("the job ended before a shard was published with the next one "
                                                f"being written (no temporary file seen):\n{first.output[-3000:]}")
             assert time.monotonic() < deadline, first.output[-3000:]
             first.remember_tree()
+            if any(out.glob("*.tar")) and _shard_temporaries(out):
+                stopped = freeze(first.proc.pid)
+                if _shard_temporaries(out):
+                    break
+                thaw(stopped)
             time.sleep(0.02)
         # SIGKILL to the driver and its embedded Ray (raylet, shard task workers) at once, as when
         # the machine goes away: the shard tasks write the shards, so the folder is frozen from here on.
-        kill_all(tree(first.proc.pid))
+        kill_all(stopped)
         first.proc.wait(timeout=30)
         deadline = time.monotonic() + 20
         while survivors(first) and time.monotonic() < deadline:  # anything forked in the meantime
