@@ -56,6 +56,28 @@ def test_synthetic_unlabelled_split_for_pretraining_only(tmp_path, capsys):
     assert splits == {"unlabelled": 4, "train": 2, "val": 2}
 
 
+def _background_share(uri: str) -> float:
+    """Share of the first frame's pixels within 6 levels of its median colour (a flat background's)."""
+    import numpy as np
+
+    with av.open(uri) as container:
+        frame = next(container.decode(video=0)).to_ndarray(format="rgb24").astype(np.int16)
+    return float((np.abs(frame - np.median(frame, axis=(0, 1))).max(axis=-1) <= 6).mean())
+
+
+def test_the_texture_setting_reaches_the_rendered_videos(tmp_path):
+    """dataset/synthetic (make demo's data) renders textured backgrounds; ``synthetic.texture=0`` renders
+    flat ones. Same seed, so the same objects: only the background differs."""
+    share = {}
+    for name, extra in (("shipped", []), ("flat", ["synthetic.texture=0"])):
+        out = tmp_path / name
+        args = ["--config", "dataset/synthetic", "--set", f"dataset.output={out}"]
+        assert main(args + [a for item in [*TINY_SYNTHETIC, *extra] for a in ("--set", item)]) == 0
+        share[name] = [_background_share(e.uri) for e in sorted(read_manifest(out / "manifest.csv"),
+                                                                   key=lambda e: e.uri)]
+    assert max(share["shipped"]) < 0.2 and min(share["flat"]) > 0.5, share
+
+
 def test_folder_and_ucf101_kinds_list_missing(tmp_path, capsys):
     for name in ("videos/jump/a.mp4", "videos/run/b.mp4"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
