@@ -52,23 +52,40 @@ def kill_all(procs: list[psutil.Process], timeout: float = 20.0) -> None:
     psutil.wait_procs(procs, timeout=timeout)
 
 
-def freeze(pid: int) -> list[psutil.Process]:
+def freeze(pid: int, timeout: float = 10.0) -> list[psutil.Process]:
     """SIGSTOP ``pid`` and every process below it, until no new one appears; the stopped processes.
 
-    Once this returns, nothing in the tree runs, so what it has on disk stays as it is: a test can
-    check that state and then SIGKILL (:func:`kill_all`) exactly that state, or :func:`thaw` it.
+    SIGSTOP is asynchronous: a process running on another core goes on until the kernel delivers
+    it, so this waits until every one of them is seen stopped (or gone) before it returns. From
+    then on nothing in the tree runs and what it has on disk stays as it is: a test can check that
+    state and then SIGKILL (:func:`kill_all`) exactly that state, or :func:`thaw` it.
     """
     stopped: dict[int, psutil.Process] = {}
     while True:
         new = [p for p in tree(pid) if p.pid not in stopped]
         if not new:
-            return list(stopped.values())
+            break
         for p in new:
             try:
                 p.suspend()
                 stopped[p.pid] = p
             except psutil.NoSuchProcess:
                 pass
+    deadline = time.monotonic() + timeout
+    for p in stopped.values():
+        while _running(p):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"process {p.pid} did not stop within {timeout:.0f} s of SIGSTOP")
+            time.sleep(0.005)
+    return list(stopped.values())
+
+
+def _running(p: psutil.Process) -> bool:
+    try:
+        return p.status() not in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP, psutil.STATUS_ZOMBIE,
+                                  psutil.STATUS_DEAD)
+    except psutil.NoSuchProcess:
+        return False
 
 
 def thaw(procs: list[psutil.Process]) -> None:
