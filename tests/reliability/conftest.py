@@ -81,11 +81,14 @@ def freeze(pid: int, timeout: float = 10.0) -> list[psutil.Process]:
 
 
 def _running(p: psutil.Process) -> bool:
+    """Whether any thread of ``p`` has yet to stop (a thread inside a syscall, e.g. a rename
+    waiting on the disk, finishes it first)."""
     try:
-        return p.status() not in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP, psutil.STATUS_ZOMBIE,
-                                  psutil.STATUS_DEAD)
-    except psutil.NoSuchProcess:
+        states = [Path(f"/proc/{p.pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                  for tid in os.listdir(f"/proc/{p.pid}/task")]
+    except (FileNotFoundError, ProcessLookupError):
         return False
+    return any(state not in "TtZX" for state in states)
 
 
 def thaw(procs: list[psutil.Process]) -> None:
