@@ -37,8 +37,7 @@ def init_weights(spec: str) -> str:
 class ModelConfig:
     """Which model to build, at which input size, from which weights (TOML section ``[model]``)."""
 
-    name: str = help_field("vit_b", help="registered size: vit_tiny, vit_tiny_big (test scale), vit_s, vit_b, "
-                                         "vit_l, vit_h, vit_g")
+    name: str = help_field("vit_b", help=f"registered size: {', '.join(list_models())}")
     num_frames: int = help_field(16, help="frames per clip (the loader cuts clips of this length)")
     img_size: int = help_field(224, help="square crop side in pixels (the loader crops to it)")
     tubelet_size: int = help_field(2, help="frames per tubelet (temporal patch size)")

@@ -56,7 +56,7 @@ def killed_and_rerun(manifest: tuple[Path, list[str]], tmp_path_factory: pytest.
         shutil.rmtree(out, ignore_errors=True)
         first = _job(path, out, ray_tmp, tmp / f"run1-{attempt}.log")
         published_at_kill, temporaries_at_kill = _kill_while_a_shard_is_written(first, out)
-        if any(t.startswith(".train-") and ".tar." in t for t in temporaries_at_kill):
+        if any(map(_is_shard_temporary, temporaries_at_kill)):
             break
     second = _job(path, out, ray_tmp, tmp / "run2.log")
     _run_to_end(second, ray_tmp)
@@ -116,15 +116,19 @@ def _temporaries(out: Path) -> list[str]:
     return sorted(p.name for d in folders for p in d.glob(".*") if _TEMPORARY.match(p.name))
 
 
+def _is_shard_temporary(name: str) -> bool:
+    """A train shard's tar being written (``.train-NNNNNN.tar.{8 chars}.tmp``), not a state file's."""
+    return name.startswith(".train-") and ".tar." in name
+
+
 def _shard_temporaries(out: Path) -> list[str]:
-    return [t for t in _temporaries(out) if t.startswith(".train-") and ".tar." in t]
+    return [t for t in _temporaries(out) if _is_shard_temporary(t)]
 
 
 def test_the_kill_landed_while_a_shard_was_being_written(killed_and_rerun: dict[str, Any]) -> None:
     """Without an unpublished shard on disk at the kill, the rerun would not be tested on one."""
     temporaries = killed_and_rerun["temporaries_at_kill"]
-    assert any(t.startswith(".train-") and ".tar." in t for t in temporaries), (killed_and_rerun["attempts"],
-                                                                                temporaries)
+    assert any(map(_is_shard_temporary, temporaries)), (killed_and_rerun["attempts"], temporaries)
     assert f"removed {len(temporaries)} temporary files left by an interrupted run" in killed_and_rerun["rerun"]
 
 

@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 
 from jobs._cli import job_main
@@ -58,8 +59,6 @@ def test_synthetic_unlabelled_split_for_pretraining_only(tmp_path, capsys):
 
 def _background_share(uri: str) -> float:
     """Share of the first frame's pixels within 6 levels of its median colour (a flat background's)."""
-    import numpy as np
-
     with av.open(uri) as container:
         frame = next(container.decode(video=0)).to_ndarray(format="rgb24").astype(np.int16)
     return float((np.abs(frame - np.median(frame, axis=(0, 1))).max(axis=-1) <= 6).mean())
