@@ -17,7 +17,8 @@ The real jobs, in-process (as the integration tests run them), on CPU, in VideoM
                       best val step) are evaluated multi-view by jobs.evaluate on val and, once, on test
 
 Both arms read the same split (``train``, labelled) from the same init with the same recipe; the
-distilled one adds the teacher's forward and the KD term (``distill.temperature``, ``distill.alpha``).
+distilled one adds the teacher's forward and the KD term (``distill.temperature``, ``distill.alpha``;
+``--feature-weight`` adds the similarity-preserving feature term, ``distill.feature_weight``, off by default).
 Test is never read to choose anything (bench_pretrain_value's :func:`select_and_test`). The teacher's
 own budget and both pre-trainings are not part of the student's budget.
 
@@ -93,6 +94,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--mixup", type=float, default=0.0, help="mixup/cutmix probability (0 = off), both arms")
     p.add_argument("--temperature", type=float, default=1.0, help="distill.temperature")
     p.add_argument("--alpha", type=float, default=0.5, help="distill.alpha")
+    p.add_argument("--feature-weight", type=float, default=0.0,
+                   help="distill.feature_weight (similarity-preserving feature term; 0 = off, logits only)")
     p.add_argument("--eval-clips", type=int, default=2)
     p.add_argument("--eval-crops", type=int, default=2)
     p.add_argument("--seeds", default="0,1,2")
@@ -169,7 +172,8 @@ def distill(a: argparse.Namespace, work: Path, shards: Path, name: str, teacher_
         f"train.checkpoint_every={a.finetune_steps}", "finetune.val_split=val", f"finetune.val_every={a.val_every}",
         f"finetune.val_num_clips={a.eval_clips}", f"finetune.val_num_crops={a.eval_crops}", "finetune.keep=best",
         f"distill.teacher={teacher_run}", f"distill.temperature={a.temperature}", f"distill.alpha={a.alpha}",
-        "train.log_every=10", "tracking.registered_model=", *pv._common(a, work, seed)])
+        f"distill.feature_weight={a.feature_weight}", "train.log_every=10", "tracking.registered_model=",
+        *pv._common(a, work, seed)])
     t0 = time.perf_counter()
     assert job.run(cfg) == 0
     wall = time.perf_counter() - t0
@@ -182,7 +186,7 @@ def distill(a: argparse.Namespace, work: Path, shards: Path, name: str, teacher_
     print(f"[bench] distillation {name}: {a.finetune_steps} steps in {wall:.0f}s, val_top1 per budget {val}")
     return {"run": str(work / "runs" / name), "init": init, "seed": seed, "steps": a.finetune_steps,
             "batch_per_rank": a.finetune_batch, "workers": a.workers, "lr": a.finetune_lr,
-            "temperature": a.temperature, "alpha": a.alpha,
+            "temperature": a.temperature, "alpha": a.alpha, "feature_weight": a.feature_weight,
             "loss_first": pv._mean([losses[s] for s in steps[:k]]), "loss_last": pv._mean([losses[s] for s in steps[-k:]]),
             "kd_first": pv._mean([kd[s] for s in steps[:k]]), "kd_last": pv._mean([kd[s] for s in steps[-k:]]),
             "teacher_val_top1_in_run": teacher_val.get(0),

@@ -5,14 +5,26 @@ supervises a student classifier (``[model]``, from a pre-trained encoder or a ra
 fine-tuning) on the same shards:
 
     loss = alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * CE(student, target)
+           + feature_weight * SP(student features, teacher features)
 
 ``target`` is fine-tuning's soft target (mixup / cutmix, label smoothing); on shards without
-labels only the KD term is trained (alpha taken as 1) and the student's head is the teacher's
-classes. The teacher sees exactly the clip the student sees, augmented and mixed ("consistent
-teaching", Beyer et al. 2022). Everything else is fine-tuning's: the engine and restore block
-(:mod:`pipeline.train.loop`), validation, the best / last model folders and their cards
-(:mod:`pipeline.train.supervised`), so ``jobs.evaluate`` and the registry take the student as any
-fine-tuned classifier.
+labels the CE term is dropped (alpha taken as 1) and the student's head is the teacher's classes.
+The teacher sees exactly the clip the student sees, augmented and mixed ("consistent teaching",
+Beyer et al. 2022).
+
+``SP``, the optional feature term (``distill.feature_weight``; 0 = off, the default, and then the
+loss, the hooks and the teacher's forward are exactly as without it), is similarity-preserving
+distillation (Tung & Mori, ICCV 2019) of the pooled clip features ``[B, D]`` (the output of
+``Classifier.fc_norm``): ``G = F F^T`` of each model, each row L2-normalised, and
+``||G_s - G_t||_F^2 / B^2``, in fp32. It compares the batch's pairwise similarities, not the
+features, so it needs no projector and a student narrower than its teacher distils as is. The
+student's features are taken by a forward hook on its ``fc_norm`` (:class:`FeatureTap`: the
+DeepSpeed engine's forward stays the student's only forward), the teacher's by ``forward_features``
+then ``forward_head`` (still one forward).
+
+Everything else is fine-tuning's: the engine and restore block (:mod:`pipeline.train.loop`),
+validation, the best / last model folders and their cards (:mod:`pipeline.train.supervised`), so
+``jobs.evaluate`` and the registry take the student as any fine-tuned classifier.
 
 The teacher is a plain module on the training device, in eval mode (no dropout or drop path), its
 parameters frozen and its forward under ``torch.no_grad``, cast to the student's compute dtype
@@ -67,15 +79,63 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) ->
     return temperature ** 2 * torch.sum(log_t.exp() * (log_t - log_s), dim=-1).mean()
 
 
+def similarity_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Similarity-preserving KD (Tung & Mori, ICCV 2019) of features ``[B, D_s]`` and ``[B, D_t]`` (any
+    widths): ``||norm(F_s F_s^T) - norm(F_t F_t^T)||_F^2 / B^2``, ``norm`` L2-normalising each row of the
+    ``[B, B]`` Gram matrix, in fp32. Zero when the features differ by a rotation or a global scale."""
+    if student.shape[0] != teacher.shape[0]:
+        raise ValueError(f"student features {tuple(student.shape)} and teacher features {tuple(teacher.shape)} "
+                         "are not of the same batch")
+    b = student.shape[0]
+    fs, ft = student.float().flatten(1), teacher.float().flatten(1)
+    gs = F.normalize(fs @ fs.t(), p=2.0, dim=1)
+    gt = F.normalize(ft @ ft.t(), p=2.0, dim=1)
+    return (gs - gt).pow(2).sum() / (b * b)
+
+
 def distill_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor | None, temperature: float,
-                 alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """``(loss, kd, ce)``: ``alpha * kd + (1 - alpha) * ce`` against the soft ``target`` ``[B, K]``; without
-    a target (unlabelled shards) the loss is ``kd`` and ``ce`` is None."""
+                 alpha: float, student_feats: torch.Tensor | None = None, teacher_feats: torch.Tensor | None = None,
+                 feature_weight: float = 0.0
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``(loss, kd, ce, feat)``: ``alpha * kd + (1 - alpha) * ce`` against the soft ``target`` ``[B, K]``; without
+    a target (unlabelled shards) the loss is ``kd`` and ``ce`` is None. With ``feature_weight > 0``,
+    ``feature_weight * feat`` is added, ``feat`` being :func:`similarity_loss` of the pooled features
+    (both needed); else ``feat`` is None and the loss is computed exactly as without the term."""
     kd = kd_loss(student, teacher, temperature)
     if target is None:
-        return kd, kd, None
-    ce = soft_target_cross_entropy(student, target)
-    return alpha * kd + (1.0 - alpha) * ce, kd, ce
+        loss, ce = kd, None
+    else:
+        ce = soft_target_cross_entropy(student, target)
+        loss = alpha * kd + (1.0 - alpha) * ce
+    if not feature_weight:
+        return loss, kd, ce, None
+    if student_feats is None or teacher_feats is None:
+        raise ValueError("feature_weight > 0 needs the student's and the teacher's features")
+    feat = similarity_loss(student_feats, teacher_feats)
+    return loss + feature_weight * feat, kd, ce, feat
+
+
+class FeatureTap:
+    """The last output of ``module`` (a forward hook): the student's pooled features, taken from inside
+    the DeepSpeed engine's own forward. ``remove()`` when done."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.value: torch.Tensor | None = None
+        self._handle = module.register_forward_hook(self._keep)
+
+    def _keep(self, module: torch.nn.Module, args: Any, output: torch.Tensor) -> None:
+        self.value = output
+
+    def pop(self) -> torch.Tensor:
+        """The output of the last forward (then forgotten, so a stale one is never read twice)."""
+        value, self.value = self.value, None
+        if value is None:
+            raise RuntimeError("the feature hook saw no forward since it was last read")
+        return value
+
+    def remove(self) -> None:
+        self._handle.remove()
+        self.value = None
 
 
 def check_teacher(cfg: DistillConfig, card: ModelCard, labels: list[str]) -> None:
@@ -122,13 +182,15 @@ def setup(cfg: DistillConfig, session: Session, rank: int, world: int, labelled:
 
 
 def train_step(cfg: DistillConfig, s: Setup, batches: Any, mixer: Mixup, teacher: torch.nn.Module,
-               labelled: bool) -> dict[str, torch.Tensor]:
-    """One optimizer step over finite micro-batches: the means of the loss and its KD and CE terms, and
-    the train top-1 of the last micro-batch (against the mixed target's top class, or the teacher's
+               labelled: bool, tap: FeatureTap | None = None) -> dict[str, torch.Tensor]:
+    """One optimizer step over finite micro-batches: the means of the loss and its KD and CE terms (and
+    the feature term with ``tap``, the hook on the student's ``fc_norm``: ``distill.feature_weight > 0``),
+    and the train top-1 of the last micro-batch (against the mixed target's top class, or the teacher's
     top class without labels), all on the training device."""
     losses: list[torch.Tensor] = []
     kds: list[torch.Tensor] = []
     ces: list[torch.Tensor] = []
+    feats: list[torch.Tensor] = []
     correct = torch.zeros(())
     alpha = cfg.distill.alpha if labelled else 1.0
     while len(losses) < s.engine.gradient_accumulation_steps():
@@ -136,22 +198,34 @@ def train_step(cfg: DistillConfig, s: Setup, batches: Any, mixer: Mixup, teacher
         label = batch["label"] if labelled else torch.zeros_like(batch["label"])  # unlabelled: mixes the clip only
         video, target = model_input(batch_video(batch, s.engine.device), s.engine.device, s.dtype, mixer,
                                     label)
-        with torch.no_grad():
-            teacher_logits = teacher(video)  # the very clip the student gets
+        teacher_feats = student_feats = None
+        with torch.no_grad():  # the very clip the student gets
+            if tap is None:
+                teacher_logits = teacher(video)
+            else:  # one forward, its pooled features kept
+                teacher_feats = teacher.forward_features(video)
+                teacher_logits = teacher.forward_head(teacher_feats)
         logits = s.engine(video)
+        if tap is not None:
+            student_feats = tap.pop()  # fc_norm's output in this very forward
         target = target.to(logits.device) if labelled else None
-        loss, kd, ce = distill_loss(logits, teacher_logits, target, cfg.distill.temperature, alpha)
+        loss, kd, ce, feat = distill_loss(logits, teacher_logits, target, cfg.distill.temperature, alpha,
+                                          student_feats, teacher_feats, cfg.distill.feature_weight)
         if loop.backward_step(s, loss) is not None:
             losses.append(loss.detach().float())
             kds.append(kd.detach().float())
             if ce is not None:
                 ces.append(ce.detach().float())
+            if feat is not None:
+                feats.append(feat.detach().float())
             wanted = target.argmax(-1) if target is not None else teacher_logits.argmax(-1)
             correct = (logits.detach().argmax(-1) == wanted).float().mean()
     s.meter.step()
     out = {"loss": torch.stack(losses).mean(), "loss/kd": torch.stack(kds).mean(), "train_top1": correct}
     if ces:
         out["loss/ce"] = torch.stack(ces).mean()
+    if feats:
+        out["loss/feat"] = torch.stack(feats).mean()
     return out
 
 
@@ -172,7 +246,10 @@ def distill(cfg: DistillConfig, session: Session) -> dict[str, Any]:
     mixer = Mixup(cfg.mixup, cfg.model.num_classes)
     val_every = cfg.finetune.val_every or s.loader.steps_per_epoch
     batches, metrics, status = s.loader.forever(), {}, "FAILED"
+    tap = None
     try:
+        if cfg.distill.feature_weight > 0:  # the student's pooled features, from the engine's own forward
+            tap = FeatureTap(s.engine.module.fc_norm)
         if s.val is not None and s.step == 0:  # the teacher's score on the same validation data, once
             teacher_val = validate(cfg, s, names, model=teacher, prefix="teacher_val")
             tracker.log_metrics(teacher_val, 0)
@@ -180,16 +257,17 @@ def distill(cfg: DistillConfig, session: Session) -> dict[str, Any]:
                 log.info("teacher val top-1 %.3f  top-5 %.3f", teacher_val["teacher_val_top1"],
                          teacher_val["teacher_val_top5"])
         while s.step < cfg.train.steps:
-            means = train_step(cfg, s, batches, mixer, teacher, labelled)
+            means = train_step(cfg, s, batches, mixer, teacher, labelled, tap)
             s.step += 1
             lr = s.schedule.apply(s.engine, s.step)
             if loop.due(s.step, cfg.train.log_every, cfg.train.steps):
                 metrics = {**loop.step_metrics(s, means), "epoch": s.step / s.loader.steps_per_epoch}
                 tracker.log_metrics(chart_keys(metrics), s.step)
                 if rank == 0:
-                    log.info("step %d/%d  loss %.4f  kd %.4f  lr %.2e  %.1f clips/s  eta %s", s.step, cfg.train.steps,
-                             metrics["loss"], metrics["loss/kd"], metrics["lr"], metrics["clips_per_s"],
-                             format_eta(metrics["eta_s"]))
+                    feat = f"  feat {metrics['loss/feat']:.4f}" if "loss/feat" in metrics else ""
+                    log.info("step %d/%d  loss %.4f  kd %.4f%s  lr %.2e  %.1f clips/s  eta %s", s.step,
+                             cfg.train.steps, metrics["loss"], metrics["loss/kd"], feat, metrics["lr"],
+                             metrics["clips_per_s"], format_eta(metrics["eta_s"]))
             if s.val is not None and loop.due(s.step, val_every, cfg.train.steps):
                 val = validate(cfg, s, names)
                 metrics.update(val)
@@ -208,8 +286,11 @@ def distill(cfg: DistillConfig, session: Session) -> dict[str, Any]:
         tracker.set_tags({"export": sio.join(cfg.run.output, cfg.run.name, "export")})
         status = "FINISHED"
     finally:
+        if tap is not None:
+            tap.remove()
         tracker.end(status)
     return {**metrics, "step": s.step, "run_id": s.run_id, "best": s.state["best"]}
 
 
-__all__ = ["check_teacher", "distill", "distill_loss", "kd_loss", "load_teacher", "setup", "train_step"]
+__all__ = ["FeatureTap", "check_teacher", "distill", "distill_loss", "kd_loss", "load_teacher", "setup",
+           "similarity_loss", "train_step"]

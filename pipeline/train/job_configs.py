@@ -156,10 +156,14 @@ class DistillSection:
     """The teacher and the distillation loss (TOML section ``[distill]``).
 
     Loss per micro-batch: ``alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha)
-    * CE(student, target)``, the target being fine-tuning's (mixup / cutmix, label smoothing); on
-    unlabelled shards the KD term alone. The defaults: ``T = 1`` as in "Knowledge distillation: A
-    good teacher is patient and consistent" (Beyer et al., CVPR 2022), whose teacher, as here, sees
-    the very augmented (and mixed) clip the student sees, and which found T = 1 best in that setting;
+    * CE(student, target) + feature_weight * SP(student features, teacher features)``, the target being
+    fine-tuning's (mixup / cutmix, label smoothing); on unlabelled shards the KD term (and SP) alone.
+    SP, off by default (``feature_weight = 0``), is similarity-preserving distillation of the pooled
+    clip features (Tung & Mori, ICCV 2019): the batch's row-normalised Gram matrices of both models,
+    their squared Frobenius distance over ``B^2``; it needs no projector, so the widths may differ.
+    The defaults: ``T = 1`` as in "Knowledge distillation: A good teacher is patient and consistent"
+    (Beyer et al., CVPR 2022), whose teacher, as here, sees the very augmented (and mixed) clip the
+    student sees, and which found T = 1 best in that setting;
     Hinton et al.'s ``T^2`` keeps the KD gradients' scale independent of ``T`` when it is raised.
     ``alpha = 0.5``: DeiT's soft distillation weighting of the label and teacher terms (Touvron et al., 2021).
     """
@@ -169,11 +173,16 @@ class DistillSection:
     temperature: float = help_field(1.0, help="softmax temperature T of both logits in the KD term (scaled by T^2)")
     alpha: float = help_field(0.5, help="weight of the KD term; 1 - alpha weighs the label cross entropy "
                                         "(unlabelled shards: KD only, alpha taken as 1)")
+    feature_weight: float = help_field(0.0, help="weight of the similarity-preserving feature term (Tung & Mori, "
+                                                 "ICCV 2019: the batch's row-normalised Gram matrices of the pooled "
+                                                 "features of student and teacher, any widths); 0 = off")
 
     def __post_init__(self) -> None:
         if self.temperature <= 0 or not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"distill.temperature must be > 0 and distill.alpha in [0, 1] "
                              f"(got {self.temperature}, {self.alpha})")
+        if not self.feature_weight >= 0.0:  # NaN too
+            raise ValueError(f"distill.feature_weight must be >= 0 (0 = no feature term; got {self.feature_weight})")
 
 
 @dataclass

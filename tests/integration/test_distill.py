@@ -5,6 +5,7 @@ labelled and on unlabelled synthetic motion shards; the student's export evaluat
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -82,6 +83,7 @@ def test_distil_a_student_from_a_registered_teacher(data: dict[str, Path], tmp_p
                for key in ("loss/train", "loss/kd", "loss/ce", "val_top1", "teacher_val_top1", "train_top1")}
     assert sorted(history["loss/kd"]) == list(range(1, 17)) and sorted(history["loss/ce"]) == list(range(1, 17))
     assert sorted(history["val_top1"]) == [8, 16]
+    assert client.get_metric_history(run.info.run_id, "loss/feat") == []  # distill.feature_weight = 0: no term
     assert list(history["teacher_val_top1"]) == [0], "the teacher is validated once, before the first step"
     # loss/train is alpha * kd + (1 - alpha) * ce at every step (means over ranks of each term)
     for step in range(1, 17):
@@ -145,21 +147,28 @@ def test_alpha_zero_trains_exactly_as_fine_tuning(data: dict[str, Path], tmp_pat
 
 
 def test_distil_on_unlabelled_shards_learns_the_teachers_classes(data: dict[str, Path], tmp_path: Path) -> None:
+    """KD only, plus the similarity-preserving feature term (distill.feature_weight) from a student wider
+    than its teacher (vit_tiny_big, 128, from a vit_tiny, 96): no projector needed, the term is logged."""
     unlabelled = tmp_path / "unlabelled"
     shutil.copytree(data["shards"], unlabelled)
     index = json.loads((unlabelled / "index.json").read_text())
     (unlabelled / "index.json").write_text(json.dumps({**index, "labels": []}))
     cfg = _distill(data, tmp_path, "unlabelled", f"data.shards={unlabelled}", "finetune.val_split=",
-                   f"distill.teacher={data['teacher']}", "train.steps=4", "train.checkpoint_every=4")
+                   f"distill.teacher={data['teacher']}", "train.steps=4", "train.checkpoint_every=4",
+                   "model.name=vit_tiny_big", "distill.feature_weight=0.5")
     assert distill_job.run(cfg) == 0
     card = json.loads((tmp_path / "runs" / "unlabelled" / "export" / "last" / "model.json").read_text())
     assert card["class_names"] == CLASSES and card["model"]["num_classes"] == 4
+    assert card["model"]["name"] == "vit_tiny_big"
     client = MlflowClient(_uri(data))
     run = _run(client, "unlabelled")
     assert client.get_metric_history(run.info.run_id, "loss/ce") == []  # KD only
-    kd = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "loss/kd")}
-    train = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "loss/train")}
-    assert sorted(kd) == [1, 2, 3, 4] and all(train[s] == pytest.approx(kd[s]) for s in kd)
+    kd, feat, train = ({m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
+                       for key in ("loss/kd", "loss/feat", "loss/train"))
+    assert sorted(kd) == [1, 2, 3, 4] and sorted(feat) == [1, 2, 3, 4]
+    assert all(math.isfinite(v) and v > 0 for v in feat.values()), feat  # random student vs teacher: not alike
+    # loss/train is kd + feature_weight * feat at every step (means over ranks of each term)
+    assert all(train[s] == pytest.approx(kd[s] + 0.5 * feat[s], rel=1e-5) for s in kd), (train, kd, feat)
 
 
 def _one_line_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:

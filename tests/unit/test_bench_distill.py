@@ -23,6 +23,27 @@ def test_defaults_a_larger_teacher_and_budgets_on_the_val_grid(capsys: pytest.Ca
     assert quick.tag == "quick" and quick.seeds == [0] and quick.finetune_steps == 4
 
 
+class _Stop(Exception):
+    pass
+
+
+def test_feature_weight_reaches_the_distill_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from jobs import distill as job
+
+    seen = []
+
+    def run(cfg):  # noqa: ANN001, ANN202 - jobs.distill.run, stopped before Ray
+        seen.append(cfg)
+        raise _Stop
+
+    monkeypatch.setattr(job, "run", run)
+    assert bench._args([]).feature_weight == 0.0, "off by default: the recorded results are logits-only"
+    for argv, weight in (([], 0.0), (["--feature-weight", "0.5"], 0.5)):
+        with pytest.raises(_Stop):
+            bench.distill(bench._args(argv), tmp_path, tmp_path / "shards", "d", str(tmp_path / "teacher"), "random", 0)
+        assert seen[-1].distill.feature_weight == weight
+
+
 def _seed(seed: int, direct: tuple[float, float], distilled: tuple[float, float]) -> dict:
     arm = lambda v, t: {"val": {"top1": v}, "test": {"top1": t}}  # noqa: E731
     return {"seed": seed, "results": {"direct": arm(*direct), "distilled": arm(*distilled)}}
