@@ -208,7 +208,7 @@ class DistillConfig:
     mlflow_params: ClassVar[tuple[str, ...]] = (  # FinetuneConfig's + the teacher and the loss weights
         "model.name", "model.patch_size", "finetune.mode", "data.sampling_rate", "data.batch_size", "optim.lr",
         "optim.blr", "optim.layer_decay", "train.steps", "deepspeed.zero_stage", "deepspeed.precision",
-        "distill.teacher", "distill.temperature", "distill.alpha")
+        "distill.teacher", "distill.temperature", "distill.alpha", "distill.feature_weight")
 
     def __post_init__(self) -> None:
         fill_derived(self)  # the clip size the loader cuts is the model's

@@ -99,6 +99,7 @@ def test_distil_a_student_from_a_registered_teacher(data: dict[str, Path], tmp_p
     assert history["teacher_val_top1"][0] == pytest.approx(teacher_card["metrics"]["val_top1"], abs=1e-6)
     params = run.data.params
     assert params["distill.alpha"] == "0.7" and params["distill.temperature"] == "2.0"
+    assert params["distill.feature_weight"] == "0.0"  # off here, and logged so runs can be told apart
     assert params["distill.teacher"].endswith("model") and run.data.tags["stage"] == "distill"
 
     # The student's export: a model folder that jobs.evaluate evaluates (2 workers) and the registry serves.
